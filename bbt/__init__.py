@@ -1,0 +1,11 @@
+"""bbt: recognise the four lead actors of "The Big Bang Theory" in photos."""
+
+import os
+
+# OpenCV reads this limit once, when cv2 is first imported; every entry point imports bbt first.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(40_000_000))
+# Offline machines and privacy: no usage telemetry from the libraries we drive.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+ACTORS: tuple[str, ...] = ("howard", "leonard", "raj", "sheldon")

@@ -1,0 +1,3 @@
+from bbt.cli import app
+
+app(prog_name="bbt")

@@ -1,0 +1,28 @@
+"""Where each stage writes its products (relative to the project root), so producers and consumers agree."""
+
+from pathlib import Path
+
+ARTIFACTS = Path("artifacts")
+FACES = ARTIFACTS / "faces" / "faces.npz"
+DETECTIONS = ARTIFACTS / "faces" / "detections.csv"
+FEATURES_DIR = ARTIFACTS / "features"
+SPLIT = FEATURES_DIR / "split.npz"
+MODEL = ARTIFACTS / "model" / "model.joblib"
+MODEL_INFO = ARTIFACTS / "model" / "model.json"
+LEADERBOARD = ARTIFACTS / "search" / "leaderboard.csv"
+SEARCH_RUN = ARTIFACTS / "search" / "search.json"
+
+METRICS = Path("metrics")
+CLEAN_METRICS = METRICS / "clean.json"
+SEARCH_METRICS = METRICS / "search.json"
+EVALUATE_METRICS = METRICS / "evaluate.json"
+REGISTER_METRICS = METRICS / "register.json"
+
+PLOTS = Path("plots")
+CONFUSION_CSV = PLOTS / "confusion.csv"
+CONFUSION_PNG = PLOTS / "confusion_matrix.png"
+
+
+def features_file(feature_set: str) -> Path:
+    """The cached feature matrix of one feature set."""
+    return FEATURES_DIR / f"{feature_set}.npz"

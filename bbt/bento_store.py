@@ -1,0 +1,49 @@
+"""Copy registry versions into the BentoML model store, so a built bento is pinned and self-contained."""
+
+from __future__ import annotations
+
+import logging
+
+import bentoml
+
+from bbt.errors import ModelError
+from bbt.tracking import setup_tracking
+
+log = logging.getLogger(__name__)
+REGISTRY_VERSION = "registry_version"
+
+
+def import_version(model_name: str, version: str) -> bentoml.Tag:
+    """Import one registry version; reuse the newest store entry if it already holds that version.
+
+    The service serves `<name>:latest`, so the newest entry must be the version just imported.
+    """
+    try:
+        existing = sorted(bentoml.models.list(model_name), key=lambda m: m.info.creation_time)
+    except bentoml.exceptions.NotFound:
+        existing = []
+    if existing and existing[-1].info.labels.get(REGISTRY_VERSION) == str(version):
+        return existing[-1].tag
+    model = bentoml.mlflow.import_model(
+        model_name,
+        f"models:/{model_name}/{version}",
+        labels={REGISTRY_VERSION: str(version)},
+        metadata={"registry_name": model_name, "registry_version": str(version)},
+    )
+    log.info("imported %s version %s into the BentoML store as %s", model_name, version, model.tag)
+    return model.tag
+
+
+def import_champion(model_name: str, alias: str) -> bentoml.Tag:
+    """Import the version the alias points at (e.g. models:/bbt-actor-classifier@champion)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    setup_tracking()
+    try:
+        version = MlflowClient().get_model_version_by_alias(model_name, alias).version
+    except MlflowException:
+        raise ModelError(
+            f"models:/{model_name}@{alias} does not exist: train and register one with `dvc repro`"
+        ) from None
+    return import_version(model_name, version)

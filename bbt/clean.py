@@ -1,0 +1,240 @@
+"""Stage `clean`: decode every raw photo, detect faces, keep the ones a person accepted.
+
+Per image the work is pure (`process_image`), so it can be mapped over processes, Prefect tasks or a
+Dask cluster; `run_clean` maps it over a local process pool and writes the stage products.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bbt import ACTORS, artifacts
+from bbt.annotations import Annotation, load_annotations, match
+from bbt.config import CleanParams, DataParams
+from bbt.errors import DataError
+from bbt.faces import Box, DetectorSettings, FaceDetector, crop_face
+from bbt.images import ImageError, decode_image
+from bbt.progress import progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    """One distinct photo: its paths (byte-identical copies share one job) and their reviews."""
+
+    paths: tuple[str, ...]
+    annotations: tuple[Annotation, ...]
+
+
+@dataclass
+class Face:
+    image: str
+    box: Box
+    status: str  # accepted | rejected | unreviewed
+    label: str | None
+    crop: np.ndarray | None = None
+
+
+@dataclass
+class ImageResult:
+    paths: tuple[str, ...]
+    error: str | None = None
+    faces: list[Face] = field(default_factory=list)
+    missed: list[Annotation] = field(default_factory=list)
+
+
+def detector_settings(params: CleanParams) -> DetectorSettings:
+    return DetectorSettings(params.scale_factor, params.min_neighbors, params.min_eyes, params.max_side)
+
+
+def list_images(raw_dir: Path) -> list[str]:
+    """Image paths relative to raw_dir, sorted; a clear error when the data was never pulled."""
+    if not raw_dir.is_dir():
+        raise DataError(
+            f"{raw_dir} not found: run `dvc pull` to fetch the dataset "
+            "(the remote 'store' must be reachable: `dvc remote list`)"
+        )
+    paths = sorted(str(p.relative_to(raw_dir)) for p in raw_dir.rglob("*") if p.is_file())
+    if not paths:
+        raise DataError(f"{raw_dir} has no files: run `dvc pull`, or `dvc add data` after adding photos")
+    return paths
+
+
+def plan_jobs(raw_dir: Path, paths: Sequence[str], annotations: Sequence[Annotation]) -> list[ImageJob]:
+    """Group byte-identical files into one job each, carrying every review of any of their paths."""
+    by_hash: dict[str, list[str]] = defaultdict(list)
+    for path in paths:
+        by_hash[hashlib.md5((raw_dir / path).read_bytes()).hexdigest()].append(path)
+    reviews: dict[str, list[Annotation]] = defaultdict(list)
+    for annotation in annotations:
+        reviews[annotation.image].append(annotation)
+    return [
+        ImageJob(tuple(group), tuple(a for p in group for a in reviews[p]))
+        for group in sorted(by_hash.values())
+    ]
+
+
+def process_image(
+    job: ImageJob, raw_dir: Path, settings: DetectorSettings, iou_threshold: float, crop_size: int,
+    detector: FaceDetector | None = None,
+) -> ImageResult:
+    """Decode one photo, detect its faces, and sort each face by its human review."""
+    result = ImageResult(job.paths)
+    try:
+        image = decode_image((raw_dir / job.paths[0]).read_bytes(), name=job.paths[0])
+    except (ImageError, OSError) as err:
+        result.error = str(err)
+        return result
+    detector = detector or _process_detector(settings)
+    boxes = detector.detect(image)
+    for box in boxes:
+        review = match(box, list(job.annotations), iou_threshold)
+        if review is None:
+            result.faces.append(Face(job.paths[0], box, "unreviewed", None))
+        elif review.review == "rejected":
+            result.faces.append(Face(job.paths[0], box, "rejected", None))
+        else:
+            result.faces.append(Face(job.paths[0], box, "accepted", review.label, crop_face(image, box, crop_size)))
+    result.missed = [
+        a for a in job.annotations
+        if a.review == "accepted" and not any(a.box.iou(b) >= iou_threshold for b in boxes)
+    ]
+    return result
+
+
+_DETECTORS: dict[DetectorSettings, FaceDetector] = {}
+
+
+def _process_detector(settings: DetectorSettings) -> FaceDetector:
+    # One detector per worker process, reused across its images.
+    if settings not in _DETECTORS:
+        _DETECTORS[settings] = FaceDetector(settings)
+    return _DETECTORS[settings]
+
+
+def process_batch(
+    jobs: Sequence[ImageJob], raw_dir: Path, settings: DetectorSettings, iou_threshold: float, crop_size: int
+) -> list[ImageResult]:
+    """The per-image work over a batch: the unit that Prefect and Dask map over."""
+    return [process_image(job, raw_dir, settings, iou_threshold, crop_size) for job in jobs]
+
+
+def map_images(
+    jobs: Sequence[ImageJob], raw_dir: Path, params: CleanParams, on_result: Callable[[], None] | None = None
+) -> list[ImageResult]:
+    """Run process_image over every job on `params.workers` processes, in job order."""
+    settings = detector_settings(params)
+    args = (raw_dir, settings, params.iou_threshold, params.crop_size)
+    if params.workers == 1:
+        results = []
+        for job in jobs:
+            results.append(process_image(job, *args))
+            if on_result:
+                on_result()
+        return results
+    with ProcessPoolExecutor(max_workers=params.workers) as pool:
+        futures = [pool.submit(process_image, job, *args) for job in jobs]
+        results = []
+        for future in futures:
+            results.append(future.result())
+            if on_result:
+                on_result()
+        return results
+
+
+def summarize(jobs: Sequence[ImageJob], results: Sequence[ImageResult]) -> dict:
+    """Per-actor counts (by folder) of images, failures and faces, plus totals; a DVC metric."""
+    report: dict[str, dict[str, int]] = {}
+    def actor_of(path: str) -> str:
+        return path.split("/", 1)[0]
+    for job, result in zip(jobs, results):
+        for path in job.paths:
+            counts = report.setdefault(actor_of(path), Counter())
+            counts["images"] += 1
+            if len(job.paths) > 1:
+                counts["duplicates"] += 1
+        # A duplicated photo's faces count once, under its first folder.
+        counts = report[actor_of(job.paths[0])]
+        if result.error:
+            counts["unreadable"] += 1
+            continue
+        if not result.faces:
+            counts["no_face"] += 1
+        for face in result.faces:
+            counts[face.status] += 1
+        counts["missed_annotations"] += len(result.missed)
+    keys = ["images", "unreadable", "no_face", "accepted", "rejected", "unreviewed", "duplicates",
+            "missed_annotations"]
+    per_actor = {actor: {k: int(report.get(actor, {}).get(k, 0)) for k in keys} for actor in sorted(report)}
+    totals = {k: sum(v[k] for v in per_actor.values()) for k in keys}
+    labels = Counter(f.label for r in results for f in r.faces if f.status == "accepted")
+    return {
+        "actors": per_actor,
+        "total": totals,
+        "faces_per_label": {a: int(labels.get(a, 0)) for a in ACTORS},
+    }
+
+
+def write_outputs(results: Sequence[ImageResult], report: dict, params: CleanParams) -> None:
+    """Write the labelled crops (with how they were made), the list of every detection, and the report."""
+    accepted = [f for r in results for f in r.faces if f.status == "accepted"]
+    if not accepted:
+        raise DataError("no accepted face was found: check data/annotations.csv and the clean.* params")
+    artifacts.FACES.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        artifacts.FACES,
+        crops=np.stack([f.crop for f in accepted]),
+        labels=np.array([f.label for f in accepted]),
+        images=np.array([f.image for f in accepted]),
+        boxes=np.array([[f.box.x, f.box.y, f.box.w, f.box.h] for f in accepted]),
+        settings=json.dumps({"detector": asdict(detector_settings(params)), "crop_size": params.crop_size}),
+    )
+    rows = [
+        {"image": f.image, **f.box.as_dict(), "status": f.status, "label": f.label or ""}
+        for r in results for f in r.faces
+    ]
+    rows += [{"image": r.paths[0], "x": "", "y": "", "w": "", "h": "", "status": "unreadable",
+              "label": r.error or ""} for r in results if r.error]
+    pd.DataFrame(rows, columns=["image", "x", "y", "w", "h", "status", "label"]).to_csv(
+        artifacts.DETECTIONS, index=False
+    )
+    artifacts.CLEAN_METRICS.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.CLEAN_METRICS.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def run_clean(data: DataParams, params: CleanParams) -> dict:
+    """The whole stage: list, dedupe, detect in parallel, match reviews, write products; returns the report."""
+    paths = list_images(data.raw)
+    annotations = load_annotations(data.annotations, data.raw)
+    jobs = plan_jobs(data.raw, paths, annotations)
+    for job in jobs:
+        if len(job.paths) > 1:
+            log.warning("byte-identical files, processed once: %s", " = ".join(job.paths))
+    with progress("clean: detecting faces", total=len(jobs)) as advance:
+        results = map_images(jobs, data.raw, params, on_result=advance)
+    for result in results:
+        if result.error:
+            log.warning("skipped unreadable file: %s", result.error)
+        for missed in result.missed:
+            log.warning("accepted face %s in %s was not detected", missed.box, missed.image)
+    report = summarize(jobs, results)
+    write_outputs(results, report, params)
+    log_report(report)
+    return report
+
+
+def log_report(report: dict) -> None:
+    for actor, counts in report["actors"].items():
+        log.info("%-8s %s", actor, ", ".join(f"{k} {v}" for k, v in counts.items()))
+    log.info("faces per label: %s", report["faces_per_label"])

@@ -1,0 +1,140 @@
+"""The `bbt` command: the pipeline stages (run by dvc.yaml and the Prefect flow) and the tools around them."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from functools import wraps
+from typing import Any, Callable
+
+import typer
+
+from bbt.errors import BbtError
+
+app = typer.Typer(help="Recognise the Big Bang Theory lead actors: pipeline stages, registry and serving.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+
+
+def setup_logging(verbose: bool = False) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    if sys.stderr.isatty():
+        from rich.logging import RichHandler
+
+        logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("alembic", "mlflow.store", "urllib3", "botocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Print a user-fixable error as one clear line and exit 2, instead of a traceback."""
+
+    @wraps(command)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except BbtError as err:
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return run
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    setup_logging(verbose)
+
+
+@app.command()
+@friendly
+def clean() -> None:
+    """Stage 1: decode photos, detect faces, keep the accepted ones (artifacts/faces, metrics/clean.json)."""
+    from bbt.clean import run_clean
+    from bbt.config import load_params
+
+    params = load_params()
+    run_clean(params.data, params.clean)
+
+
+@app.command()
+@friendly
+def featurize() -> None:
+    """Stage 2: split train/test and cache each feature set's matrix (artifacts/features)."""
+    from bbt.config import load_params
+    from bbt.featurize import run_featurize
+
+    params = load_params()
+    run_featurize(params.split, params.featurize)
+
+
+@app.command()
+@friendly
+def search() -> None:
+    """Stage 3: cross-validate every candidate, one MLflow child run each; refit the best."""
+    from bbt.config import load_params
+    from bbt.search import run_search
+
+    run_search(load_params())
+
+
+@app.command()
+@friendly
+def evaluate() -> None:
+    """Stage 4: score the best pipeline on the held-out test split (metrics/evaluate.json, plots/)."""
+    from bbt.evaluate import run_evaluate
+
+    run_evaluate()
+
+
+@app.command()
+@friendly
+def register() -> None:
+    """Stage 5: register the model in MLflow; move @champion only if it is at least as good."""
+    from bbt.config import load_params
+    from bbt.register import run_register
+
+    run_register(load_params().register)
+
+
+@app.command()
+@friendly
+def leaderboard(top: int = typer.Option(0, help="Show only the best N candidates (0 = all).")) -> None:
+    """Print the candidates of the latest grid search, best first, from MLflow."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from bbt.leaderboard import latest_leaderboard
+
+    run_id, board = latest_leaderboard(top or None)
+    table = Table(title=f"Grid search {run_id} (MLflow)")
+    table.add_column("#", justify="right")
+    for column in board.columns:
+        table.add_column(column, justify="left" if column == "candidate" else "right")
+    for rank, row in board.iterrows():
+        table.add_row(str(rank), *(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
+    Console(width=140).print(table)
+
+
+@app.command()
+def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1.")) -> None:
+    """Open the MLflow UI over the project's store on http://127.0.0.1:PORT."""
+    from bbt.tracking import setup_tracking, tracking_uri
+
+    setup_tracking()
+    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (store: {tracking_uri()}); Ctrl-C stops it")
+    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
+                    "--host", "127.0.0.1", "--port", str(port)], check=False)
+
+
+@app.command("import-champion")
+@friendly
+def import_champion() -> None:
+    """Copy models:/bbt-actor-classifier@champion into the BentoML model store (for `bentoml build`)."""
+    from bbt.bento_store import import_champion as run_import
+    from bbt.config import load_params
+
+    params = load_params().register
+    typer.echo(str(run_import(params.model_name, params.alias)))

@@ -1,0 +1,180 @@
+"""Typed view of params.yaml: one dataclass per section, validated on load."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from bbt.errors import BbtError
+
+PARAMS_FILE = Path("params.yaml")
+FEATURE_SETS = ("pixel_wavelet", "face_embedding")
+MODEL_FAMILIES = ("svm", "random_forest", "logistic_regression")
+
+
+class ConfigError(BbtError, ValueError):
+    """A params.yaml problem the user can fix."""
+
+
+@dataclass(frozen=True)
+class DataParams:
+    raw: Path = Path("data/raw")
+    annotations: Path = Path("data/annotations.csv")
+
+
+@dataclass(frozen=True)
+class CleanParams:
+    scale_factor: float = 1.3
+    min_neighbors: int = 5
+    min_eyes: int = 2
+    max_side: int = 0
+    iou_threshold: float = 0.5
+    crop_size: int = 128
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class FeaturizeParams:
+    feature_sets: tuple[str, ...] = ("pixel_wavelet",)
+    wavelet: str = "db1"
+    wavelet_level: int = 5
+    size: int = 32
+
+
+@dataclass(frozen=True)
+class SplitParams:
+    test_size: float = 0.2
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    cv_folds: int = 5
+    seed: int = 42
+    families: tuple[str, ...] = MODEL_FAMILIES
+    grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RegisterParams:
+    model_name: str = "bbt-actor-classifier"
+    alias: str = "champion"
+
+
+@dataclass(frozen=True)
+class ServeParams:
+    confidence_threshold: float = 0.5
+    max_upload_mb: float = 10
+    max_megapixels: float = 40
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams = field(default_factory=DataParams)
+    clean: CleanParams = field(default_factory=CleanParams)
+    featurize: FeaturizeParams = field(default_factory=FeaturizeParams)
+    split: SplitParams = field(default_factory=SplitParams)
+    search: SearchParams = field(default_factory=SearchParams)
+    register: RegisterParams = field(default_factory=RegisterParams)
+    serve: ServeParams = field(default_factory=ServeParams)
+
+
+T = TypeVar("T")
+
+
+def _section(cls: type[T], raw: Any, name: str, source: Path) -> T:
+    if raw is None:
+        return cls()
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: section '{name}' must be a mapping, got {type(raw).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(f'{name}.{k}' for k in unknown)}; "
+            f"valid keys are {', '.join(known)}"
+        )
+    values: dict[str, Any] = {}
+    defaults = cls()
+    for key, value in raw.items():
+        default = getattr(defaults, key)
+        try:
+            if isinstance(default, Path):
+                value = Path(value)
+            elif isinstance(default, bool):
+                value = bool(value)
+            elif isinstance(default, int):
+                if isinstance(value, float) and not value.is_integer():
+                    raise ValueError
+                value = int(value)
+            elif isinstance(default, float):
+                value = float(value)
+            elif isinstance(default, tuple):
+                value = tuple(value if isinstance(value, list) else [value])
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"{source}: {name}.{key} = {value!r} is not a valid {type(default).__name__}"
+            ) from None
+        values[key] = value
+    return cls(**values)
+
+
+def _validate(params: Params, source: Path) -> None:
+    def fail(key: str, why: str) -> None:
+        raise ConfigError(f"{source}: {key} {why}")
+
+    if not 1.0 < params.clean.scale_factor < 3.0:
+        fail("clean.scale_factor", "must be between 1 and 3 (the annotations used 1.3)")
+    if params.clean.min_neighbors < 0 or params.clean.min_eyes < 0:
+        fail("clean.min_neighbors/min_eyes", "must be >= 0")
+    if not 0.0 < params.clean.iou_threshold <= 1.0:
+        fail("clean.iou_threshold", "must be in (0, 1]")
+    if params.clean.crop_size < 32:
+        fail("clean.crop_size", "must be at least 32 pixels")
+    if params.clean.workers < 1:
+        fail("clean.workers", "must be at least 1")
+    for fs in params.featurize.feature_sets:
+        if fs not in FEATURE_SETS:
+            fail("featurize.feature_sets", f"has unknown feature set {fs!r}; choose from {FEATURE_SETS}")
+    if not params.featurize.feature_sets:
+        fail("featurize.feature_sets", "must name at least one feature set")
+    if not 0.0 < params.split.test_size < 1.0:
+        fail("split.test_size", "must be a fraction between 0 and 1")
+    if params.search.cv_folds < 2:
+        fail("search.cv_folds", "must be at least 2")
+    for family in params.search.families:
+        if family not in MODEL_FAMILIES:
+            fail("search.families", f"has unknown family {family!r}; choose from {MODEL_FAMILIES}")
+    if not params.search.families:
+        fail("search.families", "must name at least one model family")
+    if not 0.0 <= params.serve.confidence_threshold <= 1.0:
+        fail("serve.confidence_threshold", "must be in [0, 1]")
+    if params.serve.max_upload_mb <= 0 or params.serve.max_megapixels <= 0:
+        fail("serve.max_upload_mb/max_megapixels", "must be positive")
+
+
+def load_params(path: Path | str = PARAMS_FILE) -> Params:
+    """Read and validate params.yaml; a missing file gives the defaults."""
+    path = Path(path)
+    if not path.exists():
+        return Params()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a mapping of sections (data, clean, featurize, ...)")
+    sections = {f.name: f.type for f in fields(Params)}
+    unknown = sorted(set(raw) - set(sections))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; valid sections are {list(sections)}")
+    classes = {
+        "data": DataParams, "clean": CleanParams, "featurize": FeaturizeParams, "split": SplitParams,
+        "search": SearchParams, "register": RegisterParams, "serve": ServeParams,
+    }
+    params = Params(**{name: _section(cls, raw.get(name), name, path) for name, cls in classes.items()})
+    _validate(params, path)
+    return params

@@ -1,0 +1,70 @@
+"""Stage `featurize`: split the labelled faces once, and cache each feature set's matrix for the search."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.model_selection import train_test_split
+
+from bbt import artifacts
+from bbt.config import FeaturizeParams, SplitParams
+from bbt.errors import DataError
+from bbt.features import PixelWaveletFeatures
+
+log = logging.getLogger(__name__)
+
+
+def build_features(feature_set: str, params: FeaturizeParams) -> TransformerMixin | BaseEstimator:
+    """The transformer that turns face crops into one feature set; it travels inside the model."""
+    if feature_set == "pixel_wavelet":
+        return PixelWaveletFeatures(params.wavelet, params.wavelet_level, params.size)
+    if feature_set == "face_embedding":
+        from bbt.embeddings import FaceEmbeddings
+
+        return FaceEmbeddings()
+    raise ValueError(f"unknown feature set {feature_set!r}")
+
+
+def load_faces() -> dict[str, np.ndarray]:
+    """The labelled face crops written by the clean stage."""
+    if not artifacts.FACES.exists():
+        raise DataError(f"{artifacts.FACES} not found: run `dvc repro clean` (or `bbt clean`) first")
+    with np.load(artifacts.FACES) as faces:
+        return {key: faces[key] for key in faces.files}
+
+
+def load_split() -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the faces of the training and the held-out test split."""
+    if not artifacts.SPLIT.exists():
+        raise DataError(f"{artifacts.SPLIT} not found: run `dvc repro featurize` (or `bbt featurize`) first")
+    with np.load(artifacts.SPLIT) as split:
+        return split["train"], split["test"]
+
+
+def split_faces(labels: np.ndarray, params: SplitParams) -> tuple[np.ndarray, np.ndarray]:
+    """A stratified train/test split of face indices with a fixed seed."""
+    counts = {label: int((labels == label).sum()) for label in np.unique(labels)}
+    too_few = {label: n for label, n in counts.items() if n < 2}
+    if too_few:
+        raise DataError(f"every actor needs at least 2 accepted faces to split, got {too_few}")
+    train, test = train_test_split(
+        np.arange(len(labels)), test_size=params.test_size, stratify=labels, random_state=params.seed
+    )
+    return np.sort(train), np.sort(test)
+
+
+def run_featurize(split: SplitParams, params: FeaturizeParams) -> dict[str, int]:
+    """Write the split and one feature matrix per feature set; returns face counts per split."""
+    faces = load_faces()
+    train, test = split_faces(faces["labels"], split)
+    artifacts.FEATURES_DIR.mkdir(parents=True, exist_ok=True)
+    np.savez(artifacts.SPLIT, train=train, test=test)
+    for feature_set in params.feature_sets:
+        log.info("featurize: %s over %d faces", feature_set, len(faces["crops"]))
+        X = build_features(feature_set, params).fit(faces["crops"]).transform(faces["crops"])
+        np.savez_compressed(artifacts.features_file(feature_set), X=X, y=faces["labels"])
+        log.info("featurize: %s -> %s features", feature_set, X.shape[1])
+    log.info("split: %d training faces, %d held-out test faces", len(train), len(test))
+    return {"train": len(train), "test": len(test)}

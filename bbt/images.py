@@ -1,0 +1,86 @@
+"""Decode untrusted image bytes into BGR uint8 arrays, safely and the same way everywhere."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from bbt.errors import BbtError
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+DEFAULT_MAX_PIXELS = 40_000_000
+
+# We enforce our own pixel limit before decoding; Pillow's bomb check is a second line of defence.
+Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
+
+
+class ImageError(BbtError, ValueError):
+    """The bytes are not an image this system can use; the message says why and what to do."""
+
+
+def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode image bytes to an upright BGR uint8 array of shape (h, w, 3).
+
+    Handles JPEG/JFIF, PNG, GIF (first frame), WebP, BMP and TIFF; grayscale, palette, alpha, CMYK and
+    16-bit images; and EXIF orientation. Dimensions are checked before any pixel is decoded.
+    """
+    if not data:
+        raise ImageError(f"{name} is empty: send the bytes of a JPEG, PNG, GIF or WebP photo")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageError(
+            f"{name} is not a recognised image: send a JPEG, PNG, GIF or WebP photo"
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"{name} is larger than {max_pixels / 1e6:.0f} megapixels: resize it before uploading"
+        ) from None
+    except Exception as err:  # Pillow raises many types for malformed headers
+        raise ImageError(f"{name} could not be read as an image ({err}): the file may be corrupt") from None
+
+    with image:
+        if image.format not in SUPPORTED_FORMATS:
+            raise ImageError(
+                f"{name} is a {image.format} image, which is not supported: "
+                f"convert it to JPEG or PNG (supported: {', '.join(SUPPORTED_FORMATS)})"
+            )
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise ImageError(f"{name} has no pixels ({width}x{height})")
+        if width * height > max_pixels:
+            raise ImageError(
+                f"{name} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the "
+                f"{max_pixels / 1e6:.0f} megapixel limit: resize it before uploading"
+            )
+        try:
+            image.seek(0)  # first frame of an animation
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            return _to_bgr(upright)
+        except ImageError:
+            raise
+        except Exception as err:
+            raise ImageError(
+                f"{name} is a damaged or truncated {image.format} file ({err}): re-export or re-download it"
+            ) from None
+
+
+def _to_bgr(image: Image.Image) -> np.ndarray:
+    """Convert any Pillow mode to 8-bit BGR, dropping alpha like OpenCV's IMREAD_COLOR does."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        wide = np.asarray(image, dtype=np.uint32 if image.mode == "I" else np.uint16)
+        gray = (wide >> 8).clip(0, 255).astype(np.uint8) if image.mode != "I" else (
+            (wide >> 8).clip(0, 255).astype(np.uint8)
+        )
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if image.mode == "F":
+        gray = np.asarray(image, dtype=np.float32).clip(0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    rgb = np.asarray(image.convert("RGB"))
+    return np.ascontiguousarray(rgb[:, :, ::-1])

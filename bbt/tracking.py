@@ -1,0 +1,60 @@
+"""The MLflow store: SQLite metadata and file artifacts under mlruns/ unless MLFLOW_TRACKING_URI says otherwise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+import yaml
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+EXPERIMENT = "bbt-actor-classifier"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
+
+
+def artifact_root(uri: str) -> str | None:
+    """Artifacts sit beside a SQLite store (mlruns/artifacts); other stores choose their own."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / "artifacts").resolve().as_uri()
+    return None
+
+
+def setup_tracking(experiment: str = EXPERIMENT) -> str:
+    """Point MLflow at the store, creating it and the experiment if needed; returns the experiment id."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is not None:
+        mlflow.set_experiment(experiment)
+        return found.experiment_id
+    experiment_id = mlflow.create_experiment(experiment, artifact_location=artifact_root(uri))
+    mlflow.set_experiment(experiment)
+    return experiment_id
+
+
+def git_commit() -> str:
+    """The checked-out commit, with '-dirty' when tracked files changed; 'unknown' outside git."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def data_hash(dvc_file: Path = Path("data.dvc")) -> str:
+    """The md5 of the dataset version that data.dvc points to."""
+    try:
+        return str(yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"])
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return "unknown"
