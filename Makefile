@@ -1,0 +1,44 @@
+# Two entry points (README quick start): `make run` and `make test`. Everything installs from uv.lock.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+VENV := .venv
+HOST ?= 127.0.0.1
+PORT ?= 3000
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: run setup data train serve test system-deps ui leaderboard bench
+
+run: setup data train serve  ## install, pull the data, train (dvc repro), serve on http://$(HOST):$(PORT)
+
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+setup: $(UV)  ## the project's environment, exactly as locked
+	$(UV) sync --frozen --python $(PYTHON)
+
+data: setup  ## materialise data/ from the DVC remote
+	dvc pull
+
+train: setup  ## the whole pipeline; a no-op when nothing changed
+	dvc repro
+
+serve: setup  ## the champion over HTTP with the web page
+	bbt serve --host $(HOST) --port $(PORT)
+
+system-deps:  ## Debian packages the tests drive for real: nginx and headless Chromium
+	@if ! command -v nginx >/dev/null || ! command -v chromium >/dev/null; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx chromium >/dev/null; \
+	fi
+
+test: setup system-deps  ## the whole test suite (unit, data, integration, servers, browser)
+	pytest
+
+ui: setup  ## the MLflow UI over mlruns/ on http://127.0.0.1:5000
+	bbt ui
+
+leaderboard: setup
+	bbt leaderboard
