@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import logging
+from dataclasses import asdict, replace
 
 import mlflow
 import mlflow.sklearn
@@ -14,7 +16,7 @@ from mlflow.models import infer_signature
 
 from bbt import artifacts
 from bbt.bento_store import import_version
-from bbt.config import RegisterParams
+from bbt.config import Params, RegisterParams, load_params
 from bbt.evaluate import load_model, score, test_faces
 from bbt.tracking import data_hash, git_commit, setup_tracking
 
@@ -35,6 +37,13 @@ def model_requirements() -> list[str]:
     return found
 
 
+def training_params_hash(params: Params) -> str:
+    """A hash of the params that decide the trained model (not the worker count, not serving)."""
+    decisive = {"data": asdict(params.data), "clean": asdict(replace(params.clean, workers=1)),
+                "featurize": asdict(params.featurize), "split": asdict(params.split), "search": asdict(params.search)}
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def current_champion(client: MlflowClient, params: RegisterParams) -> str | None:
     try:
         return client.get_model_version_by_alias(params.model_name, params.alias).version
@@ -42,8 +51,11 @@ def current_champion(client: MlflowClient, params: RegisterParams) -> str | None
         return None
 
 
-def run_register(params: RegisterParams) -> dict:
-    """Register the model; promote it to the alias when its test macro-F1 >= the champion's on this split."""
+def run_register(params: RegisterParams, trained_with: Params | None = None) -> dict:
+    """Register the model; promote it to the alias when its test macro-F1 >= the champion's on this split.
+
+    `trained_with` are the params the model was made with (default params.yaml), tagged as a hash.
+    """
     model, info = load_model()
     crops, labels = test_faces()
     new = score(model, crops, labels)
@@ -66,7 +78,8 @@ def run_register(params: RegisterParams) -> dict:
     version = str(logged.registered_model_version)
     for key, value in {"test_f1_macro": f"{new['f1_macro']:.4f}", "test_accuracy": f"{new['accuracy']:.4f}",
                        "candidate": info["candidate"], "feature_set": info["feature_set"],
-                       "data_hash": data_hash(), "git_commit": git_commit()}.items():
+                       "data_hash": data_hash(), "git_commit": git_commit(),
+                       "params_hash": training_params_hash(trained_with or load_params())}.items():
         client.set_model_version_tag(params.model_name, version, key, value)
 
     champion = current_champion(client, params)
