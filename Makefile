@@ -21,7 +21,7 @@ setup: $(UV)  ## the project's environment, exactly as locked
 	$(UV) sync --frozen --python $(PYTHON)
 
 data: setup  ## materialise data/ from the DVC remote
-	dvc pull
+	dvc pull data.dvc
 
 train: setup  ## the whole pipeline; a no-op when nothing changed
 	dvc repro

@@ -26,7 +26,7 @@ class Annotation:
 def load_annotations(path: Path, raw_dir: Path | None = None) -> list[Annotation]:
     """Read and validate annotations.csv; every problem names its row and how to fix it."""
     if not path.exists():
-        raise DataError(f"{path} not found: run `dvc pull` to fetch the dataset (see README, 'Data')")
+        raise DataError(f"{path} not found: run `dvc pull data.dvc` to fetch the dataset (see README, 'Data')")
     frame = pd.read_csv(path, dtype={"label": "string", "image": "string", "review": "string"})
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:

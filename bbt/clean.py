@@ -1,7 +1,8 @@
 """Stage `clean`: decode every raw photo, detect faces, keep the ones a person accepted.
 
 Per image the work is pure (`process_image`), so it can be mapped over processes, Prefect tasks or a
-Dask cluster; `run_clean` maps it over a local process pool and writes the stage products.
+Dask cluster; `run_clean` maps it over a local process pool, or over batches with the `map_batches` it is
+given (the Prefect flow's), and writes the stage products.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 from collections import Counter, defaultdict
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -62,12 +64,12 @@ def list_images(raw_dir: Path) -> list[str]:
     """Image paths relative to raw_dir, sorted; a clear error when the data was never pulled."""
     if not raw_dir.is_dir():
         raise DataError(
-            f"{raw_dir} not found: run `dvc pull` to fetch the dataset "
+            f"{raw_dir} not found: run `dvc pull data.dvc` to fetch the dataset "
             "(the remote 'store' must be reachable: `dvc remote list`)"
         )
     paths = sorted(str(p.relative_to(raw_dir)) for p in raw_dir.rglob("*") if p.is_file())
     if not paths:
-        raise DataError(f"{raw_dir} has no files: run `dvc pull`, or `dvc add data` after adding photos")
+        raise DataError(f"{raw_dir} has no files: run `dvc pull data.dvc`, or `dvc add data` after adding photos")
     return paths
 
 
@@ -153,6 +155,22 @@ def map_images(
         return results
 
 
+BatchWork = Callable[[Sequence[ImageJob]], list[ImageResult]]
+# Given the batches and the work for one batch, return each batch's results in batch order.
+BatchMapper = Callable[[list[list[ImageJob]], BatchWork], Iterable[list[ImageResult]]]
+
+
+def map_batches_with(
+    map_batches: BatchMapper, jobs: Sequence[ImageJob], raw_dir: Path, params: CleanParams, batch_size: int
+) -> list[ImageResult]:
+    """Run process_batch over batches of jobs with a caller's mapper (Prefect tasks, Dask), in job order."""
+    # An absolute folder, since the work may run in another process or on another machine with the same mount.
+    work = partial(process_batch, raw_dir=raw_dir.resolve(), settings=detector_settings(params),
+                   iou_threshold=params.iou_threshold, crop_size=params.crop_size)
+    batches = [list(jobs[i:i + batch_size]) for i in range(0, len(jobs), batch_size)]
+    return [result for batch in map_batches(batches, work) for result in batch]
+
+
 def summarize(jobs: Sequence[ImageJob], results: Sequence[ImageResult]) -> dict:
     """Per-actor counts (by folder) of images, failures and faces, plus totals; a DVC metric."""
     report: dict[str, dict[str, int]] = {}
@@ -213,16 +231,24 @@ def write_outputs(results: Sequence[ImageResult], report: dict, params: CleanPar
     artifacts.CLEAN_METRICS.write_text(json.dumps(report, indent=2) + "\n")
 
 
-def run_clean(data: DataParams, params: CleanParams) -> dict:
-    """The whole stage: list, dedupe, detect in parallel, match reviews, write products; returns the report."""
+def run_clean(
+    data: DataParams, params: CleanParams, map_batches: BatchMapper | None = None, batch_size: int = 32
+) -> dict:
+    """The whole stage: list, dedupe, detect in parallel, match reviews, write products; returns the report.
+
+    Detection runs on a local process pool, or over batches of `batch_size` images with `map_batches`.
+    """
     paths = list_images(data.raw)
     annotations = load_annotations(data.annotations, data.raw)
     jobs = plan_jobs(data.raw, paths, annotations)
     for job in jobs:
         if len(job.paths) > 1:
             log.warning("byte-identical files, processed once: %s", " = ".join(job.paths))
-    with progress("clean: detecting faces", total=len(jobs)) as advance:
-        results = map_images(jobs, data.raw, params, on_result=advance)
+    if map_batches is not None:
+        results = map_batches_with(map_batches, jobs, data.raw, params, batch_size)
+    else:
+        with progress("clean: detecting faces", total=len(jobs)) as advance:
+            results = map_images(jobs, data.raw, params, on_result=advance)
     for result in results:
         if result.error:
             log.warning("skipped unreadable file: %s", result.error)

@@ -74,7 +74,7 @@ def pulled_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
         pytest.fail(f"the DVC remote {SHARED / 'dvc-store'} is missing: tests need ../shared beside the repo "
                     "(or BBT_SHARED pointing at it)")
     project = copy_project(tmp_path_factory.mktemp("project"))
-    project.run("dvc", "pull", "-q")
+    project.run("dvc", "pull", "-q", "data.dvc")
     return project
 
 

@@ -1,0 +1,67 @@
+"""The clean stage on a small raw folder built from real photos, a corrupt file and a duplicate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bbt import artifacts
+from bbt.clean import run_clean
+from bbt.config import CleanParams, DataParams
+from bbt.errors import DataError
+from tests.conftest import Project
+
+
+
+@pytest.fixture
+def small_dataset(pulled_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DataParams:
+    """Two real photos with their reviews, a byte-identical copy, and a file that is not an image."""
+    source = pulled_project.root / "data"
+    reviews = pd.read_csv(source / "annotations.csv")
+    accepted = reviews[reviews.review == "accepted"].image.iloc[0]
+    rejected = reviews[(reviews.review == "rejected") & ~reviews.image.isin(
+        reviews[reviews.review == "accepted"].image)].image.iloc[0]
+    raw = tmp_path / "data/raw"
+    for name in (accepted, rejected):
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / "raw" / name, raw / name)
+    (raw / "sheldon").mkdir(exist_ok=True)
+    shutil.copy(source / "raw" / accepted, raw / "sheldon/copy of it.jpg")
+    (raw / "sheldon/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    reviews[reviews.image.isin([accepted, rejected])].to_csv(tmp_path / "data/annotations.csv", index=False)
+    monkeypatch.chdir(tmp_path)
+    return DataParams(Path("data/raw"), Path("data/annotations.csv"))
+
+
+@pytest.mark.integration
+def test_report_counts_and_products(small_dataset: DataParams) -> None:
+    report = run_clean(small_dataset, CleanParams(workers=2))
+    written = json.loads(artifacts.CLEAN_METRICS.read_text())
+    assert written == report
+    assert report["total"]["images"] == 4
+    assert report["total"]["unreadable"] == 1
+    assert report["total"]["duplicates"] == 2
+    assert report["total"]["accepted"] >= 1 and report["total"]["rejected"] >= 1
+    assert report["total"]["missed_annotations"] == 0
+    with np.load(artifacts.FACES) as faces:
+        assert faces["crops"].shape[1:] == (128, 128, 3)
+        assert len(faces["labels"]) == report["total"]["accepted"]
+    detections = pd.read_csv(artifacts.DETECTIONS)
+    assert "unreadable" in set(detections.status)
+    assert detections.loc[detections.status == "unreadable", "image"].str.contains("broken").all()
+
+
+@pytest.mark.integration
+def test_one_worker_gives_the_same_result(small_dataset: DataParams) -> None:
+    assert run_clean(small_dataset, CleanParams(workers=1)) == run_clean(small_dataset, CleanParams(workers=2))
+
+
+def test_missing_data_says_dvc_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match="run `dvc pull data.dvc`"):
+        run_clean(DataParams(), CleanParams())

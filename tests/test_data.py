@@ -1,0 +1,42 @@
+"""Data tests on the real dataset pulled from the DVC remote: schema, label set, files, uniqueness."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+import pandas as pd
+import pytest
+
+from bbt import ACTORS
+from bbt.annotations import COLUMNS, load_annotations
+from tests.conftest import Project
+
+pytestmark = pytest.mark.integration
+
+
+def test_annotations_schema_and_labels(pulled_project: Project) -> None:
+    path = pulled_project.root / "data/annotations.csv"
+    frame = pd.read_csv(path)
+    assert list(frame.columns) == COLUMNS
+    assert set(frame["review"]) == {"accepted", "rejected"}
+    assert set(frame.loc[frame.review == "accepted", "label"]) == set(ACTORS)
+    assert frame.loc[frame.review == "rejected", "label"].isna().all()
+    assert not frame.duplicated(["image", "x", "y", "w", "h"]).any()
+
+
+def test_every_annotated_image_exists_and_validates(pulled_project: Project) -> None:
+    root = pulled_project.root / "data"
+    annotations = load_annotations(root / "annotations.csv", root / "raw")
+    counts = Counter(a.label for a in annotations if a.review == "accepted")
+    assert counts == {"howard": 50, "raj": 36, "sheldon": 38, "leonard": 11}
+    assert sum(a.review == "rejected" for a in annotations) == 122
+
+
+def test_raw_layout_is_one_folder_per_actor(pulled_project: Project) -> None:
+    raw = pulled_project.root / "data/raw"
+    assert sorted(p.name for p in raw.iterdir()) == list(ACTORS)
+    files = [p for p in raw.rglob("*") if p.is_file()]
+    assert len(files) == 419
+    digests = Counter(hashlib.md5(p.read_bytes()).hexdigest() for p in files)
+    assert sorted(n for n in digests.values() if n > 1) == [2, 2, 2]

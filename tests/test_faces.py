@@ -1,0 +1,55 @@
+"""Boxes, crops and the Haar detector on generated images."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from bbt.faces import Box, FaceDetector, crop_face
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        (Box(0, 0, 10, 10), Box(0, 0, 10, 10), 1.0),
+        (Box(0, 0, 10, 10), Box(20, 20, 5, 5), 0.0),
+        (Box(0, 0, 10, 10), Box(5, 0, 10, 10), 50 / 150),
+    ],
+)
+def test_iou(a: Box, b: Box, expected: float) -> None:
+    assert a.iou(b) == pytest.approx(expected)
+    assert b.iou(a) == pytest.approx(expected)
+
+
+def test_crop_is_resized_to_a_square() -> None:
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[10:60, 20:70] = 255
+    crop = crop_face(image, Box(20, 10, 50, 50), 32)
+    assert crop.shape == (32, 32, 3) and crop.min() == 255
+
+
+def test_blank_image_has_no_face() -> None:
+    assert FaceDetector().detect(np.full((240, 320, 3), 127, np.uint8)) == []
+
+
+def test_detector_is_safe_to_share_between_threads() -> None:
+    detector = FaceDetector()
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (300, 400, 3), dtype=np.uint8) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def work(image: np.ndarray) -> None:
+        try:
+            for _ in range(5):
+                detector.detect(image)
+        except BaseException as err:  # noqa: BLE001 - any failure in a thread fails the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=(image,)) for image in images * 2]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []

@@ -1,0 +1,102 @@
+"""decode_image on small generated images of every kind an upload or the dataset can hold."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bbt.images import ImageError, decode_image
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def gradient(width: int = 40, height: int = 30) -> Image.Image:
+    x = np.linspace(0, 255, width, dtype=np.uint8)
+    rgb = np.stack([np.tile(x, (height, 1)), np.full((height, width), 60, np.uint8),
+                    np.full((height, width), 200, np.uint8)], axis=2)
+    return Image.fromarray(rgb, "RGB")
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF"])
+def test_common_formats_decode_to_bgr(fmt: str) -> None:
+    decoded = decode_image(encode(gradient(), fmt), "photo")
+    assert decoded.shape == (30, 40, 3) and decoded.dtype == np.uint8
+    # RGB (.., 60, 200) comes back as BGR (200, 60, ..), give or take lossy coding
+    assert abs(int(decoded[15, 5, 0]) - 200) < 12 and abs(int(decoded[15, 5, 1]) - 60) < 12
+
+
+def test_grayscale_becomes_three_equal_channels() -> None:
+    decoded = decode_image(encode(gradient().convert("L"), "PNG"))
+    assert decoded.shape == (30, 40, 3)
+    assert np.array_equal(decoded[..., 0], decoded[..., 2])
+
+
+def test_alpha_is_dropped_like_opencv() -> None:
+    rgba = gradient().convert("RGBA")
+    rgba.putalpha(0)
+    decoded = decode_image(encode(rgba, "PNG"))
+    assert decoded.shape == (30, 40, 3)
+    assert decoded[0, 0, 0] == 200
+
+
+def test_sixteen_bit_grayscale_is_scaled_to_eight_bit() -> None:
+    wide = Image.fromarray(np.full((10, 12), 65535, np.uint16))
+    decoded = decode_image(encode(wide, "PNG"))
+    assert decoded.shape == (10, 12, 3) and decoded.max() == 255
+
+
+def test_cmyk_jpeg_decodes() -> None:
+    decoded = decode_image(encode(gradient().convert("CMYK"), "JPEG"))
+    assert decoded.shape == (30, 40, 3)
+
+
+def test_gif_uses_the_first_frame() -> None:
+    frames = [Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 0, 255))]
+    data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    decoded = decode_image(data)
+    assert decoded[4, 4, 2] > 200 and decoded[4, 4, 0] < 50  # red, in BGR order
+
+
+def test_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    decoded = decode_image(encode(gradient(40, 30), "JPEG", exif=exif.tobytes()))
+    assert decoded.shape == (40, 30, 3)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"hello, this is text", "not a recognised image"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "not a recognised image"),
+    ],
+)
+def test_non_images_are_refused_with_a_reason(data: bytes, message: str) -> None:
+    with pytest.raises(ImageError, match=message):
+        decode_image(data, "upload.bin")
+
+
+def test_truncated_file_is_refused() -> None:
+    data = encode(gradient(200, 200), "JPEG")
+    with pytest.raises(ImageError, match="truncated"):
+        decode_image(data[: len(data) // 2], "half.jpg")
+
+
+def test_unsupported_format_is_named() -> None:
+    with pytest.raises(ImageError, match="ICO image, which is not supported"):
+        decode_image(encode(gradient(16, 16), "ICO"), "favicon.ico")
+
+
+def test_pixel_limit_is_checked_before_decoding() -> None:
+    bomb = encode(Image.new("1", (9000, 5000)), "PNG")  # 45 MP in a few kilobytes
+    assert len(bomb) < 100_000
+    with pytest.raises(ImageError, match="megapixel"):
+        decode_image(bomb, "bomb.png", max_pixels=40_000_000)
