@@ -138,3 +138,50 @@ def import_champion() -> None:
 
     params = load_params().register
     typer.echo(str(run_import(params.model_name, params.alias)))
+
+
+prefect_app = typer.Typer(help="The Prefect retrain flow: run it once, deploy its weekly schedule, serve it with "
+                               "the Prefect UI (flows/, docs/orchestration.md).", no_args_is_help=True)
+app.add_typer(prefect_app, name="prefect")
+
+
+@prefect_app.command("run")
+@friendly
+def prefect_run(
+    force: bool = typer.Option(False, help="Retrain even when the champion has today's data and params."),
+    family: list[str] = typer.Option(None, help="Model family to search (repeat); default search.families."),
+    feature_set: list[str] = typer.Option(None, help="Feature set (repeat); default featurize.feature_sets."),
+    dask: str = typer.Option(None, help="Dask scheduler address, or 'local' for a 2-worker cluster "
+                                        "(default $BBT_DASK_ADDRESS, else threads on this machine)."),
+    batch_size: int = typer.Option(32, help="Images per detect-faces task."),
+) -> None:
+    """Run the retrain flow once (on PREFECT_API_URL's server, else a temporary one); print its outcome."""
+    import json
+
+    from flows.retrain import run_retrain
+
+    outcome = run_retrain(dask, force=force, families=family or None, feature_sets=feature_set or None,
+                          batch_size=batch_size)
+    typer.echo(json.dumps(outcome))
+
+
+@prefect_app.command("deploy")
+@friendly
+def prefect_deploy(cron: str = typer.Option(None, help="Cron schedule (default flows/deploy.py WEEKLY_CRON).")) -> None:
+    """Create or update the deployment retrain/weekly on the server at PREFECT_API_URL."""
+    from flows.deploy import WEEKLY_CRON, apply_deployment
+
+    typer.echo(f"deployment retrain/weekly: {apply_deployment(cron or WEEKLY_CRON)}")
+
+
+@prefect_app.command("serve")
+@friendly
+def prefect_serve(
+    host: str = typer.Option("127.0.0.1", help="Interface of the Prefect server and UI."),
+    port: int = typer.Option(4200, help="Port of the Prefect server and UI."),
+    cron: str = typer.Option(None, help="Cron schedule (default flows/deploy.py WEEKLY_CRON)."),
+) -> None:
+    """Start the Prefect server (SQLite in PREFECT_HOME) and serve retrain/weekly until Ctrl-C."""
+    from flows.deploy import WEEKLY_CRON, serve_locally
+
+    serve_locally(host, port, cron or WEEKLY_CRON)
