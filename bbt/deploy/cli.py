@@ -1,0 +1,158 @@
+"""`bbt deploy ...`: ship the bento to EC2, show and remove deployments, run the local staging copy."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import typer
+
+from bbt.cli import friendly
+
+deploy_app = typer.Typer(help="Ship the bento to AWS EC2 behind nginx, or run the same setup locally (staging).",
+                         no_args_is_help=True)
+
+REGION = typer.Option(None, help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / ~/.aws/config).")
+PROFILE = typer.Option(None, help="AWS profile from ~/.aws/config (default: AWS_PROFILE or the default one).")
+RENDER_OUT = typer.Argument("deploy/rendered", help="Folder for the rendered files.")
+
+
+@deploy_app.command("ec2")
+@friendly
+def ec2(
+    region: str = REGION,
+    profile: str = PROFILE,
+    instance_type: str = typer.Option("t3.small", help="EC2 instance type (2 GiB RAM is the sensible minimum)."),
+    ami: str = typer.Option(None, help="AMI id (default: the latest Debian 12 amd64 image of the region)."),
+    key_name: str = typer.Option(None, help="EC2 key pair for SSH (default: none, no SSH login)."),
+    ssh_cidr: str = typer.Option(None, help="Open SSH (22) to this CIDR only, e.g. 203.0.113.7/32."),
+    https: bool = typer.Option(False, help="Also open 443 (bring your own certificate on the instance)."),
+    bucket: str = typer.Option(None, help="Existing S3 bucket for the archive (default: a new private one)."),
+    subnet_id: str = typer.Option(None, help="Public subnet to launch in (default: the default VPC)."),
+    bento: str = typer.Option(None, help="Ship this bento tag (e.g. the one staging ran) instead of building."),
+    ready_timeout: float = typer.Option(1200, help="Seconds to wait for /readyz through the public address."),
+) -> None:
+    """Build and export the bento, upload it to S3, launch an instance serving it behind nginx; print the URL."""
+    import bentoml
+
+    from bbt.config import load_params
+    from bbt.deploy.bento import build_bento, export_bento
+    from bbt.deploy.ec2 import Ec2Options, aws_session, deploy_ec2
+
+    options = Ec2Options(region=region, profile=profile, instance_type=instance_type, ami=ami, key_name=key_name,
+                         ssh_cidr=ssh_cidr, https=https, bucket=bucket, subnet_id=subnet_id,
+                         max_upload_mb=load_params().serve.max_upload_mb, ready_timeout_s=ready_timeout)
+    session = aws_session(region, profile)  # fail on credentials/region before the slow build
+    tag = bento or build_bento(Path.cwd())
+    with tempfile.TemporaryDirectory(prefix="bbt-export-") as folder:
+        archive = export_bento(tag, Path(folder) / f"{tag.replace(':', '-')}.bento")
+        deployment = deploy_ec2(archive, tag, bentoml.__version__, options, session, echo=typer.echo)
+    typer.echo(f"{deployment.url}  (deployment {deployment.deployment_id}; "
+               f"remove it with `bbt deploy destroy {deployment.deployment_id}`)")
+
+
+@deploy_app.command()
+@friendly
+def status(region: str = REGION, profile: str = PROFILE,
+           probe: bool = typer.Option(True, help="Ask each instance's /readyz (5 s timeout).")) -> None:
+    """List the bbt deployments of the region: instance state, URL, readiness and what they own."""
+    from bbt.deploy.ec2 import aws_session, find_deployments
+    from bbt.deploy.ready import probe as probe_url
+
+    deployments = find_deployments(aws_session(region, profile))
+    if not deployments:
+        typer.echo("no bbt deployments in this region")
+    for deployment in deployments.values():
+        ready = ""
+        if probe and deployment.url:
+            answer = probe_url(f"{deployment.url}readyz")
+            ready = "  ready" if answer == 200 else f"  not ready ({answer or 'no answer'})"
+        typer.echo(f"{deployment.deployment_id}  {deployment.state}  {deployment.url or '-'}{ready}")
+        for instance in deployment.instances:
+            typer.echo(f"  instance {instance['InstanceId']} {instance['InstanceType']} {instance['ImageId']}")
+        for group in deployment.security_groups:
+            typer.echo(f"  security group {group}")
+        for archive in deployment.archives:
+            typer.echo(f"  archive {archive}")
+        for bucket in deployment.buckets:
+            typer.echo(f"  bucket s3://{bucket}")
+
+
+@deploy_app.command()
+@friendly
+def destroy(
+    deployment_id: str = typer.Argument(None, help="The deployment to remove (default: the only one)."),
+    region: str = REGION,
+    profile: str = PROFILE,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+) -> None:
+    """Remove exactly what `bbt deploy ec2` created for one deployment, found by its tag."""
+    from bbt.deploy import DeployError
+    from bbt.deploy.ec2 import aws_session, find_deployments
+    from bbt.deploy.ec2 import destroy as destroy_deployment
+
+    session = aws_session(region, profile)
+    known = find_deployments(session)
+    if deployment_id is None:
+        if not known:
+            raise DeployError(f"no bbt deployments in {session.region_name}: nothing to remove")
+        if len(known) > 1:
+            raise DeployError(f"{len(known)} bbt deployments in {session.region_name} ({', '.join(known)}): "
+                              "name the one to remove, e.g. `bbt deploy destroy ID`")
+        deployment_id = next(iter(known))
+    if deployment_id not in known:
+        raise DeployError(f"no resources tagged bbt:deployment={deployment_id} in {session.region_name}: "
+                          "see `bbt deploy status` (and --region)")
+    if not yes:
+        typer.confirm(f"Remove deployment {deployment_id} (instance, security group, archive)?", abort=True)
+    removed = destroy_deployment(session, deployment_id)
+    typer.echo(f"removed {deployment_id}: {', '.join(removed)}")
+
+
+@deploy_app.command()
+@friendly
+def staging(
+    port: int = typer.Option(8080, help="Loopback port nginx listens on."),
+    bento: str = typer.Option(None, help="Stage this bento tag instead of building one from bentofile.yaml."),
+    keep: bool = typer.Option(False, help="Keep the work folder (archive, store, logs) after stopping."),
+) -> None:
+    """Run the staging copy: the exported bento imported into a fresh store, behind nginx on 127.0.0.1:PORT."""
+    import shutil
+    import threading
+
+    from bbt.config import load_params
+    from bbt.deploy.staging import run_staging
+
+    workdir = Path(tempfile.mkdtemp(prefix="bbt-staging-"))
+    typer.echo(f"building, exporting and importing the bento in {workdir} ...")
+    try:
+        with run_staging(Path.cwd(), workdir, port=port, bento_tag=bento, serve=load_params().serve) as running:
+            typer.echo(f"staging {running.bento_tag} on {running.url}/ (nginx -> {running.service_url}); "
+                       "Ctrl-C stops it")
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        typer.echo("stopped")
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@deploy_app.command()
+@friendly
+def render(
+    out: Path = RENDER_OUT,
+    bento: str = typer.Option("bbt:<version>", help="Bento tag to write into the unit and user-data."),
+) -> None:
+    """Write the nginx site, systemd unit and cloud-init user-data as `bbt deploy ec2` would, for review."""
+    import bentoml
+
+    from bbt.config import load_params
+    from bbt.deploy.render import SiteSettings, render_site, render_unit, render_user_data
+
+    site = SiteSettings(max_upload_mb=load_params().serve.max_upload_mb)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bbt.conf").write_text(render_site(site))
+    (out / "bbt.service").write_text(render_unit(bento))
+    (out / "user-data.yaml").write_text(render_user_data("bbt-<deployment>", bento, "https://<presigned-s3-url>",
+                                                         bentoml.__version__, site))
+    typer.echo(f"wrote {out}/bbt.conf, {out}/bbt.service, {out}/user-data.yaml")

@@ -1,0 +1,153 @@
+"""The local staging copy of production: the exported-then-imported bento behind Debian's nginx, on loopback.
+
+Same artefacts as EC2: the archive `bentoml export` writes, imported into a fresh BENTOML_HOME, served by the
+command line of the systemd unit, behind the nginx site config rendered from the same template.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from bbt.config import ServeParams
+from bbt.deploy import DeployError
+from bbt.deploy.bento import bentoml_executable, build_bento, export_bento, import_bento
+from bbt.deploy.ready import wait_until_ready
+from bbt.deploy.render import TEMPLATES, SiteSettings, render_site, serve_command
+
+log = logging.getLogger(__name__)
+NGINX_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+MIME_TYPES = Path("/etc/nginx/mime.types")
+
+
+@dataclass(frozen=True)
+class Staging:
+    """A running staging copy: `url` goes through nginx, `service_url` straight to `bentoml serve`."""
+
+    url: str
+    service_url: str
+    bento_tag: str
+    workdir: Path
+
+
+def free_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def nginx_executable() -> str:
+    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if found is None:
+        raise DeployError("nginx is not installed: run `make system-deps` (apt-get install nginx)")
+    return found
+
+
+def write_nginx_config(prefix: Path, site: SiteSettings) -> Path:
+    """Render the site config and a private main config around it; returns the main config's path."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    for name in NGINX_TEMP_DIRS:
+        (prefix / name).mkdir(exist_ok=True)
+    site_file = prefix / "sites" / "bbt.conf"
+    site_file.parent.mkdir(exist_ok=True)
+    site_file.write_text(render_site(site))
+    # A root master hands requests to workers as `nobody` unless told otherwise; they could not reach our files.
+    user = getpass.getuser() if os.geteuid() == 0 else None
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined)
+    main = prefix / "nginx.conf"
+    main.write_text(env.get_template("nginx-staging.conf.j2").render(
+        prefix=prefix, site=site_file, mime_types=MIME_TYPES, user=user))
+    return main
+
+
+def check_nginx_config(config: Path) -> str:
+    """`nginx -t` on a config written by `write_nginx_config`; returns nginx's report."""
+    prefix = config.parent
+    result = subprocess.run([nginx_executable(), "-t", "-p", str(prefix), "-c", str(config),
+                             "-e", str(prefix / "error.log")], check=False, capture_output=True, text=True,
+                            timeout=30)
+    if result.returncode != 0:
+        raise DeployError(f"nginx rejects {config}:\n{result.stderr.strip()}")
+    return result.stderr
+
+
+def _stop(process: subprocess.Popen[bytes], grace_s: float = 15) -> None:
+    """Stop a process started in its own session, with everything it spawned."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=grace_s)
+    except ProcessLookupError:
+        pass
+
+
+@contextmanager
+def _started(command: list[str], log_file: Path, env: dict[str, str] | None = None,
+             cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    with log_file.open("wb") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                   start_new_session=True)
+    try:
+        yield process
+    finally:
+        _stop(process)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+@contextmanager
+def run_staging(project: Path, workdir: Path, port: int | None = None, bento_tag: str | None = None,
+                serve: ServeParams | None = None, source_home: Path | None = None,
+                ready_timeout_s: float = 180) -> Iterator[Staging]:
+    """Build (unless `bento_tag`), export, import into `workdir`, serve behind nginx; stop both on exit.
+
+    `source_home` is the BENTOML_HOME holding the model (default: the environment's).
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    tag = bento_tag or build_bento(project, source_home)
+    log.info("staging bento %s", tag)
+    archive = export_bento(tag, workdir / "export" / "bento.bento", source_home)
+    home = workdir / "bentoml"
+    import_bento(archive, home)
+
+    service_port, public_port = free_loopback_port(), port or free_loopback_port()
+    service_url, url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{public_port}"
+    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    service_log, nginx_log = workdir / "bentoml-serve.log", workdir / "nginx" / "error.log"
+    with ExitStack() as stack:
+        service = stack.enter_context(_started(serve_command(bentoml_executable(), tag, service_port),
+                                               service_log, env=env, cwd=workdir))
+        try:
+            wait_until_ready(f"{service_url}/readyz", ready_timeout_s, 0.5,
+                             alive=lambda: service.poll() is None, what="`bentoml serve`")
+        except DeployError as err:
+            raise DeployError(f"{err}\n--- {service_log} ---\n{_tail(service_log)}") from None
+        site = SiteSettings(listen=f"127.0.0.1:{public_port}", upstream=f"127.0.0.1:{service_port}",
+                            max_upload_mb=(serve or ServeParams()).max_upload_mb)
+        config = write_nginx_config(workdir / "nginx", site)
+        check_nginx_config(config)
+        nginx = stack.enter_context(_started(
+            [nginx_executable(), "-p", str(config.parent), "-c", str(config), "-e", str(nginx_log)],
+            workdir / "nginx" / "stdout.log"))
+        try:
+            wait_until_ready(f"{url}/readyz", 30, 0.2, alive=lambda: nginx.poll() is None, what="nginx")
+        except DeployError as err:
+            raise DeployError(f"{err}\n--- {nginx_log} ---\n{_tail(nginx_log)}") from None
+        yield Staging(url=url, service_url=service_url, bento_tag=tag, workdir=workdir)
