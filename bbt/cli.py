@@ -185,3 +185,9 @@ def prefect_serve(
     from flows.deploy import WEEKLY_CRON, serve_locally
 
     serve_locally(host, port, cron or WEEKLY_CRON)
+
+
+# Imported last: the sub-app's commands use `friendly` from this module.
+from bbt.deploy.cli import deploy_app
+
+app.add_typer(deploy_app, name="deploy")
