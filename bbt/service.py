@@ -1,0 +1,345 @@
+"""The champion over HTTP: a BentoML service with the drop-box page, `/classify` and the legacy `/classify_image`.
+
+Run it with `bbt serve` (imports the champion into the BentoML store, then `bentoml serve bbt.service:ActorService`).
+The routes live in a FastAPI app mounted on the service, so every request is parsed by our own code: each bad
+input gets a clear 4xx `{"error": ...}` and nothing makes the server fetch a URL (BentoML's own multipart parser
+downloads string fields that look like URLs).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import bbt  # noqa: F401  (sets OpenCV's pixel limit before anything imports cv2)
+import anyio
+import bentoml
+import numpy as np
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from bbt.config import ServeParams, load_params
+from bbt.errors import ModelError
+from bbt.images import ImageError, decode_image
+from bbt.predict import ActorClassifier, FacePrediction
+
+log = logging.getLogger("bbt.service")
+
+MODEL_NAME = "bbt-actor-classifier"
+WEB_DIR = Path(__file__).with_name("web")
+MB = 1024 * 1024
+# A data URL carries base64 (4 bytes per 3) plus its header: the legacy route's body may be this much larger.
+BASE64_GROWTH = 4 / 3
+ENVELOPE_BYTES = 64 * 1024
+# Bodies over the limit are read and thrown away up to this size so the client sees the 413, then closed.
+DRAIN_LIMIT_BYTES = 64 * MB
+
+STAGE_SECONDS = bentoml.metrics.Histogram(
+    name="bbt_stage_seconds",
+    documentation="Seconds spent per request in each inference stage (decode, detect, features, classify).",
+    labelnames=["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+REJECTED = bentoml.metrics.Counter(
+    name="bbt_rejected_requests",
+    documentation="Requests refused with a 4xx, by HTTP status.",
+    labelnames=["status"],
+)
+FACES = bentoml.metrics.Counter(
+    name="bbt_faces",
+    documentation="Faces classified, by label ('unknown' below the confidence threshold).",
+    labelnames=["label"],
+)
+
+
+# ---- the HTTP contract, as pydantic models: they are the OpenAPI schema --------------------------------------
+
+class FaceBox(BaseModel):
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+class Face(BaseModel):
+    box: FaceBox = Field(description="In the uploaded image's pixel coordinates (after EXIF rotation).")
+    label: str = Field(description="An actor, or 'unknown' below the confidence threshold.")
+    confidence: float
+    probabilities: dict[str, float]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str = Field(description="The MLflow registry version being served.")
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class Classification(BaseModel):
+    faces: list[Face] = Field(description="Most confident first; empty when no face is found.")
+    model: ModelInfo
+    image: ImageSize
+
+
+class LegacyFace(BaseModel):
+    class_: str = Field(alias="class")
+    class_probability: list[float] = Field(description="Percentages, in class_dictionary order.")
+    class_dictionary: dict[str, int]
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": why}
+    for status, why in ((400, "Missing field or bad image"), (413, "Upload too large"),
+                        (415, "Not multipart/form-data"), (503, "Model not loaded yet"))
+}
+
+
+# ---- errors: every one a JSON {"error": ...} -----------------------------------------------------------------
+
+class UploadTooLarge(HTTPException):
+    """Raised while the body streams in, as soon as it passes the limit."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the upload is over the {limit / MB:g} MB limit: send a smaller photo "
+                              "(resize or re-export it as JPEG)")
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    if 400 <= status < 500:
+        REJECTED.labels(status=str(status)).inc()
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def field_missing_message(request: Request) -> tuple[int, str]:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        return 415, (f"POST {request.url.path} needs multipart/form-data with the photo in the field 'image' "
+                     f"(got {content_type or 'no content type'}), e.g. curl -F image=@photo.jpg URL/classify")
+    return 400, ("the form has no file in the field 'image': send the photo as a file part named 'image', "
+                 "e.g. curl -F image=@photo.jpg URL/classify")
+
+
+# ---- the upload limit, enforced before the body is read ----------------------------------------------------
+
+class UploadLimit:
+    """ASGI middleware refusing request bodies over the route's limit with a 413, without buffering them.
+
+    The limits belong to the running service (they come from params.yaml when it starts).
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        limit = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            limit = bentoml.get_current_service().upload_limits.get(scope["path"])
+        if limit is None:
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            if int(declared) <= DRAIN_LIMIT_BYTES:
+                await self._drain(receive)
+            return await error_response(413, UploadTooLarge(limit).detail)(scope, receive, send)
+        received = 0
+
+        async def counted() -> dict:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > limit:  # a chunked body that never declared its length
+                raise UploadTooLarge(limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+    @staticmethod
+    async def _drain(receive: Any) -> None:
+        while True:
+            message = await receive()
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return
+
+
+web = FastAPI(title="bbt actor classifier", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+              description="Finds the faces in a photo and names the Big Bang Theory actor of each.")
+web.add_middleware(UploadLimit)
+
+
+@web.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return error_response(*field_missing_message(request))
+
+
+@web.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    if exc.status_code == 400 and detail == "There was an error parsing the body":
+        detail = "the request body is not valid multipart/form-data: send the photo as the file field 'image'"
+    return error_response(exc.status_code, detail)
+
+
+# ---- the service --------------------------------------------------------------------------------------------
+
+@contextmanager
+def timed(stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_SECONDS.labels(stage=stage).observe(time.perf_counter() - start)
+
+
+class TimedDetector:
+    """The model's face detector, timed as the 'detect' stage."""
+
+    def __init__(self, detector: Any) -> None:
+        self.detector = detector
+
+    def detect(self, image: np.ndarray) -> list:
+        with timed("detect"):
+            return self.detector.detect(image)
+
+
+class TimedPipeline:
+    """The model's fitted scikit-learn pipeline, its feature steps and its classifier timed separately."""
+
+    def __init__(self, pipeline: Any) -> None:
+        self.classes_ = pipeline.classes_
+        self.features = pipeline[:-1] if len(pipeline.steps) > 1 else None
+        self.classifier = pipeline[-1]
+
+    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
+        with timed("features"):
+            features = self.features.transform(crops) if self.features is not None else crops
+        with timed("classify"):
+            return self.classifier.predict_proba(features)
+
+
+@bentoml.service(
+    workers="cpu_count",
+    traffic={"timeout": 60, "max_concurrency": 256},
+    metrics={"enabled": True},
+)
+@bentoml.asgi_app(web, path="/")
+class ActorService:
+    """Detect faces with the training detector settings and name the actor of each, with the champion model."""
+
+    bento_model = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
+
+    def __init__(self) -> None:
+        model_ref = type(self).bento_model
+        if model_ref.stored is None:
+            store = os.environ.get("BENTOML_HOME", "~/bentoml")
+            raise ModelError(f"the BentoML store in {store} has no {model_ref.tag}: run `bbt import-champion` "
+                             "(or `dvc repro`) first, or serve with `bbt serve`, which imports the champion")
+        self.settings: ServeParams = load_params().serve
+        self.classifier = ActorClassifier.from_mlflow(self.bento_model.path_of("mlflow_model"),
+                                                      self.settings.confidence_threshold)
+        self.classifier.detector = TimedDetector(self.classifier.detector)
+        self.classifier.pipeline = TimedPipeline(self.classifier.pipeline)
+        labels = self.bento_model.info.labels
+        self.model_info = ModelInfo(name=MODEL_NAME, version=labels.get("registry_version", "unknown"))
+        self.max_bytes = int(self.settings.max_upload_mb * MB)
+        self.max_pixels = int(self.settings.max_megapixels * 1_000_000)
+        self.legacy_max_bytes = int(self.max_bytes * BASE64_GROWTH) + ENVELOPE_BYTES
+        # OpenCV and Pillow release the GIL; a few threads per worker keep both cores busy without thrashing.
+        self.limiter = anyio.CapacityLimiter(4)
+        self.index_html = (WEB_DIR / "index.html").read_text().replace("{{max_upload_bytes}}", str(self.max_bytes))
+        self.upload_limits = {"/classify": self.max_bytes, "/classify_image": self.legacy_max_bytes}
+        log.info("serving %s version %s (%s)", MODEL_NAME, self.model_info.version, self.bento_model.tag)
+
+    def __is_ready__(self) -> bool:
+        return self.classifier is not None
+
+    def classify_bytes(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]]:
+        """Decode untrusted bytes and classify every face; ImageError for anything that is not a usable image."""
+        with timed("decode"):
+            image = decode_image(data, name, self.max_pixels)
+        faces = self.classifier.classify(image)
+        for face in faces:
+            FACES.labels(label=face.label).inc()
+        return faces, (image.shape[1], image.shape[0])
+
+    async def run_classifier(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]]:
+        return await anyio.to_thread.run_sync(self.classify_bytes, data, name, limiter=self.limiter)
+
+    @web.get("/", include_in_schema=False)
+    async def index(self) -> HTMLResponse:
+        return HTMLResponse(self.index_html)
+
+    @web.post("/classify", response_model=Classification, responses=ERRORS,
+              summary="Find every face in a photo and name the actor")
+    async def classify(self, image: UploadFile = File(description="A JPEG, PNG, GIF, WebP, BMP or TIFF photo")
+                       ) -> Classification | JSONResponse:
+        name = f"the uploaded file {image.filename!r}" if image.filename else "the uploaded file"
+        try:
+            faces, (width, height) = await self.run_classifier(await image.read(), name)
+        except ImageError as err:
+            return error_response(400, str(err))
+        return Classification(faces=[Face.model_validate(f.as_dict()) for f in faces], model=self.model_info,
+                              image=ImageSize(width=width, height=height))
+
+    @web.post("/classify_image", response_model=list[LegacyFace], responses=ERRORS,
+              summary="The original system's route: a data URL in the form field image_data",
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/x-www-form-urlencoded": {"schema": {
+                      "type": "object", "required": ["image_data"],
+                      "properties": {"image_data": {"type": "string", "description": "data:image/...;base64,..."}},
+                  }}}}})
+    async def classify_image(self, request: Request) -> JSONResponse:
+        form = await request.form(max_files=1, max_fields=10,
+                                  max_part_size=self.legacy_max_bytes)
+        field = form.get("image_data")
+        if not isinstance(field, str) or not field:
+            return error_response(400, "the form has no field 'image_data': send the photo as a data URL "
+                                       "(data:image/jpeg;base64,...) in the form field 'image_data'")
+        try:
+            data = decode_data_url(field)
+            if len(data) > self.max_bytes:
+                return error_response(413, UploadTooLarge(self.max_bytes).detail)
+            faces, _ = await self.run_classifier(data, "the image in 'image_data'")
+        except ImageError as err:
+            return error_response(400, str(err))
+        legacy = [legacy_face(face, self.classifier.classes) for face in faces]
+        # The original answered any origin; old pages served from elsewhere depend on it.
+        return JSONResponse(legacy, headers={"Access-Control-Allow-Origin": "*"})
+
+
+def legacy_face(face: FacePrediction, classes: list[str]) -> dict[str, Any]:
+    """The original system's answer for one face: the best class and percentages in class order."""
+    best = max(classes, key=lambda c: face.probabilities[c])
+    return {"class": best,
+            "class_probability": [round(face.probabilities[c] * 100, 2) for c in classes],
+            "class_dictionary": {c: i for i, c in enumerate(classes)}}
+
+
+def decode_data_url(value: str) -> bytes:
+    """The bytes of a base64 data URL (or of bare base64, as some old clients sent)."""
+    header, _, payload = value.partition(",") if value.startswith("data:") else ("", "", value)
+    if header and not header.endswith(";base64"):
+        raise ImageError("'image_data' is a data URL without ;base64: send data:image/jpeg;base64,...")
+    try:
+        return base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError("'image_data' is not valid base64: send the photo as data:image/jpeg;base64,...") from None
+
+
+web.mount("/static", StaticFiles(directory=WEB_DIR), name="static")

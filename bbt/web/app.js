@@ -1,0 +1,170 @@
+// The drop box: send the photo to POST classify, draw a box per face, highlight the best match's card.
+"use strict";
+
+const maxBytes = Number(document.querySelector('meta[name="bbt-max-upload-bytes"]').content) || 10 * 1024 * 1024;
+const dropzone = document.getElementById("dropzone");
+const input = document.getElementById("file");
+const message = document.getElementById("message");
+const result = document.getElementById("result");
+const stage = document.getElementById("stage");
+const photo = document.getElementById("photo");
+let photoUrl = null;
+
+document.getElementById("max-size").textContent = `${(maxBytes / 1024 / 1024).toFixed(0)} MB`;
+
+function showMessage(text, kind) {
+  message.textContent = text;
+  message.className = `message ${kind}`;
+  message.hidden = !text;
+}
+
+function percent(p) {
+  return `${Math.round(p * 100)}%`;
+}
+
+function clearResult() {
+  result.hidden = true;
+  stage.querySelectorAll(".box").forEach((box) => box.remove());
+  document.querySelectorAll(".card").forEach((card) => {
+    card.classList.remove("best");
+    card.querySelector(".score").textContent = "";
+  });
+}
+
+function drawBoxes(faces, size) {
+  faces.forEach((face, i) => {
+    const box = document.createElement("div");
+    box.className = `box ${face.label === "unknown" ? "unknown" : ""}`;
+    // Percentages of the image keep the boxes right at any display size.
+    box.style.left = `${(100 * face.box.x) / size.width}%`;
+    box.style.top = `${(100 * face.box.y) / size.height}%`;
+    box.style.width = `${(100 * face.box.w) / size.width}%`;
+    box.style.height = `${(100 * face.box.h) / size.height}%`;
+    const tag = document.createElement("span");
+    tag.className = "tag";
+    tag.textContent = `${i + 1}. ${face.label} ${percent(face.confidence)}`;
+    box.appendChild(tag);
+    stage.appendChild(box);
+  });
+}
+
+function fillTable(faces) {
+  const classes = Object.keys(faces[0].probabilities);
+  const head = document.querySelector("#probabilities thead");
+  const body = document.querySelector("#probabilities tbody");
+  head.innerHTML = "";
+  body.innerHTML = "";
+  const headRow = head.insertRow();
+  ["Face", ...classes, "Answer"].forEach((name) => {
+    const th = document.createElement("th");
+    th.textContent = name;
+    headRow.appendChild(th);
+  });
+  faces.forEach((face, i) => {
+    const row = body.insertRow();
+    row.insertCell().textContent = String(i + 1);
+    const best = Math.max(...classes.map((c) => face.probabilities[c]));
+    classes.forEach((c) => {
+      const cell = row.insertCell();
+      cell.textContent = percent(face.probabilities[c]);
+      if (face.probabilities[c] === best) cell.classList.add("top");
+    });
+    row.insertCell().textContent = face.label;
+  });
+}
+
+function highlightCards(faces) {
+  document.querySelectorAll(".card").forEach((card) => {
+    const actor = card.dataset.actor;
+    const scores = faces.map((f) => f.probabilities[actor] ?? 0);
+    if (scores.length) card.querySelector(".score").textContent = percent(Math.max(...scores));
+  });
+  const best = faces[0];
+  const card = best && document.querySelector(`.card[data-actor="${best.label}"]`);
+  if (card) card.classList.add("best");
+}
+
+function showResult(answer) {
+  const faces = answer.faces;
+  document.getElementById("model").textContent =
+    `Model ${answer.model.name} version ${answer.model.version}; image ${answer.image.width}×${answer.image.height} px.`;
+  result.hidden = false;
+  if (!faces.length) {
+    document.getElementById("caption").textContent = "No face found.";
+    document.querySelector("#probabilities thead").innerHTML = "";
+    document.querySelector("#probabilities tbody").innerHTML = "";
+    showMessage("No face found: try a photo where a face looks at the camera with both eyes visible.", "warning");
+    return;
+  }
+  drawBoxes(faces, answer.image);
+  fillTable(faces);
+  highlightCards(faces);
+  const names = faces.map((f, i) => `${i + 1}. ${f.label} (${percent(f.confidence)})`).join(", ");
+  document.getElementById("caption").textContent = `${faces.length} face${faces.length > 1 ? "s" : ""}: ${names}`;
+  const best = faces[0];
+  showMessage(best.label === "unknown"
+    ? `Not sure who this is: the best guess is under the confidence threshold (${percent(best.confidence)}).`
+    : `Best match: ${best.label} (${percent(best.confidence)}).`, "ok");
+}
+
+async function classify(file) {
+  clearResult();
+  if (!file) return;
+  if (file.size > maxBytes) {
+    showMessage(`${file.name} is too large (${(file.size / 1024 / 1024).toFixed(1)} MB): the limit is ` +
+      `${(maxBytes / 1024 / 1024).toFixed(0)} MB. Resize it or export it as JPEG.`, "error");
+    return;
+  }
+  showMessage(`Looking at ${file.name}…`, "busy");
+  if (photoUrl) URL.revokeObjectURL(photoUrl);
+  photoUrl = URL.createObjectURL(file);
+  photo.src = photoUrl;
+  const form = new FormData();
+  form.append("image", file, file.name);
+  let response;
+  try {
+    response = await fetch("classify", { method: "POST", body: form });
+  } catch (err) {
+    showMessage(`The server could not be reached (${err.message}). Try again in a moment.`, "error");
+    return;
+  }
+  let answer = null;
+  try {
+    answer = await response.json();
+  } catch (err) {
+    answer = null;
+  }
+  if (!response.ok) {
+    const why = answer && answer.error ? answer.error : `the server answered ${response.status}`;
+    showMessage(`${file.name} could not be classified: ${why}`, "error");
+    return;
+  }
+  showResult(answer);
+}
+
+photo.addEventListener("error", () => {
+  if (!result.hidden) showMessage(`${message.textContent} (Your browser cannot display this format.)`, "ok");
+});
+input.addEventListener("change", () => {
+  const file = input.files[0];
+  input.value = ""; // choosing the same file again must trigger another upload
+  classify(file);
+});
+dropzone.addEventListener("click", (event) => {
+  if (event.target.tagName !== "LABEL") input.click();
+});
+dropzone.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" || event.key === " ") {
+    event.preventDefault();
+    input.click();
+  }
+});
+["dragenter", "dragover"].forEach((type) => dropzone.addEventListener(type, (event) => {
+  event.preventDefault();
+  dropzone.classList.add("over");
+}));
+["dragleave", "drop"].forEach((type) => dropzone.addEventListener(type, () => dropzone.classList.remove("over")));
+dropzone.addEventListener("drop", (event) => {
+  event.preventDefault();
+  classify(event.dataTransfer.files[0]);
+});
