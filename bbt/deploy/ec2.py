@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
+import boto3.exceptions
 import botocore.exceptions
 
 from bbt.deploy import DeployError
@@ -119,6 +120,11 @@ def aws_errors(action: str) -> Iterator[None]:
         message = err.response.get("Error", {}).get("Message", str(err))
         hint = next((h for c, h in HINTS.items() if code.startswith(c)), "")
         raise DeployError(f"{action}: {code}: {message}" + (f" ({hint})" if hint else "")) from None
+    except boto3.exceptions.S3UploadFailedError as err:
+        code = next((c for c in HINTS if c in str(err)), "")
+        hint = HINTS.get(code) or ("that bucket does not exist: check --bucket and --region" if "NoSuchBucket"
+                                   in str(err) else "")
+        raise DeployError(f"{action}: {err}" + (f" ({hint})" if hint else "")) from None
     except botocore.exceptions.EndpointConnectionError as err:
         raise DeployError(f"{action}: cannot reach AWS ({err}); check the network and --region") from None
 
@@ -234,8 +240,11 @@ def deploy_ec2(archive: Path, bento_tag: str, bentoml_version: str, options: Ec2
     deployment_id = new_deployment_id()
     ec2 = session.client("ec2")
     echo(f"deployment {deployment_id} in {session.region_name}")
+    image = resolve_ami(session, options.ami)
+    if options.key_name:
+        with aws_errors(f"looking up key pair {options.key_name!r}"):
+            ec2.describe_key_pairs(KeyNames=[options.key_name])
     try:
-        image = resolve_ami(session, options.ami)
         with aws_errors("creating the security group"):
             group_id = create_security_group(ec2, deployment_id, _vpc_of(ec2, options.subnet_id), options)
         echo(f"security group {group_id}: port 80" + (", 443" if options.https else "")

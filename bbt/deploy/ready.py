@@ -39,7 +39,7 @@ def wait_until_ready(url: str, timeout_s: float = 900, interval_s: float = 5,
         if not alive():
             raise DeployError(f"{what} stopped before {url} answered (last answer: {last or 'no connection'})")
         if time.monotonic() >= deadline:
-            raise DeployError(f"{url} did not answer 200 within {timeout_s:.0f} s "
+            raise DeployError(f"{url} did not answer 200 within {timeout_s:g} s "
                               f"(last answer: {last or 'no connection'}); {what} may still be starting: "
                               "check it with `bbt deploy status`, or its logs")
         time.sleep(interval_s)
