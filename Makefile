@@ -42,3 +42,7 @@ ui: setup  ## the MLflow UI over mlruns/ on http://127.0.0.1:5000
 
 leaderboard: setup
 	bbt leaderboard
+
+.PHONY: prefect
+prefect: setup  ## Prefect server + UI on http://127.0.0.1:4200 (SQLite), serving the weekly retrain deployment
+	bbt prefect serve
