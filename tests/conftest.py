@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -90,3 +93,56 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A running `bbt serve` (the champion under `bentoml serve`) and the project it serves."""
+
+    url: str
+    process: subprocess.Popen
+    project: Project
+    log: Path
+
+
+def start_server(project: Project, command: list[str], log: Path, cwd: Path | None = None,
+                 ready_timeout: float = 240) -> Server:
+    """Start a server in its own process group on a free loopback port; return once /readyz answers 200."""
+    import httpx
+
+    port = free_port()
+    with log.open("w") as out:
+        process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd or project.root,
+                                   env=project.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(f"http://127.0.0.1:{port}", process, project, log)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"{' '.join(command)} exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    stop_server(server)
+    pytest.fail(f"{' '.join(command)} was not ready within {ready_timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(server: Server) -> None:
+    """Stop the server and every process it started (its own process group)."""
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def bento_server(trained_project: Project) -> Iterator[Server]:
+    """`bbt serve` in the trained project: shared by the server and browser tests."""
+    server = start_server(trained_project, ["bbt", "serve"], trained_project.root / "bbt-serve.log")
+    yield server
+    stop_server(server)
