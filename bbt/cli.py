@@ -145,6 +145,12 @@ prefect_app = typer.Typer(help="The Prefect retrain flow: run it once, deploy it
 app.add_typer(prefect_app, name="prefect")
 
 
+@prefect_app.callback()
+def prefect_main() -> None:
+    # Prefect's client logs every HTTP request at INFO; the run logs say what matters.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
 @prefect_app.command("run")
 @friendly
 def prefect_run(
