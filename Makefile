@@ -43,6 +43,13 @@ ui: setup  ## the MLflow UI over mlruns/ on http://127.0.0.1:5000
 leaderboard: setup
 	bbt leaderboard
 
+# Deployment (docs/deployment.md): the staging copy of production on this machine.
+STAGING_PORT ?= 8080
+.PHONY: staging
+staging: setup system-deps  ## production's setup on loopback: exported bento behind nginx on http://127.0.0.1:$(STAGING_PORT)
+	bbt import-champion
+	bbt deploy staging --port $(STAGING_PORT)
+
 .PHONY: prefect
 prefect: setup  ## Prefect server + UI on http://127.0.0.1:4200 (SQLite), serving the weekly retrain deployment
 	bbt prefect serve

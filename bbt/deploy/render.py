@@ -55,9 +55,13 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def client_max_body_size(max_upload_mb: float) -> str:
-    """nginx's body limit for the service's upload limit (MiB), in KiB, with room for the multipart envelope."""
-    return f"{math.ceil(max_upload_mb * 1024) + MULTIPART_ROOM_KB}k"
+def client_max_body_size(max_upload_mb: float, base64: bool = False) -> str:
+    """nginx's body limit for the service's upload limit (MiB), in KiB, with room for the request envelope.
+
+    `base64`: the photo arrives as a data URL (the legacy /classify_image route), 4/3 of its size.
+    """
+    kib = max_upload_mb * 1024 * (4 / 3 if base64 else 1)
+    return f"{math.ceil(kib) + MULTIPART_ROOM_KB}k"
 
 
 def serve_command(bentoml: str, bento_tag: str, port: int, host: str = "127.0.0.1") -> list[str]:
@@ -68,7 +72,8 @@ def serve_command(bentoml: str, bento_tag: str, port: int, host: str = "127.0.0.
 def render_site(settings: SiteSettings) -> str:
     """The nginx site config (a `server` block plus its upstream) for the http context."""
     values = {**settings.__dict__, "max_upload_mb": f"{settings.max_upload_mb:g}",
-              "client_max_body_size": client_max_body_size(settings.max_upload_mb)}
+              "client_max_body_size": client_max_body_size(settings.max_upload_mb),
+              "legacy_client_max_body_size": client_max_body_size(settings.max_upload_mb, base64=True)}
     return _environment().get_template("nginx-site.conf.j2").render(**values)
 
 
