@@ -99,7 +99,9 @@ def process_image(
         result.error = str(err)
         return result
     detector = detector or _process_detector(settings)
-    boxes = detector.detect(image)
+    # OpenCV's box order depends on its thread count (process pool vs a Dask worker): sorted, the products
+    # do not depend on where they were made.
+    boxes = sorted(detector.detect(image), key=lambda b: (b.x, b.y, b.w, b.h))
     for box in boxes:
         review = match(box, list(job.annotations), iou_threshold)
         if review is None:
