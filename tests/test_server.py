@@ -1,0 +1,299 @@
+"""Integration: the real `bentoml serve` (via `bbt serve`) with the champion trained on the real data."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from bbt.faces import Box
+from tests.conftest import Project, Server, start_server, stop_server
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A dataset photo with one accepted, annotated face."""
+
+    path: Path
+    label: str
+    box: Box
+
+    @property
+    def data(self) -> bytes:
+        return self.path.read_bytes()
+
+
+def accepted_photos(project: Project, split: str) -> list[Photo]:
+    """Photos whose accepted face is in the given split (train/test), one face per photo, smallest first."""
+    faces = np.load(project.root / "artifacts/faces/faces.npz")
+    chosen = np.load(project.root / "artifacts/features/split.npz")[split]
+    names = list(faces["images"])
+    photos = [Photo(project.root / "data/raw" / str(faces["images"][i]), str(faces["labels"][i]),
+                    Box(*(int(v) for v in faces["boxes"][i])))
+              for i in chosen if names.count(faces["images"][i]) == 1]
+    return sorted(photos, key=lambda p: p.path.stat().st_size)
+
+
+def one_per_actor(project: Project) -> list[Photo]:
+    seen: dict[str, Photo] = {}
+    for photo in accepted_photos(project, "train"):
+        if photo.path.suffix.lower() in (".jpg", ".jpeg"):
+            seen.setdefault(photo.label, photo)
+    return [seen[actor] for actor in sorted(seen)]
+
+
+def box_of(face: dict) -> Box:
+    return Box(**face["box"])
+
+
+def post(server: Server, data: bytes, filename: str = "photo.jpg", field: str = "image",
+         timeout: float = 120) -> httpx.Response:
+    return httpx.post(f"{server.url}/classify", files={field: (filename, data)}, timeout=timeout)
+
+
+def assert_error(response: httpx.Response, status: int, *words: str) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"} and body["error"], body
+    for word in words:
+        assert word.lower() in body["error"].lower(), body["error"]
+
+
+def encode(image: Image.Image, fmt: str, **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels: a decompression bomb's calling card."""
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+# ---- the contract ------------------------------------------------------------------------------------------
+
+def test_classify_names_the_right_actor_in_image_coordinates(bento_server: Server) -> None:
+    for photo in one_per_actor(bento_server.project):
+        response = post(bento_server, photo.data, photo.path.name)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        width, height = Image.open(photo.path).size
+        assert body["image"] == {"width": width, "height": height}
+        assert body["model"]["name"] == "bbt-actor-classifier" and body["model"]["version"].isdigit()
+        matches = [f for f in body["faces"] if box_of(f).iou(photo.box) >= 0.5]
+        assert matches, f"{photo.path.name}: no face near the annotated {photo.box} in {body['faces']}"
+        face = matches[0]
+        assert face["label"] == photo.label, f"{photo.path.name}: {face}"
+        assert set(face["probabilities"]) == {"howard", "leonard", "raj", "sheldon"}
+        assert face["confidence"] == max(face["probabilities"].values())
+        assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
+        confidences = [f["confidence"] for f in body["faces"]]
+        assert confidences == sorted(confidences, reverse=True)
+
+
+def test_no_face_is_an_empty_list(bento_server: Server) -> None:
+    blank = encode(Image.new("RGB", (320, 240), (200, 180, 150)), "PNG")
+    response = post(bento_server, blank, "wall.png")
+    assert response.status_code == 200
+    assert response.json()["faces"] == []
+
+
+def test_legacy_route_answers_in_the_original_format(bento_server: Server) -> None:
+    photo = one_per_actor(bento_server.project)[0]
+    data_url = "data:image/jpeg;base64," + base64.b64encode(photo.data).decode()
+    response = httpx.post(f"{bento_server.url}/classify_image", data={"image_data": data_url}, timeout=120)
+    assert response.status_code == 200, response.text
+    assert response.headers["access-control-allow-origin"] == "*"
+    answer = response.json()
+    assert isinstance(answer, list) and answer
+    assert answer[0]["class"] == photo.label
+    assert answer[0]["class_dictionary"] == {"howard": 0, "leonard": 1, "raj": 2, "sheldon": 3}
+    assert len(answer[0]["class_probability"]) == 4
+    assert abs(sum(answer[0]["class_probability"]) - 100) < 0.1
+    assert max(answer[0]["class_probability"]) == answer[0]["class_probability"][answer[0]["class_dictionary"][photo.label]]
+
+    multipart = httpx.post(f"{bento_server.url}/classify_image", files={"image_data": (None, data_url)}, timeout=120)
+    assert multipart.status_code == 200 and multipart.json() == answer
+    assert_error(httpx.post(f"{bento_server.url}/classify_image", data={"image": data_url}), 400, "image_data")
+    assert_error(httpx.post(f"{bento_server.url}/classify_image", data={"image_data": "data:image/png;base64,%%%"}),
+                 400, "base64")
+    text_url = "data:text/plain;base64," + base64.b64encode(b"hello world").decode()
+    assert_error(httpx.post(f"{bento_server.url}/classify_image", data={"image_data": text_url}), 400, "not a")
+
+
+def test_probes_metrics_openapi_and_page(bento_server: Server) -> None:
+    assert httpx.get(f"{bento_server.url}/livez").status_code == 200
+    assert httpx.get(f"{bento_server.url}/readyz").status_code == 200
+    post(bento_server, one_per_actor(bento_server.project)[0].data)
+    metrics = httpx.get(f"{bento_server.url}/metrics").text
+    for stage in ("decode", "detect", "features", "classify"):
+        assert f'bbt_stage_seconds_count{{stage="{stage}"}}' in metrics, stage
+    spec = httpx.get(f"{bento_server.url}/docs.json").json()
+    assert {"/classify", "/classify_image", "/readyz", "/metrics"} <= set(spec["paths"])
+    assert "multipart/form-data" in spec["paths"]["/classify"]["post"]["requestBody"]["content"]
+    page = httpx.get(f"{bento_server.url}/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assets = [page.text] + [httpx.get(f"{bento_server.url}/static/{name}").text for name in ("app.js", "app.css")]
+    for text in assets:  # no CDN: everything the page loads comes from this server
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+
+
+# ---- bad input: a clear 4xx JSON error, never a 500 ---------------------------------------------------------
+
+def test_every_bad_input_gets_a_clear_4xx(bento_server: Server) -> None:
+    url = f"{bento_server.url}/classify"
+    real = one_per_actor(bento_server.project)[0].data
+    assert_error(httpx.post(url), 415, "multipart/form-data")
+    assert_error(httpx.post(url, json={"image": "photo.jpg"}), 415, "multipart/form-data")
+    assert_error(httpx.post(url, files={"photo": ("a.jpg", real)}), 400, "'image'")
+    assert_error(httpx.post(url, data={"image": "http://127.0.0.1:9/photo.jpg"}, files={"other": ("x", b"x")}),
+                 400, "'image'")
+    assert_error(post(bento_server, b""), 400, "empty")
+    assert_error(post(bento_server, b"this is a plain text file\n" * 20, "notes.txt"), 400, "not a recognised image")
+    assert_error(post(bento_server, real[: len(real) // 2]), 400, "truncated")
+    assert_error(post(bento_server, b"<svg xmlns='http://www.w3.org/2000/svg'/>", "x.svg"), 400, "not a recognised")
+    assert_error(post(bento_server, encode(Image.new("RGB", (64, 64)), "ICO"), "x.ico"), 400, "ICO", "not supported")
+    assert_error(post(bento_server, encode(Image.new("RGB", (64, 64)), "TGA"), "x.tga"), 400, "not supported")
+    huge = encode(Image.new("L", (7000, 6000)), "PNG")  # 42 megapixels in a few kB
+    assert_error(post(bento_server, huge, "huge.png"), 400, "megapixel")
+    assert_error(post(bento_server, png_claiming(100_000, 100_000), "bomb.png"), 400, "megapixel")
+    assert_error(httpx.post(url, content=b"--x\r\nnot really multipart", headers={
+        "content-type": "multipart/form-data; boundary=x"}), 400)
+    assert httpx.get(f"{bento_server.url}/readyz").status_code == 200
+
+
+def test_uploads_over_the_limit_are_refused_before_reading(bento_server: Server) -> None:
+    eleven_mb = b"\xff\xd8" + bytes(11 * 1024 * 1024)
+    assert_error(post(bento_server, eleven_mb, "big.jpg"), 413, "10 MB")
+
+    def chunks():  # no Content-Length: the limit is enforced while streaming
+        yield b"--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n"
+        for _ in range(11):
+            yield bytes(1024 * 1024)
+        yield b"\r\n--b--\r\n"
+
+    streamed = httpx.post(f"{bento_server.url}/classify", content=chunks(),
+                          headers={"content-type": "multipart/form-data; boundary=b"}, timeout=60)
+    assert_error(streamed, 413, "10 MB")
+    legacy = "data:image/jpeg;base64," + base64.b64encode(eleven_mb).decode()
+    assert_error(httpx.post(f"{bento_server.url}/classify_image", data={"image_data": legacy}, timeout=60), 413)
+    assert httpx.get(f"{bento_server.url}/readyz").status_code == 200
+
+
+def test_unusual_images_are_handled_like_the_plain_photo(bento_server: Server) -> None:
+    photo = one_per_actor(bento_server.project)[-1]
+    original = Image.open(photo.path).convert("RGB")
+    reference = post(bento_server, encode(original, "PNG"), "plain.png").json()["faces"]
+    assert reference, "the plain photo must have a face for this comparison"
+    gray = original.convert("L")
+    variants = {
+        "grayscale.png": encode(gray, "PNG"),
+        "alpha.png": encode(original.convert("RGBA"), "PNG"),
+        "16bit.png": encode(Image.fromarray((np.asarray(gray).astype(np.uint16) * 257)), "PNG"),
+        "cmyk.jpg": encode(original.convert("CMYK"), "JPEG", quality=98),
+    }
+    for name, data in variants.items():
+        response = post(bento_server, data, name)
+        assert response.status_code == 200, f"{name}: {response.text}"
+        faces = response.json()["faces"]
+        assert any(box_of(f).iou(box_of(reference[0])) >= 0.8 for f in faces), f"{name}: {faces} vs {reference}"
+
+
+def test_exif_rotation_gives_upright_coordinates(bento_server: Server) -> None:
+    photo = one_per_actor(bento_server.project)[0]
+    upright = Image.open(photo.path).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter left; viewers turn it right to show it upright
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    # Lossless, so the upright pixels are exactly the photo's: the boxes must be the photo's own.
+    response = post(bento_server, encode(stored, "PNG", exif=exif.tobytes()), "rotated.png")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["image"] == {"width": upright.width, "height": upright.height}
+    assert any(box_of(f).iou(photo.box) >= 0.7 and f["label"] == photo.label for f in body["faces"]), body
+
+
+# ---- concurrency and fuzzing ----------------------------------------------------------------------------------
+
+def test_32_parallel_requests_all_succeed(bento_server: Server) -> None:
+    held_out = accepted_photos(bento_server.project, "test")
+    batch = [held_out[i % len(held_out)] for i in range(32)]
+    with ThreadPoolExecutor(32) as pool:
+        responses = list(pool.map(lambda p: post(bento_server, p.data, p.path.name, timeout=300), batch))
+    assert [r.status_code for r in responses] == [200] * 32, [r.text for r in responses if r.status_code != 200]
+    right = 0
+    for photo, response in zip(batch[: len(held_out)], responses):
+        matches = [f for f in response.json()["faces"] if box_of(f).iou(photo.box) >= 0.5]
+        right += bool(matches) and matches[0]["label"] == photo.label
+    # The held-out photos: the served model does as well as `dvc repro`'s evaluation said (about 0.89).
+    assert right / len(held_out) >= 0.75, f"{right}/{len(held_out)} held-out faces named right"
+
+
+FIELD_NAMES = st.sampled_from(["image", "image_data", "photo", "", "IMAGE"])
+CONTENT_TYPES = st.sampled_from(["image/jpeg", "application/octet-stream", "text/plain", ""])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@given(route=st.sampled_from(["/classify", "/classify_image"]), field=FIELD_NAMES, content_type=CONTENT_TYPES,
+       payload=st.one_of(st.binary(max_size=2048), st.text(max_size=200).map(str.encode)),
+       flips=st.lists(st.integers(min_value=0, max_value=10_000), max_size=8), mutate=st.booleans())
+def test_fuzzed_requests_never_get_a_5xx(bento_server: Server, route: str, field: str, content_type: str,
+                                         payload: bytes, flips: list[int], mutate: bool) -> None:
+    if mutate:  # a real photo with a few bytes changed: exercises the decoders, not only the form parser
+        data = bytearray(one_per_actor(bento_server.project)[0].data)
+        for position in flips:
+            data[position % len(data)] ^= 0xA5
+        payload = bytes(data)
+    files = {field or "file": ("fuzz", payload, content_type or "application/octet-stream")}
+    response = httpx.post(f"{bento_server.url}{route}", files=files, timeout=120)
+    assert response.status_code < 500, response.text
+    if response.status_code >= 400:
+        assert "error" in response.json()
+
+
+def test_raw_bodies_never_get_a_5xx(bento_server: Server) -> None:
+    for content_type in ("application/json", "multipart/form-data", "multipart/form-data; boundary=",
+                         "application/x-www-form-urlencoded", "text/plain", "image/jpeg"):
+        for body in (b"", b"{}", b"image=x", b"\x00" * 100, b"--\r\n\r\n"):
+            for route in ("/classify", "/classify_image"):
+                response = httpx.post(f"{bento_server.url}{route}", content=body,
+                                      headers={"content-type": content_type})
+                assert 400 <= response.status_code < 500, (route, content_type, body, response.text)
+                assert response.json()["error"]
+
+
+# ---- the built bento ------------------------------------------------------------------------------------------
+
+def test_bento_builds_offline_and_serves(trained_project: Project, tmp_path: Path) -> None:
+    offline = {**trained_project.env, "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9",
+               "UV_OFFLINE": "1", "PIP_NO_INDEX": "1"}
+    built = Project(trained_project.root, offline).run("bentoml", "build", "--output", "tag", timeout=300)
+    tag = built.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
+    assert tag.startswith("bbt-actor-service:"), built.stdout
+    # Served from elsewhere: the bento carries the code, params.yaml and the model it was built with.
+    server = start_server(trained_project, ["bentoml", "serve", tag], tmp_path / "bento.log", cwd=tmp_path)
+    try:
+        photo = one_per_actor(trained_project)[0]
+        response = post(server, photo.data, photo.path.name)
+        assert response.status_code == 200, response.text
+        assert any(f["label"] == photo.label for f in response.json()["faces"])
+    finally:
+        stop_server(server)
