@@ -21,6 +21,7 @@ import bbt  # noqa: F401  (sets OpenCV's pixel limit before anything imports cv2
 import anyio
 import bentoml
 import numpy as np
+import prometheus_client
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import HTTPException, RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
@@ -44,18 +45,19 @@ ENVELOPE_BYTES = 64 * 1024
 # Bodies over the limit are read and thrown away up to this size so the client sees the 413, then closed.
 DRAIN_LIMIT_BYTES = 64 * MB
 
-STAGE_SECONDS = bentoml.metrics.Histogram(
+# BentoML serves these at /metrics, summed over its worker processes.
+STAGE_SECONDS = prometheus_client.Histogram(
     name="bbt_stage_seconds",
     documentation="Seconds spent per request in each inference stage (decode, detect, features, classify).",
     labelnames=["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-REJECTED = bentoml.metrics.Counter(
+REJECTED = prometheus_client.Counter(
     name="bbt_rejected_requests",
     documentation="Requests refused with a 4xx, by HTTP status.",
     labelnames=["status"],
 )
-FACES = bentoml.metrics.Counter(
+FACES = prometheus_client.Counter(
     name="bbt_faces",
     documentation="Faces classified, by label ('unknown' below the confidence threshold).",
     labelnames=["label"],

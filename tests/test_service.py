@@ -1,0 +1,136 @@
+"""The service class in-process: the champion loaded from the trained project's BentoML store, its routes driven
+through the ASGI app without a server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+from typing import Iterator
+
+import numpy as np
+import pytest
+from PIL import Image
+from starlette.testclient import TestClient
+
+from bbt.faces import Box
+from bbt.images import ImageError
+from tests.conftest import Project
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def service(trained_project: Project) -> Iterator[object]:
+    """An ActorService instance over the trained project's BentoML store and params.yaml."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+    from bentoml._internal.models import ModelStore
+
+    from _bentoml_sdk.service import set_current_service
+
+    from bbt.service import ActorService
+
+    previous = os.getcwd()
+    os.chdir(trained_project.root)
+    BentoMLContainer.model_store.set(ModelStore(trained_project.bentoml_home / "models"))
+    try:
+        instance = ActorService()
+        set_current_service(instance)
+        yield instance
+    finally:
+        set_current_service(None)
+        BentoMLContainer.model_store.reset()
+        os.chdir(previous)
+
+
+@pytest.fixture()
+def client(service: object) -> Iterator[TestClient]:
+    """Calls into the FastAPI app the service mounts, without a network server."""
+    from bbt.service import web
+
+    with TestClient(web, raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def accepted_face(project: Project) -> tuple[bytes, str, Box]:
+    """A training photo with exactly one accepted face: its bytes, label and annotated box."""
+    faces = np.load(project.root / "artifacts/faces/faces.npz")
+    names = list(faces["images"])
+    for i in np.load(project.root / "artifacts/features/split.npz")["train"]:
+        if names.count(faces["images"][i]) == 1 and str(faces["images"][i]).endswith(".jpg"):
+            return ((project.root / "data/raw" / str(faces["images"][i])).read_bytes(), str(faces["labels"][i]),
+                    Box(*(int(v) for v in faces["boxes"][i])))
+    raise AssertionError("no single-face training photo")
+
+
+def test_loads_the_champion_once_with_its_registry_version(service, trained_project: Project) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(trained_project.tracking_uri)
+    champion = MlflowClient(trained_project.tracking_uri).get_model_version_by_alias("bbt-actor-classifier",
+                                                                                    "champion")
+    assert service.model_info.name == "bbt-actor-classifier"
+    assert service.model_info.version == str(champion.version)
+    assert service.__is_ready__()
+    assert service.classifier.classes == ["howard", "leonard", "raj", "sheldon"]
+    # The detector settings are the ones the model was trained with (stored in its MLflow metadata).
+    assert service.classifier.detector.detector.settings.scale_factor == 1.3
+
+
+def test_classify_bytes_finds_and_names_the_face(service, trained_project: Project) -> None:
+    data, label, box = accepted_face(trained_project)
+    faces, (width, height) = service.classify_bytes(data, "photo")
+    assert (width, height) == Image.open(io.BytesIO(data)).size
+    best = max(faces, key=lambda f: f.box.iou(box))
+    assert best.box.iou(box) >= 0.5 and best.label == label
+
+
+def test_classify_bytes_refuses_what_is_not_an_image(service) -> None:
+    with pytest.raises(ImageError, match="not a recognised image"):
+        service.classify_bytes(b"hello", "notes.txt")
+
+
+def test_routes_in_process(client: TestClient, trained_project: Project) -> None:
+    data, label, _ = accepted_face(trained_project)
+    answer = client.post("/classify", files={"image": ("a.jpg", data)})
+    assert answer.status_code == 200 and answer.json()["faces"][0]["label"] == label
+    legacy = client.post("/classify_image", data={"image_data": "data:image/jpeg;base64," +
+                                                  base64.b64encode(data).decode()})
+    assert legacy.status_code == 200 and legacy.json()[0]["class"] == label
+    assert client.post("/classify").status_code == 415
+    assert client.post("/classify", files={"image": ("a.txt", b"text")}).json()["error"].startswith(
+        "the uploaded file 'a.txt' is not a recognised image")
+    too_big = client.post("/classify", files={"image": ("big.jpg", bytes(11 * 1024 * 1024))})
+    assert too_big.status_code == 413 and "10 MB" in too_big.json()["error"]
+    assert client.get("/classify").status_code == 405 and "error" in client.get("/classify").json()
+    page = client.get("/")
+    assert page.status_code == 200 and 'content="10485760"' in page.text
+
+
+def test_unknown_below_the_confidence_threshold(service, trained_project: Project) -> None:
+    data, _, _ = accepted_face(trained_project)
+    before = service.classifier.confidence_threshold
+    service.classifier.confidence_threshold = 1.01  # nothing can be that sure
+    try:
+        faces, _ = service.classify_bytes(data, "photo")
+    finally:
+        service.classifier.confidence_threshold = before
+    assert faces and all(f.label == "unknown" for f in faces)
+    assert all(abs(sum(f.probabilities.values()) - 1) < 1e-3 for f in faces)
+
+
+def test_legacy_helpers() -> None:
+    from bbt.predict import FacePrediction
+    from bbt.service import decode_data_url, legacy_face
+
+    assert decode_data_url("data:image/png;base64," + base64.b64encode(b"abc").decode()) == b"abc"
+    assert decode_data_url(base64.b64encode(b"abc").decode()) == b"abc"
+    with pytest.raises(ImageError, match="base64"):
+        decode_data_url("data:image/png;base64,@@@")
+    with pytest.raises(ImageError, match=";base64"):
+        decode_data_url("data:image/png,abc")
+    face = FacePrediction(Box(1, 2, 3, 4), "raj", 0.7, {"howard": 0.1, "leonard": 0.1, "raj": 0.7, "sheldon": 0.1})
+    assert legacy_face(face, ["howard", "leonard", "raj", "sheldon"]) == {
+        "class": "raj", "class_probability": [10.0, 10.0, 70.0, 10.0],
+        "class_dictionary": {"howard": 0, "leonard": 1, "raj": 2, "sheldon": 3}}
