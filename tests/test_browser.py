@@ -1,0 +1,95 @@
+"""End to end in Debian's headless Chromium (no browser download): the drop-box page against the real server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from tests.conftest import Server
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def page(bento_server: Server) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        context = browser.new_context(viewport={"width": 1200, "height": 900})
+        # Only our own server: a request anywhere else (a CDN, fonts) would fail the test below.
+        outside: list[str] = []
+        context.route("**/*", lambda route: route.continue_() if route.request.url.startswith(bento_server.url)
+                      else (outside.append(route.request.url), route.abort()))
+        page = context.new_page()
+        page.outside_requests = outside
+        page.goto(bento_server.url + "/")
+        yield page
+        browser.close()
+
+
+def single_face_photo(server: Server) -> tuple[Path, str]:
+    """A training photo with one accepted face, so the expected name is known."""
+    root = server.project.root
+    faces = np.load(root / "artifacts/faces/faces.npz")
+    names = list(faces["images"])
+    for i in np.load(root / "artifacts/features/split.npz")["train"]:
+        name = str(faces["images"][i])
+        if names.count(faces["images"][i]) == 1 and name.endswith(".jpg") and faces["labels"][i] == "sheldon":
+            return root / "data/raw" / name, str(faces["labels"][i])
+    raise AssertionError("no single-face photo of sheldon in the training split")
+
+
+def test_a_photo_gets_a_box_and_the_right_name(page, bento_server: Server) -> None:
+    photo, actor = single_face_photo(bento_server)
+    page.set_input_files("#file", str(photo))
+    page.wait_for_selector(".box", timeout=60_000)
+    tag = page.inner_text(".box .tag")
+    assert actor in tag, tag
+    assert page.get_attribute(f'.card[data-actor="{actor}"]', "class") == "card best"
+    assert page.locator(".card.best").count() == 1
+    assert actor in page.inner_text("#message")
+    rows = page.locator("#probabilities tbody tr")
+    assert rows.count() == page.locator(".box").count() >= 1
+    box = page.locator(".box").first.bounding_box()
+    image = page.locator("#photo").bounding_box()
+    assert box and image and box["width"] > 10
+    assert image["x"] <= box["x"] and box["x"] + box["width"] <= image["x"] + image["width"] + 1
+    page.screenshot(path=str(bento_server.project.root / "browser-result.png"), full_page=True)
+    assert page.outside_requests == []
+
+
+def test_a_text_file_shows_the_error(page, tmp_path: Path) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo\n")
+    page.set_input_files("#file", str(notes))
+    page.wait_for_selector(".message.error", timeout=30_000)
+    assert "notes.txt" in page.inner_text("#message") and "not a recognised image" in page.inner_text("#message")
+    assert page.locator(".box").count() == 0 and page.locator(".card.best").count() == 0
+
+
+def test_a_file_over_the_limit_is_refused_before_upload(page, tmp_path: Path) -> None:
+    big = tmp_path / "big.jpg"
+    big.write_bytes(b"\xff\xd8" + bytes(11 * 1024 * 1024))
+    page.set_input_files("#file", str(big))
+    page.wait_for_selector(".message.error", timeout=30_000)
+    assert "too large" in page.inner_text("#message") and "10 MB" in page.inner_text("#message")
+
+
+def test_a_photo_without_a_face_says_so(page, tmp_path: Path) -> None:
+    from PIL import Image
+
+    wall = tmp_path / "wall.png"
+    Image.new("RGB", (400, 300), (210, 190, 160)).save(wall)
+    page.set_input_files("#file", str(wall))
+    page.wait_for_selector(".message.warning", timeout=30_000)
+    assert "No face found" in page.inner_text("#message")
