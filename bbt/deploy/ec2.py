@@ -251,10 +251,10 @@ def deploy_ec2(archive: Path, bento_tag: str, bentoml_version: str, options: Ec2
              + (f", SSH from {options.ssh_cidr}" if options.ssh_cidr else ""))
         with aws_errors("uploading the bento to S3"):
             bucket, key, _, url = upload_archive(session, deployment_id, archive, options.bucket,
-                                                       options.url_expiry_s)
+                                                 options.url_expiry_s)
+            # The group outlives the instance; it remembers where the archive is for `destroy`.
+            ec2.create_tags(Resources=[group_id], Tags=[{"Key": ARCHIVE_TAG, "Value": f"s3://{bucket}/{key}"}])
         echo(f"bento {bento_tag} uploaded to s3://{bucket}/{key}")
-        # The group outlives the instance; it remembers where the archive is for `destroy`.
-        ec2.create_tags(Resources=[group_id], Tags=[{"Key": ARCHIVE_TAG, "Value": f"s3://{bucket}/{key}"}])
         user_data = render_user_data(deployment_id, bento_tag, url, bentoml_version,
                                      SiteSettings(max_upload_mb=options.max_upload_mb, tls=False))
         with aws_errors("launching the instance"):
@@ -271,7 +271,11 @@ def deploy_ec2(archive: Path, bento_tag: str, bentoml_version: str, options: Ec2
         raise DeployError(f"instance {instance_id} has no public address: use a public subnet (--subnet-id) "
                           f"that assigns public IPs; remove it with `bbt deploy destroy {deployment_id}`")
     echo(f"waiting for {deployment.url}readyz (cloud-init installs Python, the bento and nginx: ~5-10 min)")
-    wait_ready(f"{deployment.url}readyz", options.ready_timeout_s)
+    try:
+        wait_ready(f"{deployment.url}readyz", options.ready_timeout_s)
+    except DeployError as err:
+        raise DeployError(f"{err}; the instance keeps running (and costing): look at /var/log/cloud-init-output.log "
+                          f"over SSH, or remove it with `bbt deploy destroy {deployment_id}`") from None
     echo(f"ready: {deployment.url}")
     return deployment
 
