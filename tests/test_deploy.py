@@ -269,3 +269,11 @@ def test_systemd_unit_runs_the_staging_command_as_a_non_root_user_restarting_on_
     assert lines["User"] == "bbt" and lines["Restart"] == "on-failure"
     assert lines["ExecStart"] == " ".join(serve_command("/var/lib/bbt/venv/bin/bentoml", "bbt:abc123", 3000))
     assert lines["WantedBy"] == "multi-user.target"
+
+
+def test_render_command_writes_what_ec2_would_send(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["deploy", "render", str(tmp_path), "--bento", "bbt-actor-service:abc"])
+    assert result.exit_code == 0, result.output
+    assert "client_max_body_size 10304k;" in (tmp_path / "bbt.conf").read_text()
+    assert "serve bbt-actor-service:abc" in (tmp_path / "bbt.service").read_text()
+    assert yaml.safe_load((tmp_path / "user-data.yaml").read_text())["packages"]

@@ -14,7 +14,7 @@ deploy_app = typer.Typer(help="Ship the bento to AWS EC2 behind nginx, or run th
 
 REGION = typer.Option(None, help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / ~/.aws/config).")
 PROFILE = typer.Option(None, help="AWS profile from ~/.aws/config (default: AWS_PROFILE or the default one).")
-RENDER_OUT = typer.Argument("deploy/rendered", help="Folder for the rendered files.")
+RENDER_OUT = typer.Argument(..., help="Folder for the rendered files (e.g. /tmp/bbt-rendered).")
 
 
 @deploy_app.command("ec2")
