@@ -16,6 +16,7 @@ from moto import mock_aws
 from typer.testing import CliRunner
 
 from bbt.cli import app
+from bbt.config import load_params
 from bbt.deploy import DeployError
 from bbt.deploy.ec2 import TAG_KEY, Ec2Options, aws_session, deploy_ec2, destroy, find_deployments
 from bbt.deploy.ready import wait_until_ready
@@ -274,6 +275,7 @@ def test_systemd_unit_runs_the_staging_command_as_a_non_root_user_restarting_on_
 def test_render_command_writes_what_ec2_would_send(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["deploy", "render", str(tmp_path), "--bento", "bbt-actor-service:abc"])
     assert result.exit_code == 0, result.output
-    assert "client_max_body_size 10304k;" in (tmp_path / "bbt.conf").read_text()
+    limit = client_max_body_size(load_params().serve.max_upload_mb)
+    assert f"client_max_body_size {limit};" in (tmp_path / "bbt.conf").read_text()
     assert "serve bbt-actor-service:abc" in (tmp_path / "bbt.service").read_text()
     assert yaml.safe_load((tmp_path / "user-data.yaml").read_text())["packages"]
