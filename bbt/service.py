@@ -8,18 +8,21 @@ downloads string fields that look like URLs).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import ctypes
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import bbt  # noqa: F401  (sets OpenCV's pixel limit before anything imports cv2)
-import anyio
 import bentoml
+import cv2
 import numpy as np
 import prometheus_client
 from fastapi import FastAPI, File, Request, UploadFile
@@ -44,6 +47,10 @@ BASE64_GROWTH = 4 / 3
 ENVELOPE_BYTES = 64 * 1024
 # Bodies over the limit are read and thrown away up to this size so the client sees the 413, then closed.
 DRAIN_LIMIT_BYTES = 64 * MB
+# Requests classified at once per worker process: OpenCV and Pillow release the GIL, so two keep a core busy
+# while one waits on Python; more only multiply the memory of large photos in flight.
+THREADS_PER_WORKER = 2
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc mallopt parameters
 
 # BentoML serves these at /metrics, summed over its worker processes.
 STAGE_SECONDS = prometheus_client.Histogram(
@@ -198,6 +205,20 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return error_response(exc.status_code, detail)
 
 
+def return_big_frees_to_the_os() -> None:
+    """Allocate big blocks (decoded photos) with mmap, so freeing them shrinks the process again.
+
+    glibc raises its mmap threshold after the first big free and then keeps such blocks in its heap arenas
+    (one per thread), where photos of different sizes fragment it: resident memory creeps up over a long run.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    libc.mallopt(M_MMAP_THRESHOLD, 1 * MB)
+    libc.mallopt(M_ARENA_MAX, 2)
+
+
 # ---- the service --------------------------------------------------------------------------------------------
 
 @contextmanager
@@ -262,8 +283,10 @@ class ActorService:
         self.max_bytes = int(self.settings.max_upload_mb * MB)
         self.max_pixels = int(self.settings.max_megapixels * 1_000_000)
         self.legacy_max_bytes = int(self.max_bytes * BASE64_GROWTH) + ENVELOPE_BYTES
-        # OpenCV and Pillow release the GIL; a few threads per worker keep both cores busy without thrashing.
-        self.limiter = anyio.CapacityLimiter(4)
+        # A fixed pool: each thread keeps its own cascades (and their buffers), so their number stays bounded.
+        self.executor = ThreadPoolExecutor(THREADS_PER_WORKER, thread_name_prefix="classify")
+        cv2.setNumThreads(1)  # parallelism comes from workers x threads; OpenCV's own threads would oversubscribe
+        return_big_frees_to_the_os()
         self.index_html = (WEB_DIR / "index.html").read_text().replace("{{max_upload_bytes}}", str(self.max_bytes))
         self.upload_limits = {"/classify": self.max_bytes, "/classify_image": self.legacy_max_bytes}
         log.info("serving %s version %s (%s)", MODEL_NAME, self.model_info.version, self.bento_model.tag)
@@ -281,7 +304,7 @@ class ActorService:
         return faces, (image.shape[1], image.shape[0])
 
     async def run_classifier(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]]:
-        return await anyio.to_thread.run_sync(self.classify_bytes, data, name, limiter=self.limiter)
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.classify_bytes, data, name)
 
     @web.get("/", include_in_schema=False)
     async def index(self) -> HTMLResponse:
