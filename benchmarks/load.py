@@ -1,0 +1,247 @@
+"""Closed-loop load test: N clients post real dataset photos for a fixed time; prints req/s, p50, p99, errors, RSS.
+
+    python benchmarks/load.py --project .                      # starts `bbt serve` there on a free port
+    python benchmarks/load.py --url http://127.0.0.1:3000      # an already running server (RSS needs --pid)
+    python benchmarks/load.py --project . --server reference   # the original Flask-style server, same photos
+
+`--server reference` re-creates the original system's per-request work in Flask (base64 data URL, both Haar
+cascades loaded on every request, full-resolution detection, the champion's pipeline on each face), so both
+servers can be measured on the same machine under the same load: this machine is shared, so absolute
+figures move with whatever else runs; the load average is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
+
+
+@dataclass
+class Results:
+    latencies: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def photos(project: Path, limit: int) -> list[tuple[str, bytes]]:
+    """The dataset's photos (name, bytes), in a fixed shuffled order."""
+    files = sorted(p for p in (project / "data" / "raw").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        sys.exit(f"no photos under {project / 'data/raw'}: run `dvc pull` in {project} first")
+    random.Random(0).shuffle(files)
+    return [(p.name, p.read_bytes()) for p in files[:limit or None]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(kind: str, project: Path, port: int) -> subprocess.Popen:
+    """Start a server in its own process group, so it can be stopped with everything it spawned."""
+    venv = Path(sys.executable).parent
+    if kind == "bentoml":
+        command = [str(venv / "bbt"), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    else:
+        command = [sys.executable, str(Path(__file__).resolve()), "--run-reference", "--port", str(port)]
+    env = {**os.environ, "PATH": f"{venv}{os.pathsep}{os.environ.get('PATH', '')}"}
+    return subprocess.Popen(command, cwd=project, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_ready(url: str, ready_path: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + ready_path, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    sys.exit(f"{url}{ready_path} did not answer 200 within {timeout:.0f} s")
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and all its children, in bytes."""
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)] if p.is_running())
+    except psutil.NoSuchProcess:
+        return 0
+
+
+def request_for(kind: str, url: str, name: str, data: bytes) -> dict:
+    if kind == "reference":
+        data_url = "data:image/jpeg;base64," + base64.b64encode(data).decode()
+        return {"url": url + "/classify_image", "data": {"image_data": data_url}}
+    return {"url": url + "/classify", "files": {"image": (name, data)}}
+
+
+def client(kind: str, url: str, images: list[tuple[str, bytes]], seed: int, stop_at: float,
+           results: Results) -> None:
+    """One closed-loop client: send the next photo as soon as the previous answer arrives."""
+    order = list(range(len(images)))
+    random.Random(seed).shuffle(order)
+    i = 0
+    with httpx.Client(timeout=60) as http:
+        while time.monotonic() < stop_at:
+            name, data = images[order[i % len(order)]]
+            i += 1
+            start = time.perf_counter()
+            try:
+                response = http.post(**request_for(kind, url, name, data))
+                ok = response.status_code == 200
+                why = f"{response.status_code} {response.text[:120]}"
+            except httpx.HTTPError as err:
+                ok, why = False, f"{type(err).__name__}: {err}"
+            elapsed = time.perf_counter() - start
+            with results.lock:
+                results.latencies.append(elapsed)
+                if not ok:
+                    results.errors.append(f"{name}: {why}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def run_load(kind: str, url: str, images: list[tuple[str, bytes]], clients: int, seconds: float,
+             pid: int | None) -> None:
+    # Warm-up: every worker thread loads its cascades and the first requests pay for lazy imports.
+    warm = Results()
+    warm_threads = [threading.Thread(target=client, args=(kind, url, images, 100 + c, time.monotonic() + 3, warm))
+                    for c in range(clients)]
+    for thread in warm_threads:
+        thread.start()
+    for thread in warm_threads:
+        thread.join()
+    rss_start = tree_rss(pid) if pid else 0
+    load_start = os.getloadavg()[0]
+    results = Results()
+    started = time.monotonic()
+    threads = [threading.Thread(target=client, args=(kind, url, images, c, started + seconds, results))
+               for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    wall = time.monotonic() - started
+    rss_end = tree_rss(pid) if pid else 0
+    n = len(results.latencies)
+    print(f"server: {kind} at {url}; {clients} closed-loop clients for {seconds:.0f} s over {len(images)} photos")
+    print(f"machine: {os.cpu_count()} cores, load average {load_start:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end (shared: other work on this machine slows every figure)")
+    print(f"requests: {n} in {wall:.1f} s = {n / wall:.1f} requests/s")
+    if n:
+        print(f"latency: p50 {percentile(results.latencies, 50) * 1000:.0f} ms, "
+              f"p99 {percentile(results.latencies, 99) * 1000:.0f} ms, "
+              f"mean {statistics.mean(results.latencies) * 1000:.0f} ms")
+    print(f"errors: {len(results.errors)}" + (f" (first: {results.errors[0]})" if results.errors else ""))
+    if pid:
+        print(f"server RSS (all processes): {rss_start / 2**20:.0f} MiB after warm-up, "
+              f"{rss_end / 2**20:.0f} MiB at end")
+
+
+def serve_reference(port: int) -> None:
+    """The original system's per-request work, in Flask, with the champion's pipeline as the model."""
+    import bbt  # noqa: F401  (OpenCV pixel limit)
+    import cv2
+    import numpy as np
+    from flask import Flask, jsonify, request
+
+    from bbt.bento_store import import_champion
+    from bbt.config import load_params
+    from bbt.faces import crop_face, Box
+    import bentoml
+    import mlflow.sklearn
+    from mlflow.models import Model
+
+    params = load_params()
+    tag = import_champion(params.register.model_name, params.register.alias)
+    path = bentoml.models.get(tag).path_of("mlflow_model")
+    pipeline = mlflow.sklearn.load_model(path)
+    meta = Model.load(Path(path) / "MLmodel").metadata
+    classes = [str(c) for c in pipeline.classes_]
+    app = Flask("reference")
+
+    @app.get("/ready")
+    def ready():  # type: ignore[no-untyped-def]
+        return "ok"
+
+    @app.post("/classify_image")
+    def classify_image():  # type: ignore[no-untyped-def]
+        encoded = request.form["image_data"].split(",")[1]
+        image = cv2.imdecode(np.frombuffer(base64.b64decode(encoded), np.uint8), cv2.IMREAD_COLOR)
+        # As the original did: both cascades loaded on every request.
+        face_cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+        eye_cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_eye.xml")
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        answer = []
+        for x, y, w, h in face_cascade.detectMultiScale(gray, meta["detector"]["scale_factor"],
+                                                        meta["detector"]["min_neighbors"]):
+            if len(eye_cascade.detectMultiScale(gray[y:y + h, x:x + w])) >= 2:
+                crop = crop_face(image, Box(int(x), int(y), int(w), int(h)), int(meta["crop_size"]))
+                proba = pipeline.predict_proba(crop[None])[0]
+                answer.append({"class": classes[int(np.argmax(proba))],
+                               "class_probability": np.around(proba * 100, 2).tolist(),
+                               "class_dictionary": {c: i for i, c in enumerate(classes)}})
+        return jsonify(answer)
+
+    app.run(host="127.0.0.1", port=port, threaded=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--project", type=Path, default=Path("."), help="Project with data/raw and a champion.")
+    parser.add_argument("--server", choices=("bentoml", "reference"), default="bentoml")
+    parser.add_argument("--url", help="Target a running server instead of starting one.")
+    parser.add_argument("--pid", type=int, help="With --url: the server's process id, for RSS.")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--photos", type=int, default=0, help="Use only the first N shuffled photos (0 = all).")
+    parser.add_argument("--run-reference", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.run_reference:
+        return serve_reference(args.port)
+
+    project = args.project.resolve()
+    images = photos(project, args.photos)
+    server = None
+    url, pid = args.url, args.pid
+    if url is None:
+        port = free_port()
+        server = start_server(args.server, project, port)
+        url, pid = f"http://127.0.0.1:{port}", server.pid
+        wait_ready(url, "/readyz" if args.server == "bentoml" else "/ready")
+    try:
+        run_load(args.server, url.rstrip("/"), images, args.clients, args.seconds, pid)
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
