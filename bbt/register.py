@@ -44,6 +44,15 @@ def training_params_hash(params: Params) -> str:
     return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def skops_trusted_types(model: object) -> list[str]:
+    """The types skops does not trust by default that the pipeline holds: bbt's transformers and the private
+    helpers of scikit-learn itself (e.g. the calibrated SVM's `_CalibratedClassifier`); nothing else."""
+    import skops.io
+
+    found = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    return sorted(name for name in found if name.startswith(("bbt.", "sklearn.")))
+
+
 def current_champion(client: MlflowClient, params: RegisterParams) -> str | None:
     try:
         return client.get_model_version_by_alias(params.model_name, params.alias).version
@@ -69,9 +78,7 @@ def run_register(params: RegisterParams, trained_with: Params | None = None) -> 
             input_example=crops[:1],
             registered_model_name=params.model_name,
             pip_requirements=model_requirements(),
-            # skops refuses classes it does not know; ours are the feature transformers in bbt.
-            skops_trusted_types=sorted({f"{type(step).__module__}.{type(step).__qualname__}"
-                                        for _, step in model.steps if type(step).__module__.startswith("bbt.")}),
+            skops_trusted_types=skops_trusted_types(model),
             metadata={"detector": info["detector"], "crop_size": info["crop_size"],
                       "classes": info["classes"], "candidate": info["candidate"]},
         )
