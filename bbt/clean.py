@@ -57,7 +57,8 @@ class ImageResult:
 
 
 def detector_settings(params: CleanParams) -> DetectorSettings:
-    return DetectorSettings(params.scale_factor, params.min_neighbors, params.min_eyes, params.max_side)
+    return DetectorSettings(params.scale_factor, params.min_neighbors, params.min_eyes, params.max_side,
+                            method=params.detector, hog_side=params.hog_side, hog_upsample=params.hog_upsample)
 
 
 def list_images(raw_dir: Path) -> list[str]:
@@ -199,10 +200,13 @@ def summarize(jobs: Sequence[ImageJob], results: Sequence[ImageResult]) -> dict:
     per_actor = {actor: {k: int(report.get(actor, {}).get(k, 0)) for k in keys} for actor in sorted(report)}
     totals = {k: sum(v[k] for v in per_actor.values()) for k in keys}
     labels = Counter(f.label for r in results for f in r.faces if f.status == "accepted")
+    reviewed = sum(a.review == "accepted" for job, r in zip(jobs, results) if not r.error for a in job.annotations)
     return {
         "actors": per_actor,
         "total": totals,
         "faces_per_label": {a: int(labels.get(a, 0)) for a in ACTORS},
+        # Share of the accepted annotation boxes the detector finds (IoU >= clean.iou_threshold).
+        "detector_recall": round(1 - totals["missed_annotations"] / reviewed, 4) if reviewed else None,
     }
 
 

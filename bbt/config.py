@@ -11,6 +11,7 @@ import yaml
 from bbt.errors import BbtError
 
 PARAMS_FILE = Path("params.yaml")
+DETECTORS = ("hog", "haar")
 FEATURE_SETS = ("pixel_wavelet", "face_embedding")
 MODEL_FAMILIES = ("svm", "random_forest", "logistic_regression")
 
@@ -27,6 +28,9 @@ class DataParams:
 
 @dataclass(frozen=True)
 class CleanParams:
+    detector: str = "hog"
+    hog_side: int = 800
+    hog_upsample: int = 0
     scale_factor: float = 1.3
     min_neighbors: int = 5
     min_eyes: int = 2
@@ -38,7 +42,7 @@ class CleanParams:
 
 @dataclass(frozen=True)
 class FeaturizeParams:
-    feature_sets: tuple[str, ...] = ("pixel_wavelet",)
+    feature_sets: tuple[str, ...] = FEATURE_SETS
     wavelet: str = "db1"
     wavelet_level: int = 5
     size: int = 32
@@ -126,6 +130,10 @@ def _validate(params: Params, source: Path) -> None:
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"{source}: {key} {why}")
 
+    if params.clean.detector not in DETECTORS:
+        fail("clean.detector", f"{params.clean.detector!r} is unknown; choose from {DETECTORS}")
+    if params.clean.hog_side < 0 or not 0 <= params.clean.hog_upsample <= 2:
+        fail("clean.hog_side/hog_upsample", "must be >= 0 (hog_side) and 0, 1 or 2 (hog_upsample)")
     if not 1.0 < params.clean.scale_factor < 3.0:
         fail("clean.scale_factor", "must be between 1 and 3 (the annotations used 1.3)")
     if params.clean.min_neighbors < 0 or params.clean.min_eyes < 0:

@@ -1,4 +1,8 @@
-"""Face detection with the Haar rule the annotations were made with, shared by training and serving."""
+"""Face detection shared by training and serving: the Haar rule the annotations were made with, or dlib's HOG.
+
+The annotation boxes are Haar boxes; dlib's HOG boxes are tighter and sit lower, so they are mapped onto the
+Haar convention (HOG_BOX_SCALE, HOG_BOX_SHIFT) and match the annotations by the same IoU rule.
+"""
 
 from __future__ import annotations
 
@@ -30,24 +34,38 @@ class Box:
         return asdict(self)
 
 
+DETECTORS = ("haar", "hog")
+# Median Haar box vs HOG box over the 135 accepted annotations: 1.12x the side, centre 0.08 HOG side higher.
+HOG_BOX_SCALE = 1.12
+HOG_BOX_SHIFT = -0.08
+
+
 @dataclass(frozen=True)
 class DetectorSettings:
-    """How faces are found; the same settings are stored with the model and used when serving."""
+    """How faces are found; the same settings are stored with the model and used when serving.
+
+    The defaults are the exact Haar rule of the annotations, so models logged before `method` existed load as such.
+    """
 
     scale_factor: float = 1.3
     min_neighbors: int = 5
     min_eyes: int = 2
-    max_side: int = 0  # downscale so the longer side is at most this before detecting; 0 = never
+    max_side: int = 0  # haar: downscale so the longer side is at most this before detecting; 0 = never
+    method: str = "haar"  # haar | hog
+    hog_side: int = 800  # hog: resize (up or down) so the longer side is this before detecting; 0 = never
+    hog_upsample: int = 0  # hog: extra pyramid up-sampling for faces under 80 px (each one ~4x the cost)
 
 
 class FaceDetector:
-    """Haar frontal-face detector confirmed by an eye detector.
+    """Haar frontal-face detector confirmed by an eye detector, or dlib's HOG frontal-face detector.
 
-    cv2.CascadeClassifier is not thread-safe, so each thread gets its own pair of cascades.
+    cv2.CascadeClassifier is not thread-safe, so each thread gets its own pair of cascades (and HOG detector).
     """
 
     def __init__(self, settings: DetectorSettings | None = None) -> None:
         self.settings = settings or DetectorSettings()
+        if self.settings.method not in DETECTORS:
+            raise ValueError(f"unknown detector {self.settings.method!r}; choose from {DETECTORS}")
         self._local = threading.local()
 
     def _cascades(self) -> tuple[cv2.CascadeClassifier, cv2.CascadeClassifier]:
@@ -56,8 +74,40 @@ class FaceDetector:
             self._local.eye = _load_cascade("haarcascade_eye.xml")
         return self._local.face, self._local.eye
 
+    def _hog(self):  # noqa: ANN202 - dlib has no type stubs
+        if not hasattr(self._local, "hog"):
+            import dlib
+
+            self._local.hog = dlib.get_frontal_face_detector()
+        return self._local.hog
+
     def detect(self, image: np.ndarray) -> list[Box]:
         """Return the face boxes of a BGR image, in its own pixel coordinates."""
+        if self.settings.method == "hog":
+            return self._detect_hog(image)
+        return self._detect_haar(image)
+
+    def _detect_hog(self, image: np.ndarray) -> list[Box]:
+        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        height, width = gray.shape
+        scale = 1.0
+        if self.settings.hog_side and max(gray.shape) != self.settings.hog_side:
+            scale = self.settings.hog_side / max(gray.shape)
+            # Small photos are enlarged too: HOG's window is 80 px, smaller faces are invisible to it.
+            interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+            gray = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=interpolation)
+        boxes = []
+        for rect in self._hog()(gray, self.settings.hog_upsample):
+            hog_side = rect.width() / scale
+            side = hog_side * HOG_BOX_SCALE
+            cx = (rect.left() + rect.width() / 2) / scale
+            cy = (rect.top() + rect.height() / 2) / scale + HOG_BOX_SHIFT * hog_side
+            box = _clip(cx - side / 2, cy - side / 2, side, side, width, height)
+            if box is not None:
+                boxes.append(box)
+        return boxes
+
+    def _detect_haar(self, image: np.ndarray) -> list[Box]:
         face_cascade, eye_cascade = self._cascades()
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         scale = 1.0
@@ -75,6 +125,15 @@ class FaceDetector:
                     continue
             boxes.append(Box(*(int(round(v / scale)) for v in (x, y, w, h))))
         return boxes
+
+
+def _clip(x: float, y: float, w: float, h: float, width: int, height: int) -> Box | None:
+    """The part of a box inside the image, or None when too little is left to crop."""
+    left, top = max(0, int(round(x))), max(0, int(round(y)))
+    right, bottom = min(width, int(round(x + w))), min(height, int(round(y + h)))
+    if right - left < 8 or bottom - top < 8:
+        return None
+    return Box(left, top, right - left, bottom - top)
 
 
 def _load_cascade(filename: str) -> cv2.CascadeClassifier:
