@@ -15,19 +15,19 @@ import ctypes
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Annotated, Any
 
-import bbt  # noqa: F401  (sets OpenCV's pixel limit before anything imports cv2)
 import bentoml
 import cv2
 import numpy as np
 import prometheus_client
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import HTTPException, RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -111,6 +111,9 @@ class LegacyFace(BaseModel):
 
 class ErrorBody(BaseModel):
     error: str
+
+
+PhotoUpload = Annotated[UploadFile, File(description="A JPEG, PNG, GIF, WebP, BMP or TIFF photo")]
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -312,8 +315,7 @@ class ActorService:
 
     @web.post("/classify", response_model=Classification, responses=ERRORS,
               summary="Find every face in a photo and name the actor")
-    async def classify(self, image: UploadFile = File(description="A JPEG, PNG, GIF, WebP, BMP or TIFF photo")
-                       ) -> Classification | JSONResponse:
+    async def classify(self, image: PhotoUpload) -> Classification | JSONResponse:
         name = f"the uploaded file {image.filename!r}" if image.filename else "the uploaded file"
         try:
             faces, (width, height) = await self.run_classifier(await image.read(), name)

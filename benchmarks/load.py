@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import importlib
 import os
 import random
 import signal
@@ -120,7 +121,7 @@ def client(kind: str, url: str, images: list[tuple[str, bytes]], seed: int, stop
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def run_load(kind: str, url: str, images: list[tuple[str, bytes]], clients: int, seconds: float,
@@ -162,17 +163,17 @@ def run_load(kind: str, url: str, images: list[tuple[str, bytes]], clients: int,
 
 def serve_reference(port: int) -> None:
     """The original system's per-request work, in Flask, with the champion's pipeline as the model."""
-    import bbt  # noqa: F401  (OpenCV pixel limit)
+    importlib.import_module("bbt")  # first: it sets OpenCV's pixel limit before cv2 is imported
+    import bentoml
     import cv2
+    import mlflow.sklearn
     import numpy as np
     from flask import Flask, jsonify, request
+    from mlflow.models import Model
 
     from bbt.bento_store import import_champion
     from bbt.config import load_params
-    from bbt.faces import crop_face, Box
-    import bentoml
-    import mlflow.sklearn
-    from mlflow.models import Model
+    from bbt.faces import Box, crop_face
 
     params = load_params()
     tag = import_champion(params.register.model_name, params.register.alias)

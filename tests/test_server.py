@@ -207,7 +207,7 @@ def test_unusual_images_are_handled_like_the_plain_photo(bento_server: Server) -
     variants = {
         "grayscale.png": encode(gray, "PNG"),
         "alpha.png": encode(original.convert("RGBA"), "PNG"),
-        "16bit.png": encode(Image.fromarray((np.asarray(gray).astype(np.uint16) * 257)), "PNG"),
+        "16bit.png": encode(Image.fromarray(np.asarray(gray).astype(np.uint16) * 257), "PNG"),
         "cmyk.jpg": encode(original.convert("CMYK"), "JPEG", quality=98),
     }
     for name, data in variants.items():

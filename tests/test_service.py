@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -23,10 +23,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def service(trained_project: Project) -> Iterator[object]:
     """An ActorService instance over the trained project's BentoML store and params.yaml."""
+    from _bentoml_sdk.service import set_current_service
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.models import ModelStore
-
-    from _bentoml_sdk.service import set_current_service
 
     from bbt.service import ActorService
 
