@@ -1,0 +1,108 @@
+"""The detectors: HOG settings on generated images, and recall against the accepted annotations on real data."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from bbt.annotations import load_annotations
+from bbt.clean import detector_settings, list_images, map_images, plan_jobs, summarize
+from bbt.config import CleanParams, load_params
+from bbt.faces import DetectorSettings, FaceDetector, _clip
+from tests.conftest import Project
+
+HOG = DetectorSettings(method="hog")
+
+
+def test_default_settings_are_the_exact_haar_rule() -> None:
+    # Models logged before `method` existed carry only the Haar keys and must load as Haar.
+    settings = DetectorSettings(scale_factor=1.3, min_neighbors=5, min_eyes=2, max_side=0)
+    assert settings.method == "haar" and settings == DetectorSettings()
+
+
+def test_params_choose_the_detector() -> None:
+    assert detector_settings(CleanParams(detector="hog", hog_side=640)).method == "hog"
+    assert detector_settings(CleanParams(detector="hog", hog_side=640)).hog_side == 640
+    assert detector_settings(CleanParams(detector="haar")).method == "haar"
+
+
+def test_an_unknown_detector_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown detector 'cnn'"):
+        FaceDetector(DetectorSettings(method="cnn"))
+
+
+@pytest.mark.parametrize("shape", [(240, 320, 3), (60, 90, 3), (1200, 900, 3)])
+def test_hog_finds_nothing_on_a_blank_image(shape: tuple[int, int, int]) -> None:
+    assert FaceDetector(HOG).detect(np.full(shape, 127, np.uint8)) == []
+
+
+def test_boxes_are_clipped_to_the_image() -> None:
+    assert _clip(-10.4, 5, 50, 50, width=100, height=100).as_dict() == {"x": 0, "y": 5, "w": 40, "h": 50}
+    assert _clip(90, 90, 50, 50, width=100, height=100).as_dict() == {"x": 90, "y": 90, "w": 10, "h": 10}
+    assert _clip(97, 0, 50, 50, width=100, height=100) is None
+
+
+def test_hog_detector_is_safe_to_share_between_threads() -> None:
+    detector = FaceDetector(HOG)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (300, 400, 3), dtype=np.uint8) for _ in range(3)]
+    expected = [detector.detect(image) for image in images]
+    errors: list[BaseException] = []
+
+    def work(image: np.ndarray, boxes: list) -> None:
+        try:
+            for _ in range(3):
+                assert detector.detect(image) == boxes
+        except BaseException as err:  # noqa: BLE001 - any failure in a thread fails the test
+            errors.append(err)
+
+    threads = [threading.Thread(target=work, args=pair) for pair in zip(images * 2, expected * 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+
+
+def detect_all(project: Project, params: CleanParams) -> dict:
+    """The clean stage's detection and matching over the whole dataset, without writing its products."""
+    raw = project.root / "data/raw"
+    annotations = load_annotations(project.root / "data/annotations.csv", raw)
+    jobs = plan_jobs(raw, list_images(raw), annotations)
+    report = summarize(jobs, map_images(jobs, raw, params))
+    report["accepted_annotations"] = len({(a.image, a.box) for a in annotations if a.review == "accepted"})
+    return report
+
+
+@pytest.mark.integration
+def test_the_shipped_detector_finds_at_least_97_percent_of_the_accepted_faces(pulled_project: Project) -> None:
+    params = load_params(pulled_project.root / "params.yaml").clean
+    assert params.detector == "hog"
+    report = detect_all(pulled_project, replace(params, workers=2))
+    assert report["detector_recall"] >= 0.97
+    assert report["total"]["accepted"] >= 0.97 * report["accepted_annotations"]
+    assert min(report["faces_per_label"].values()) >= 10
+
+
+@pytest.mark.integration
+def test_the_exact_haar_rule_still_recovers_every_accepted_face(pulled_project: Project) -> None:
+    report = detect_all(pulled_project, CleanParams(detector="haar", workers=2))
+    assert report["detector_recall"] == 1.0 and report["total"]["missed_annotations"] == 0
+    assert sum(report["faces_per_label"].values()) == report["accepted_annotations"] == 135
+    assert report["faces_per_label"] == {"howard": 50, "leonard": 11, "raj": 36, "sheldon": 38}
+
+
+def test_recall_is_reported_in_the_clean_metrics() -> None:
+    from bbt.annotations import Annotation
+    from bbt.clean import ImageJob, ImageResult
+    from bbt.faces import Box
+
+    found, missed = (Annotation("a/1.jpg", Box(0, 0, 10, 10), "raj", "accepted"),
+                     Annotation("a/1.jpg", Box(50, 50, 10, 10), "raj", "accepted"))
+    rejected = Annotation("a/1.jpg", Box(80, 80, 10, 10), None, "rejected")
+    jobs = [ImageJob(("a/1.jpg",), (found, missed, rejected))]
+    results = [ImageResult(("a/1.jpg",), missed=[missed])]
+    assert summarize(jobs, results)["detector_recall"] == 0.5
