@@ -6,6 +6,7 @@ rendered user-data, `systemd-analyze verify` on the rendered unit.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -210,3 +211,46 @@ def test_bbt_deploy_staging_command_serves_until_interrupted(staging: Staging, t
     time.sleep(0.5)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/readyz", trust_env=False, timeout=2)
+
+
+@pytest.mark.integration
+def test_bbt_deploy_ec2_ships_the_real_exported_bento(staging: Staging, trained_project: Project,
+                                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The whole `bbt deploy ec2` command against moto: the archive in S3 is the bento staging imported."""
+    from moto import mock_aws
+    from typer.testing import CliRunner
+
+    from bbt.cli import app
+
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+    monkeypatch.setenv("BENTOML_HOME", str(trained_project.bentoml_home))
+    with mock_aws():
+        import boto3
+
+        ec2 = boto3.client("ec2", region_name="eu-west-1")
+        ami = ec2.register_image(Name="debian-12-amd64", RootDeviceName="/dev/xvda")["ImageId"]
+        # --no-wait: moto's public address is fake, and no traffic may leave this machine.
+        result = CliRunner().invoke(app, ["deploy", "ec2", "--region", "eu-west-1", "--ami", ami,
+                                          "--bento", staging.bento_tag, "--no-wait"])
+        assert result.exit_code == 0, result.output
+        [reservation] = ec2.describe_instances()["Reservations"]
+        instance = reservation["Instances"][0]
+        uri = next(t["Value"] for t in instance["Tags"] if t["Key"] == "bbt:archive")
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        archive = tmp_path / "downloaded.bento"
+        boto3.client("s3", region_name="eu-west-1").download_file(bucket, key, str(archive))
+        assert f"http://{instance['PublicIpAddress']}/" in result.output
+        encoded = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
+        assert f"serve {staging.bento_tag} --host 127.0.0.1" in base64.b64decode(encoded["UserData"]["Value"]).decode()
+    # The downloaded archive imports into an empty store and holds the staged bento, as on the instance.
+    from bbt.deploy.bento import import_bento
+
+    import_bento(archive, tmp_path / "instance-store")
+    name, version = staging.bento_tag.split(":")
+    assert (tmp_path / "instance-store" / "bentos" / name / version / "bento.yaml").is_file()

@@ -31,6 +31,7 @@ def ec2(
     subnet_id: str = typer.Option(None, help="Public subnet to launch in (default: the default VPC)."),
     bento: str = typer.Option(None, help="Ship this bento tag (e.g. the one staging ran) instead of building."),
     ready_timeout: float = typer.Option(1200, help="Seconds to wait for /readyz through the public address."),
+    wait: bool = typer.Option(True, help="Wait for /readyz; --no-wait returns once the instance runs."),
 ) -> None:
     """Build and export the bento, upload it to S3, launch an instance serving it behind nginx; print the URL."""
     import bentoml
@@ -46,7 +47,8 @@ def ec2(
     tag = bento or build_bento(Path.cwd())
     with tempfile.TemporaryDirectory(prefix="bbt-export-") as folder:
         archive = export_bento(tag, Path(folder) / f"{tag.replace(':', '-')}.bento")
-        deployment = deploy_ec2(archive, tag, bentoml.__version__, options, session, echo=typer.echo)
+        deployment = deploy_ec2(archive, tag, bentoml.__version__, options, session, echo=typer.echo,
+                                wait_ready=None if wait else lambda url, timeout: None)
     typer.echo(f"{deployment.url}  (deployment {deployment.deployment_id}; "
                f"remove it with `bbt deploy destroy {deployment.deployment_id}`)")
 
