@@ -142,6 +142,8 @@ def test_legacy_route_answers_in_the_original_format(bento_server: Server) -> No
 def test_probes_metrics_openapi_and_page(bento_server: Server) -> None:
     assert httpx.get(f"{bento_server.url}/livez").status_code == 200
     assert httpx.get(f"{bento_server.url}/readyz").status_code == 200
+    assert httpx.get(f"{bento_server.url}/no/such/page").status_code == 404
+    assert_error(httpx.put(f"{bento_server.url}/classify"), 405)
     post(bento_server, one_per_actor(bento_server.project)[0].data)
     metrics = httpx.get(f"{bento_server.url}/metrics").text
     for stage in ("decode", "detect", "features", "classify"):
