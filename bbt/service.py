@@ -119,7 +119,7 @@ PhotoUpload = Annotated[UploadFile, File(description="A JPEG, PNG, GIF, WebP, BM
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": why}
     for status, why in ((400, "Missing field or bad image"), (413, "Upload too large"),
-                        (415, "Not multipart/form-data"), (503, "Model not loaded yet"))
+                        (415, "Not multipart/form-data"))
 }
 
 
