@@ -270,6 +270,7 @@ def test_systemd_unit_runs_the_staging_command_as_a_non_root_user_restarting_on_
     assert lines["User"] == "bbt" and lines["Restart"] == "on-failure"
     assert lines["ExecStart"] == " ".join(serve_command("/var/lib/bbt/venv/bin/bentoml", "bbt:abc123", 3000))
     assert lines["WantedBy"] == "multi-user.target"
+    assert lines["WorkingDirectory"] == "/var/lib/bbt/bentoml/bentos/bbt/abc123/src", "where params.yaml is"
 
 
 def test_render_command_writes_what_ec2_would_send(tmp_path: Path) -> None:

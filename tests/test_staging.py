@@ -70,7 +70,8 @@ def test_user_data_is_a_valid_cloud_config(tmp_path: Path) -> None:
     assert files["/etc/systemd/system/bbt.service"]["content"] == render_unit("bbt-actor-service:abc123")
     script = files["/usr/local/sbin/bbt-setup"]["content"]
     assert "'https://bucket.s3.amazonaws.com/bbt/x.bento?X-Amz-Signature=1&X-Amz-Expires=3600'" in script
-    assert script.index("bentoml import") < script.index("install.sh") < script.index("enable --now bbt")
+    assert (script.index("bentoml import") < script.index("env/python/requirements.txt")
+            < script.index("enable --now bbt"))
     assert config["runcmd"] == [["/usr/local/sbin/bbt-setup"]]
     # The site the instance runs is the one `nginx -t` and the staging test check here.
     prefix = tmp_path / "nginx"
@@ -142,6 +143,8 @@ def test_the_staged_bento_was_imported_into_its_own_store(staging: Staging) -> N
     name, version = staging.bento_tag.split(":")
     assert (staging.workdir / "bentoml" / "bentos" / name / version / "bento.yaml").is_file()
     assert (staging.workdir / "bentoml" / "models" / "bbt-actor-classifier").is_dir()
+    # The service runs in the bento's src folder (as the unit's WorkingDirectory), where its params.yaml is.
+    assert (staging.workdir / "bentoml" / "bentos" / name / version / "src" / "params.yaml").is_file()
 
 
 @pytest.mark.integration
@@ -253,4 +256,7 @@ def test_bbt_deploy_ec2_ships_the_real_exported_bento(staging: Staging, trained_
 
     import_bento(archive, tmp_path / "instance-store")
     name, version = staging.bento_tag.split(":")
-    assert (tmp_path / "instance-store" / "bentos" / name / version / "bento.yaml").is_file()
+    imported = tmp_path / "instance-store" / "bentos" / name / version
+    assert (imported / "bento.yaml").is_file()
+    # What the instance's setup script pip-installs: the bento's pinned packages, bentoml itself among them.
+    assert "bentoml==" in (imported / "env" / "python" / "requirements.txt").read_text()

@@ -69,6 +69,12 @@ def serve_command(bentoml: str, bento_tag: str, port: int, host: str = "127.0.0.
     return [bentoml, "serve", bento_tag, "--host", host, "--port", str(port)]
 
 
+def bento_source_dir(bentoml_home: str | Path, bento_tag: str) -> str:
+    """The imported bento's `src` folder: the service reads params.yaml from its working directory."""
+    name, version = bento_tag.split(":", 1)
+    return f"{bentoml_home}/bentos/{name}/{version}/src"
+
+
 def render_site(settings: SiteSettings) -> str:
     """The nginx site config (a `server` block plus its upstream) for the http context."""
     values = {**settings.__dict__, "max_upload_mb": f"{settings.max_upload_mb:g}",
@@ -82,7 +88,7 @@ def render_unit(bento_tag: str, layout: HostLayout = HostLayout(), port: int = S
     command = shlex.join(serve_command(f"{layout.venv}/bin/bentoml", bento_tag, port))
     return _environment().get_template("bbt.service.j2").render(
         bento_tag=bento_tag, user=layout.user, home=layout.home, bentoml_home=layout.bentoml_home,
-        serve_command=command,
+        serve_command=command, working_dir=bento_source_dir(layout.bentoml_home, bento_tag),
     )
 
 

@@ -24,7 +24,7 @@ from bbt.config import ServeParams
 from bbt.deploy import DeployError
 from bbt.deploy.bento import bentoml_executable, build_bento, export_bento, import_bento
 from bbt.deploy.ready import wait_until_ready
-from bbt.deploy.render import TEMPLATES, SiteSettings, render_site, serve_command
+from bbt.deploy.render import TEMPLATES, SiteSettings, bento_source_dir, render_site, serve_command
 
 log = logging.getLogger(__name__)
 NGINX_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -133,7 +133,7 @@ def run_staging(project: Path, workdir: Path, port: int | None = None, bento_tag
     service_log, nginx_log = workdir / "bentoml-serve.log", workdir / "nginx" / "error.log"
     with ExitStack() as stack:
         service = stack.enter_context(_started(serve_command(bentoml_executable(), tag, service_port),
-                                               service_log, env=env, cwd=workdir))
+                                               service_log, env=env, cwd=Path(bento_source_dir(home, tag))))
         try:
             wait_until_ready(f"{service_url}/readyz", ready_timeout_s, 0.5,
                              alive=lambda: service.poll() is None, what="`bentoml serve`")
