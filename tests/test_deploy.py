@@ -107,6 +107,7 @@ def test_ec2_creates_tags_waits_and_destroys_exactly_its_resources(aws: boto3.Se
     assert {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}[TAG_KEY] == deployment_id
     assert s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]["BlockPublicPolicy"]
     assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == archive.read_bytes()
+    assert s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"] == [{"Key": TAG_KEY, "Value": deployment_id}]
 
     encoded = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
     user_data = base64.b64decode(encoded["UserData"]["Value"]).decode()
