@@ -230,7 +230,7 @@ def test_exif_rotation_gives_upright_coordinates(bento_server: Server) -> None:
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["image"] == {"width": upright.width, "height": upright.height}
-    assert any(box_of(f).iou(photo.box) >= 0.7 and f["label"] == photo.label for f in body["faces"]), body
+    assert any(box_of(f).iou(photo.box) >= 0.5 and f["label"] == photo.label for f in body["faces"]), body
 
 
 # ---- concurrency and fuzzing ----------------------------------------------------------------------------------
