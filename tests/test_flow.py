@@ -247,6 +247,13 @@ def test_serve_command_runs_the_server_ui_and_the_schedule(small_project: Projec
              "the schedule made no upcoming run", server, timeout=120)
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert page.status_code == 200 and "<html" in page.text.lower()
+        # A run started from the UI (here its API call) is picked up by the serving process and completes.
+        started = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10).json()
+        poll(lambda: httpx.get(f"{api}/flow_runs/{started['id']}", timeout=10),
+             lambda r: r.json()["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED"},
+             "the deployment run never finished", server, timeout=180)
+        finished = httpx.get(f"{api}/flow_runs/{started['id']}", timeout=10).json()
+        assert finished["state"]["type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-3000:]
     finally:
         os.killpg(server.pid, signal.SIGINT)
         try:
