@@ -252,4 +252,10 @@ def retrain(force: bool = False, families: list[str] | None = None, feature_sets
 
 def run_retrain(dask_address: str | None = None, **parameters: Any) -> dict[str, Any]:
     """Run the flow once in this process, on the configured task runner."""
+    from prefect.settings import PREFECT_API_URL
+
+    if (dask_address or os.environ.get(DASK_ADDRESS_ENV)) and not PREFECT_API_URL.value():
+        # Without it each Dask worker would start a temporary server of its own and report nowhere.
+        raise ConfigError("a Dask run needs a Prefect server its workers can reach: start one with "
+                          "`make prefect` and export PREFECT_API_URL=http://127.0.0.1:4200/api")
     return retrain.with_options(task_runner=task_runner(dask_address))(**parameters)

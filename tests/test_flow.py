@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import flows  # noqa: F401  (first: it sets Prefect's offline defaults before Prefect is imported)
+
+# isort: split
 import json
 import math
 import os
@@ -30,7 +33,6 @@ from prefect.client.schemas.filters import (
 from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
-import flows  # noqa: F401  (sets the offline Prefect defaults for the servers the tests start)
 from bbt import ACTORS
 from bbt.clean import list_images, plan_jobs
 from flows.deploy import TIMEZONE, WEEKLY_CRON
