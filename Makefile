@@ -29,9 +29,10 @@ train: setup  ## the whole pipeline; a no-op when nothing changed
 serve: setup  ## the champion over HTTP with the web page
 	bbt serve --host $(HOST) --port $(PORT)
 
-system-deps:  ## Debian packages the tests drive for real: nginx and headless Chromium
-	@if ! command -v nginx >/dev/null || ! command -v chromium >/dev/null; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx chromium >/dev/null; \
+DEBIAN_PACKAGES := nginx chromium cloud-init systemd
+system-deps:  ## Debian packages the tests drive for real: nginx, headless Chromium, cloud-init's schema check
+	@if ! dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
 	fi
 
 test: setup system-deps  ## the whole test suite (unit, data, integration, servers, browser)
