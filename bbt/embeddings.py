@@ -90,13 +90,13 @@ class FaceEmbeddings(TransformerMixin, BaseEstimator):
         landmarks, _ = dlib_models()
         rgb = cv2.cvtColor(np.ascontiguousarray(crop, dtype=np.uint8), cv2.COLOR_BGR2RGB)
         height, width = rgb.shape[:2]
-        pad = int(round(self.border * max(height, width)))
+        pad = round(self.border * max(height, width))
         if pad:
             rgb = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
         shape = landmarks(rgb, dlib.rectangle(pad, pad, pad + width - 1, pad + height - 1))
         return dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=self.chip_padding)
 
-    def __sklearn_tags__(self):  # noqa: D105
+    def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
         return tags

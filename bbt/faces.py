@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -74,7 +75,7 @@ class FaceDetector:
             self._local.eye = _load_cascade("haarcascade_eye.xml")
         return self._local.face, self._local.eye
 
-    def _hog(self):  # noqa: ANN202 - dlib has no type stubs
+    def _hog(self) -> Any:  # a dlib.fhog_object_detector (dlib has no type stubs)
         if not hasattr(self._local, "hog"):
             import dlib
 
@@ -129,8 +130,8 @@ class FaceDetector:
 
 def _clip(x: float, y: float, w: float, h: float, width: int, height: int) -> Box | None:
     """The part of a box inside the image, or None when too little is left to crop."""
-    left, top = max(0, int(round(x))), max(0, int(round(y)))
-    right, bottom = min(width, int(round(x + w))), min(height, int(round(y + h)))
+    left, top = max(0, round(x)), max(0, round(y))
+    right, bottom = min(width, round(x + w)), min(height, round(y + h))
     if right - left < 8 or bottom - top < 8:
         return None
     return Box(left, top, right - left, bottom - top)

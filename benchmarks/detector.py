@@ -19,10 +19,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bbt.annotations import load_annotations  # noqa: E402
-from bbt.clean import list_images, plan_jobs  # noqa: E402
-from bbt.faces import DetectorSettings, FaceDetector  # noqa: E402
-from bbt.images import ImageError, decode_image  # noqa: E402
+from bbt.annotations import load_annotations
+from bbt.clean import list_images, plan_jobs
+from bbt.faces import DetectorSettings, FaceDetector
+from bbt.images import ImageError, decode_image
 
 SETTINGS = {
     "haar (exact annotation rule)": DetectorSettings(),

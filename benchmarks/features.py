@@ -23,24 +23,25 @@ from sklearn.pipeline import Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.detector import decoded_photos, pulled_project  # noqa: E402
-from bbt.annotations import load_annotations  # noqa: E402
-from bbt.candidates import candidates  # noqa: E402
-from bbt.clean import detector_settings, list_images, map_images, plan_jobs  # noqa: E402
-from bbt.config import load_params  # noqa: E402
-from bbt.featurize import build_features, split_faces  # noqa: E402
-from bbt.predict import ActorClassifier  # noqa: E402
-from bbt.search import evaluate_candidate  # noqa: E402
+from bbt.annotations import load_annotations
+from bbt.candidates import candidates
+from bbt.clean import detector_settings, list_images, map_images, plan_jobs
+from bbt.config import CleanParams, Params, load_params
+from bbt.featurize import build_features, split_faces
+from bbt.predict import ActorClassifier
+from bbt.search import evaluate_candidate
+from benchmarks.detector import decoded_photos, pulled_project
 
 
-def labelled_crops(root: Path, clean) -> tuple[np.ndarray, np.ndarray]:  # noqa: ANN001
+def labelled_crops(root: Path, clean: CleanParams) -> tuple[np.ndarray, np.ndarray]:
     raw = root / "data/raw"
     jobs = plan_jobs(raw, list_images(raw), load_annotations(root / "data/annotations.csv", raw))
     faces = [f for r in map_images(jobs, raw, clean) for f in r.faces if f.status == "accepted"]
     return np.stack([f.crop for f in faces]), np.array([f.label for f in faces])
 
 
-def best_model(feature_set: str, crops: np.ndarray, labels: np.ndarray, params) -> tuple[str, float, float, Pipeline]:  # noqa: ANN001
+def best_model(feature_set: str, crops: np.ndarray, labels: np.ndarray,
+               params: Params) -> tuple[str, float, float, Pipeline]:
     """The search's champion for one feature set: its name, CV and test macro-F1, and the refitted pipeline."""
     train, test = split_faces(labels, params.split)
     features = build_features(feature_set, params.featurize).fit(None)
