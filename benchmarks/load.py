@@ -5,7 +5,7 @@
     python benchmarks/load.py --project . --server reference   # the original Flask-style server, same photos
 
 `--server reference` re-creates the original system's per-request work in Flask (base64 data URL, both Haar
-cascades loaded on every request, full-resolution detection, the champion's pipeline on each face), so both
+cascades loaded on every request, full-resolution detection, pixel+wavelet features and an SVM), so both
 servers can be measured on the same machine under the same load: this machine is shared, so absolute
 figures move with whatever else runs; the load average is printed with the results.
 """
@@ -162,24 +162,27 @@ def run_load(kind: str, url: str, images: list[tuple[str, bytes]], clients: int,
 
 
 def serve_reference(port: int) -> None:
-    """The original system's per-request work, in Flask, with the champion's pipeline as the model."""
+    """The original system in Flask: per-request cascades, full-resolution Haar, 4096 pixel+wavelet features, SVM.
+
+    Its model is fitted at start-up on the accepted faces of `bbt clean` (artifacts/faces/faces.npz) the way the
+    original was (scaler + linear SVM), so the comparison does not depend on which feature set is champion.
+    """
     importlib.import_module("bbt")  # first: it sets OpenCV's pixel limit before cv2 is imported
-    import bentoml
     import cv2
-    import mlflow.sklearn
     import numpy as np
     from flask import Flask, jsonify, request
-    from mlflow.models import Model
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
 
-    from bbt.bento_store import import_champion
     from bbt.config import load_params
     from bbt.faces import Box, crop_face
+    from bbt.features import PixelWaveletFeatures
 
-    params = load_params()
-    tag = import_champion(params.register.model_name, params.register.alias)
-    path = bentoml.models.get(tag).path_of("mlflow_model")
-    pipeline = mlflow.sklearn.load_model(path)
-    meta = Model.load(Path(path) / "MLmodel").metadata
+    crop_size = load_params().clean.crop_size
+    faces = np.load("artifacts/faces/faces.npz")
+    pipeline = make_pipeline(PixelWaveletFeatures(), StandardScaler(), SVC(kernel="linear", probability=True))
+    pipeline.fit(faces["crops"], faces["labels"])
     classes = [str(c) for c in pipeline.classes_]
     app = Flask("reference")
 
@@ -196,10 +199,9 @@ def serve_reference(port: int) -> None:
         eye_cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_eye.xml")
         gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
         answer = []
-        for x, y, w, h in face_cascade.detectMultiScale(gray, meta["detector"]["scale_factor"],
-                                                        meta["detector"]["min_neighbors"]):
+        for x, y, w, h in face_cascade.detectMultiScale(gray, 1.3, 5):
             if len(eye_cascade.detectMultiScale(gray[y:y + h, x:x + w])) >= 2:
-                crop = crop_face(image, Box(int(x), int(y), int(w), int(h)), int(meta["crop_size"]))
+                crop = crop_face(image, Box(int(x), int(y), int(w), int(h)), crop_size)
                 proba = pipeline.predict_proba(crop[None])[0]
                 answer.append({"class": classes[int(np.argmax(proba))],
                                "class_probability": np.around(proba * 100, 2).tolist(),
