@@ -130,6 +130,13 @@ def _validate(params: Params, source: Path) -> None:
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"{source}: {key} {why}")
 
+    def choices(key: str, chosen: tuple[str, ...], allowed: tuple[str, ...], what: str) -> None:
+        if not chosen:
+            fail(key, f"must name at least one {what}")
+        for value in chosen:
+            if value not in allowed:
+                fail(key, f"has unknown {what} {value!r}; choose from {allowed}")
+
     if params.clean.detector not in DETECTORS:
         fail("clean.detector", f"{params.clean.detector!r} is unknown; choose from {DETECTORS}")
     if params.clean.hog_side < 0 or not 0 <= params.clean.hog_upsample <= 2:
@@ -144,20 +151,12 @@ def _validate(params: Params, source: Path) -> None:
         fail("clean.crop_size", "must be at least 32 pixels")
     if params.clean.workers < 1:
         fail("clean.workers", "must be at least 1")
-    for fs in params.featurize.feature_sets:
-        if fs not in FEATURE_SETS:
-            fail("featurize.feature_sets", f"has unknown feature set {fs!r}; choose from {FEATURE_SETS}")
-    if not params.featurize.feature_sets:
-        fail("featurize.feature_sets", "must name at least one feature set")
+    choices("featurize.feature_sets", params.featurize.feature_sets, FEATURE_SETS, "feature set")
     if not 0.0 < params.split.test_size < 1.0:
         fail("split.test_size", "must be a fraction between 0 and 1")
     if params.search.cv_folds < 2:
         fail("search.cv_folds", "must be at least 2")
-    for family in params.search.families:
-        if family not in MODEL_FAMILIES:
-            fail("search.families", f"has unknown family {family!r}; choose from {MODEL_FAMILIES}")
-    if not params.search.families:
-        fail("search.families", "must name at least one model family")
+    choices("search.families", params.search.families, MODEL_FAMILIES, "family")
     if not 0.0 <= params.serve.confidence_threshold <= 1.0:
         fail("serve.confidence_threshold", "must be in [0, 1]")
     if params.serve.max_upload_mb <= 0 or params.serve.max_megapixels <= 0:
