@@ -49,6 +49,12 @@ def single_face_photo(server: Server) -> tuple[Path, str]:
     raise AssertionError("no single-face photo of sheldon in the training split")
 
 
+def test_nothing_but_the_drop_zone_before_an_upload(page) -> None:
+    assert page.locator("#dropzone").is_visible()
+    assert not page.locator("#result").is_visible()
+    assert not page.locator("#message").is_visible()
+
+
 def test_a_photo_gets_a_box_and_the_right_name(page, bento_server: Server) -> None:
     photo, actor = single_face_photo(bento_server)
     page.set_input_files("#file", str(photo))
