@@ -200,13 +200,21 @@ def test_bbt_deploy_staging_command_serves_until_interrupted(staging: Staging, t
     command = subprocess.Popen(["bbt", "deploy", "staging", "--port", str(port), "--bento", staging.bento_tag],
                                cwd=trained_project.root, env=trained_project.env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
+    announced: list[str] = []
     try:
         wait_until_ready(f"http://127.0.0.1:{port}/readyz", timeout_s=240, interval_s=0.5,
                          alive=lambda: command.poll() is None, what="`bbt deploy staging`")
         assert httpx.get(f"http://127.0.0.1:{port}/", trust_env=False).headers["server"] == "nginx"
+        # Interrupt only once the command has said where it serves, as a user would (nginx answers a moment earlier).
+        assert command.stdout is not None
+        for line in command.stdout:
+            announced.append(line)
+            if "Ctrl-C stops it" in line:
+                break
     finally:
         command.send_signal(signal.SIGINT)
-        output, _ = command.communicate(timeout=60)
+        rest, _ = command.communicate(timeout=60)
+    output = "".join(announced) + rest
     assert command.returncode == 0, output
     assert f"on http://127.0.0.1:{port}/" in output and "stopped" in output
     time.sleep(0.5)
