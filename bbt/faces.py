@@ -13,6 +13,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from bbt.config import DETECTORS
+
 
 @dataclass(frozen=True)
 class Box:
@@ -35,7 +37,6 @@ class Box:
         return asdict(self)
 
 
-DETECTORS = ("haar", "hog")
 # Median Haar box vs HOG box over the 135 accepted annotations: 1.12x the side, centre 0.08 HOG side higher.
 HOG_BOX_SCALE = 1.12
 HOG_BOX_SHIFT = -0.08
