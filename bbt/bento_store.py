@@ -11,24 +11,32 @@ from bbt.tracking import setup_tracking
 
 log = logging.getLogger(__name__)
 REGISTRY_VERSION = "registry_version"
+REGISTRY_RUN = "registry_run_id"
 
 
 def import_version(model_name: str, version: str) -> bentoml.Tag:
     """Import one registry version; reuse the newest store entry if it already holds that version.
 
-    The service serves `<name>:latest`, so the newest entry must be the version just imported.
+    The service serves `<name>:latest`, so the newest entry must be the version just imported. Version
+    numbers restart in every MLflow store (a fresh clone, a wiped mlruns/), so an entry is only the same
+    model when its run id matches too.
     """
+    from mlflow import MlflowClient
+
+    setup_tracking()
+    run_id = MlflowClient().get_model_version(model_name, str(version)).run_id
     try:
         existing = sorted(bentoml.models.list(model_name), key=lambda m: m.info.creation_time)
     except bentoml.exceptions.NotFound:
         existing = []
-    if existing and existing[-1].info.labels.get(REGISTRY_VERSION) == str(version):
+    if existing and existing[-1].info.labels.get(REGISTRY_VERSION) == str(version) \
+            and existing[-1].info.labels.get(REGISTRY_RUN) == run_id:
         return existing[-1].tag
     model = bentoml.mlflow.import_model(
         model_name,
         f"models:/{model_name}/{version}",
-        labels={REGISTRY_VERSION: str(version)},
-        metadata={"registry_name": model_name, "registry_version": str(version)},
+        labels={REGISTRY_VERSION: str(version), REGISTRY_RUN: run_id},
+        metadata={"registry_name": model_name, "registry_version": str(version), "registry_run_id": run_id},
     )
     log.info("imported %s version %s into the BentoML store as %s", model_name, version, model.tag)
     return model.tag
