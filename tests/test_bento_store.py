@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import bentoml
@@ -23,6 +24,15 @@ def register_dummy(constant: str) -> str:
         logged = mlflow.sklearn.log_model(model, name="model", registered_model_name=NAME,
                                           pip_requirements=["scikit-learn"])
     return str(logged.registered_model_version)
+
+
+@pytest.fixture(autouse=True)
+def restore_mlflow_uris() -> Iterator[None]:
+    """setup_tracking sets MLflow's process-wide URIs; other tests must not inherit this test's stores."""
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    yield
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry)
 
 
 def test_same_version_number_from_another_store_is_imported_again(tmp_path: Path,

@@ -67,7 +67,7 @@ def test_loads_the_champion_once_with_its_registry_version(service, trained_proj
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(trained_project.tracking_uri)
-    champion = MlflowClient(trained_project.tracking_uri).get_model_version_by_alias("bbt-actor-classifier",
+    champion = MlflowClient(trained_project.tracking_uri, trained_project.tracking_uri).get_model_version_by_alias("bbt-actor-classifier",
                                                                                     "champion")
     assert service.model_info.name == "bbt-actor-classifier"
     assert service.model_info.version == str(champion.version)
