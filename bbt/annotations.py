@@ -1,8 +1,9 @@
-"""The human review of face boxes (data/annotations.csv): load, validate, and match detections to it."""
+"""The human review of face boxes: data/annotations.csv, the second review of some of its rows
+(review/corrections.csv, versioned in git), and matching detections to them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,7 @@ from bbt.errors import DataError
 from bbt.faces import Box
 
 COLUMNS = ["image", "x", "y", "w", "h", "label", "review"]
+CORRECTION_COLUMNS = [*COLUMNS, "reason"]
 REVIEWS = ("accepted", "rejected")
 
 
@@ -21,18 +23,26 @@ class Annotation:
     box: Box
     label: str | None
     review: str
+    source: str = "annotations"  # or "corrections": the second review changed or confirmed this row
 
 
-def load_annotations(path: Path, raw_dir: Path | None = None) -> list[Annotation]:
-    """Read and validate annotations.csv; every problem names its row and how to fix it."""
+def _read_rows(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
     if not path.exists():
-        raise DataError(f"{path} not found: run `dvc pull data.dvc` to fetch the dataset (see README, 'Data')")
-    frame = pd.read_csv(path, dtype={"label": "string", "image": "string", "review": "string"})
-    missing = [c for c in COLUMNS if c not in frame.columns]
+        raise DataError(f"{path} not found: {fix}")
+    frame = pd.read_csv(path, dtype={"label": "string", "image": "string", "review": "string",
+                                     "reason": "string"})
+    missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise DataError(f"{path} lacks column(s) {missing}; expected columns {COLUMNS}")
+        raise DataError(f"{path} lacks column(s) {missing}; expected columns {columns}")
+    return frame
+
+
+def _parse(
+    frame: pd.DataFrame, path: Path, raw_dir: Path | None
+) -> tuple[list[tuple[int, Annotation]], list[str]]:
+    """(row number, Annotation) per valid row, and a message naming each invalid row."""
     problems: list[str] = []
-    annotations: list[Annotation] = []
+    annotations: list[tuple[int, Annotation]] = []
     for row_number, row in enumerate(frame.itertuples(index=False), start=2):
         where = f"{path}:{row_number}"
         review = row.review if isinstance(row.review, str) else ""
@@ -57,12 +67,78 @@ def load_annotations(path: Path, raw_dir: Path | None = None) -> list[Annotation
         if raw_dir is not None and not (raw_dir / row.image).is_file():
             problems.append(f"{where}: image {row.image!r} does not exist under {raw_dir}")
             continue
-        annotations.append(Annotation(str(row.image), box, label, review))
+        annotations.append((row_number, Annotation(str(row.image), box, label, review)))
+    return annotations, problems
+
+
+def _raise_problems(path: Path, problems: list[str]) -> None:
     if problems:
         shown = "\n  ".join(problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise DataError(f"{path} has {len(problems)} invalid row(s):\n  {shown}{more}")
-    return annotations
+
+
+def load_annotations(path: Path, raw_dir: Path | None = None) -> list[Annotation]:
+    """Read and validate annotations.csv; every problem names its row and how to fix it."""
+    frame = _read_rows(path, COLUMNS, "run `dvc pull data.dvc` to fetch the dataset (see README, 'Data')")
+    parsed, problems = _parse(frame, path, raw_dir)
+    _raise_problems(path, problems)
+    return [annotation for _, annotation in parsed]
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A second review of one annotations.csv row: its new label/review and why."""
+
+    original: Annotation
+    corrected: Annotation
+    reason: str
+
+    @property
+    def kind(self) -> str:
+        before, after = self.original, self.corrected
+        if (before.review, before.label) == (after.review, after.label):
+            return "confirmed"
+        if after.review == "rejected":
+            return "rejected"
+        return "relabelled" if before.review == "accepted" else "accepted"
+
+
+def load_corrections(path: Path, annotations: list[Annotation]) -> list[Correction]:
+    """Read the second review (review/corrections.csv): each row names an annotations.csv row by image and box
+    and gives its corrected label and review, with a reason. Every problem names its row."""
+    frame = _read_rows(path, CORRECTION_COLUMNS,
+                       f"create it with the header `{','.join(CORRECTION_COLUMNS)}`, or point "
+                       "data.corrections in params.yaml at the file")
+    parsed, problems = _parse(frame, path, None)
+    by_key = {(a.image, a.box): a for a in annotations}
+    reasons = [r if isinstance(r, str) else "" for r in frame["reason"]]
+    corrections: list[Correction] = []
+    seen: set[tuple[str, Box]] = set()
+    for row_number, corrected in parsed:
+        reason = reasons[row_number - 2]
+        where = f"{path}:{row_number}"
+        original = by_key.get((corrected.image, corrected.box))
+        if original is None:
+            problems.append(f"{where}: no annotations.csv row has image {corrected.image!r} and box "
+                            f"{corrected.box.as_dict()}; a correction names a reviewed box exactly as "
+                            "annotations.csv has it")
+        elif not reason.strip():
+            problems.append(f"{where}: give a reason (what the face shows) so the next reviewer can check it")
+        elif (corrected.image, corrected.box) in seen:
+            problems.append(f"{where}: a second correction of the same box; keep one row per box")
+        else:
+            seen.add((corrected.image, corrected.box))
+            corrections.append(Correction(original, corrected, reason.strip()))
+    _raise_problems(path, problems)
+    return corrections
+
+
+def apply_corrections(annotations: list[Annotation], corrections: list[Correction]) -> list[Annotation]:
+    """The annotations with every corrected row replaced by its second review."""
+    replaced = {(c.original.image, c.original.box): replace(c.corrected, source="corrections")
+                for c in corrections}
+    return [replaced.get((a.image, a.box), a) for a in annotations]
 
 
 def match(box: Box, annotations: list[Annotation], iou_threshold: float) -> Annotation | None:

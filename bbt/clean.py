@@ -11,17 +11,24 @@ import hashlib
 import json
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from bbt import ACTORS, artifacts
-from bbt.annotations import Annotation, load_annotations, match
+from bbt.annotations import (
+    Annotation,
+    Correction,
+    apply_corrections,
+    load_annotations,
+    load_corrections,
+    match,
+)
 from bbt.config import CleanParams, DataParams
 from bbt.errors import DataError
 from bbt.faces import Box, DetectorSettings, FaceDetector, crop_face
@@ -46,6 +53,7 @@ class Face:
     status: str  # accepted | rejected | unreviewed
     label: str | None
     crop: np.ndarray | None = None
+    reviewed_in: str = ""  # annotations | corrections (the second review)
 
 
 @dataclass
@@ -110,7 +118,8 @@ def process_image(
         elif review.review == "rejected":
             result.faces.append(Face(job.paths[0], box, "rejected", None))
         else:
-            result.faces.append(Face(job.paths[0], box, "accepted", review.label, crop_face(image, box, crop_size)))
+            result.faces.append(Face(job.paths[0], box, "accepted", review.label, crop_face(image, box, crop_size),
+                                     review.source))
     result.missed = [
         a for a in job.annotations
         if a.review == "accepted" and not any(a.box.iou(b) >= iou_threshold for b in boxes)
@@ -221,6 +230,7 @@ def write_outputs(results: Sequence[ImageResult], report: dict, params: CleanPar
         crops=np.stack([f.crop for f in accepted]),
         labels=np.array([f.label for f in accepted]),
         images=np.array([f.image for f in accepted]),
+        reviewed_in=np.array([f.reviewed_in for f in accepted]),
         boxes=np.array([[f.box.x, f.box.y, f.box.w, f.box.h] for f in accepted]),
         settings=json.dumps({"detector": asdict(detector_settings(params)), "crop_size": params.crop_size}),
     )
@@ -237,6 +247,13 @@ def write_outputs(results: Sequence[ImageResult], report: dict, params: CleanPar
     artifacts.CLEAN_METRICS.write_text(json.dumps(report, indent=2) + "\n")
 
 
+def reviewed_annotations(data: DataParams) -> tuple[list[Annotation], list[Correction]]:
+    """annotations.csv with the second review (data.corrections) applied, and those corrections."""
+    annotations = load_annotations(data.annotations, data.raw)
+    corrections = load_corrections(data.corrections, annotations)
+    return apply_corrections(annotations, corrections), corrections
+
+
 def run_clean(
     data: DataParams, params: CleanParams, map_batches: BatchMapper | None = None, batch_size: int = 32
 ) -> dict:
@@ -245,7 +262,11 @@ def run_clean(
     Detection runs on a local process pool, or over batches of `batch_size` images with `map_batches`.
     """
     paths = list_images(data.raw)
-    annotations = load_annotations(data.annotations, data.raw)
+    annotations, corrections = reviewed_annotations(data)
+    for correction in corrections:
+        log.info("second review (%s): %s %s %s -> %s: %s", data.corrections, correction.original.image,
+                 correction.original.box, correction.original.label or correction.original.review,
+                 correction.corrected.label or correction.corrected.review, correction.reason)
     jobs = plan_jobs(data.raw, paths, annotations)
     for job in jobs:
         if len(job.paths) > 1:
@@ -261,6 +282,7 @@ def run_clean(
         for missed in result.missed:
             log.warning("accepted face %s in %s was not detected", missed.box, missed.image)
     report = summarize(jobs, results)
+    report["second_review"] = dict(sorted(Counter(c.kind for c in corrections).items()))
     write_outputs(results, report, params)
     log_report(report)
     return report

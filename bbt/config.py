@@ -24,6 +24,7 @@ class ConfigError(BbtError, ValueError):
 class DataParams:
     raw: Path = Path("data/raw")
     annotations: Path = Path("data/annotations.csv")
+    corrections: Path = Path("review/corrections.csv")
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,14 @@ class SearchParams:
 
 
 @dataclass(frozen=True)
+class AuditParams:
+    feature_set: str = "face_embedding"
+    folds: int = 5
+    repeats: int = 3
+    seed: int = 42
+
+
+@dataclass(frozen=True)
 class RegisterParams:
     model_name: str = "bbt-actor-classifier"
     alias: str = "champion"
@@ -82,6 +91,7 @@ class Params:
     featurize: FeaturizeParams = field(default_factory=FeaturizeParams)
     split: SplitParams = field(default_factory=SplitParams)
     search: SearchParams = field(default_factory=SearchParams)
+    audit: AuditParams = field(default_factory=AuditParams)
     register: RegisterParams = field(default_factory=RegisterParams)
     serve: ServeParams = field(default_factory=ServeParams)
 
@@ -157,6 +167,10 @@ def _validate(params: Params, source: Path) -> None:
     if params.search.cv_folds < 2:
         fail("search.cv_folds", "must be at least 2")
     choices("search.families", params.search.families, MODEL_FAMILIES, "family")
+    if params.audit.feature_set not in FEATURE_SETS:
+        fail("audit.feature_set", f"{params.audit.feature_set!r} is unknown; choose from {FEATURE_SETS}")
+    if params.audit.folds < 2 or params.audit.repeats < 1:
+        fail("audit.folds/repeats", "must be at least 2 (folds) and 1 (repeats)")
     if not 0.0 <= params.serve.confidence_threshold <= 1.0:
         fail("serve.confidence_threshold", "must be in [0, 1]")
     if params.serve.max_upload_mb <= 0 or params.serve.max_megapixels <= 0:
@@ -180,7 +194,7 @@ def load_params(path: Path | str = PARAMS_FILE) -> Params:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; valid sections are {list(sections)}")
     classes = {
         "data": DataParams, "clean": CleanParams, "featurize": FeaturizeParams, "split": SplitParams,
-        "search": SearchParams, "register": RegisterParams, "serve": ServeParams,
+        "search": SearchParams, "audit": AuditParams, "register": RegisterParams, "serve": ServeParams,
     }
     params = Params(**{name: _section(cls, raw.get(name), name, path) for name, cls in classes.items()})
     _validate(params, path)

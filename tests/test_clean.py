@@ -17,7 +17,6 @@ from bbt.errors import DataError
 from tests.conftest import Project
 
 
-
 @pytest.fixture
 def small_dataset(pulled_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DataParams:
     """Two real photos with their reviews, a byte-identical copy, and a file that is not an image."""
@@ -34,8 +33,10 @@ def small_dataset(pulled_project: Project, tmp_path: Path, monkeypatch: pytest.M
     shutil.copy(source / "raw" / accepted, raw / "sheldon/copy of it.jpg")
     (raw / "sheldon/broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     reviews[reviews.image.isin([accepted, rejected])].to_csv(tmp_path / "data/annotations.csv", index=False)
+    (tmp_path / "review").mkdir()
+    (tmp_path / "review/corrections.csv").write_text("image,x,y,w,h,label,review,reason\n")
     monkeypatch.chdir(tmp_path)
-    return DataParams(Path("data/raw"), Path("data/annotations.csv"))
+    return DataParams(Path("data/raw"), Path("data/annotations.csv"), Path("review/corrections.csv"))
 
 
 @pytest.mark.integration
@@ -54,6 +55,21 @@ def test_report_counts_and_products(small_dataset: DataParams) -> None:
     detections = pd.read_csv(artifacts.DETECTIONS)
     assert "unreadable" in set(detections.status)
     assert detections.loc[detections.status == "unreadable", "image"].str.contains("broken").all()
+
+
+@pytest.mark.integration
+def test_the_crops_carry_the_second_review_label(small_dataset: DataParams) -> None:
+    reviews = pd.read_csv(small_dataset.annotations)
+    face = reviews[reviews.review == "accepted"].iloc[0]
+    other = next(actor for actor in ("howard", "raj") if actor != face.label)
+    with small_dataset.corrections.open("a") as second:
+        second.write(f"{face.image},{face.x},{face.y},{face.w},{face.h},{other},accepted,it is {other}\n")
+    report = run_clean(small_dataset, CleanParams(workers=1))
+    assert report["second_review"] == {"relabelled": 1}
+    with np.load(artifacts.FACES) as faces:
+        corrected = faces["images"] == face.image
+        assert list(faces["labels"][corrected]) == [other]
+        assert list(faces["reviewed_in"][corrected]) == ["corrections"]
 
 
 @pytest.mark.integration

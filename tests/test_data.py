@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from bbt import ACTORS
-from bbt.annotations import COLUMNS, load_annotations
+from bbt.annotations import COLUMNS, load_annotations, load_corrections
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration
@@ -31,6 +31,15 @@ def test_every_annotated_image_exists_and_validates(pulled_project: Project) -> 
     counts = Counter(a.label for a in annotations if a.review == "accepted")
     assert counts == {"howard": 50, "raj": 36, "sheldon": 38, "leonard": 11}
     assert sum(a.review == "rejected" for a in annotations) == 122
+
+
+def test_every_second_review_names_a_reviewed_box(pulled_project: Project) -> None:
+    root = pulled_project.root
+    annotations = load_annotations(root / "data/annotations.csv", root / "data/raw")
+    corrections = load_corrections(root / "review/corrections.csv", annotations)
+    assert Counter(c.kind for c in corrections) == {"relabelled": 3, "accepted": 2, "confirmed": 1}
+    # A relabelled face is another lead actor, never a face dropped without a verdict.
+    assert all(c.corrected.label in ACTORS for c in corrections)
 
 
 def test_raw_layout_is_one_folder_per_actor(pulled_project: Project) -> None:

@@ -46,7 +46,8 @@ MODEL = "bbt-actor-classifier"
 
 
 def keep_a_subset(data: Path, reviewed_per_actor: int = 10, unreviewed_per_actor: int = 2) -> None:
-    """Trim data/ to a few photos per actor with an accepted face, and a few with none, plus their reviews."""
+    """Trim data/ to a few photos per actor with an accepted face, and a few with none, plus their reviews
+    (and the second review of those: a correction of a photo that is gone would be stale)."""
     reviews = pd.read_csv(data / "annotations.csv", dtype=str)
     accepted = sorted(set(reviews.loc[reviews.review == "accepted", "image"]))
     raw = data / "raw"
@@ -60,6 +61,9 @@ def keep_a_subset(data: Path, reviewed_per_actor: int = 10, unreviewed_per_actor
         if path.is_file() and str(path.relative_to(raw)) not in keep:
             path.unlink()
     reviews[reviews.image.isin(keep)].to_csv(data / "annotations.csv", index=False)
+    corrections = data.parent / "review/corrections.csv"
+    second = pd.read_csv(corrections, dtype=str)
+    second[second.image.isin(keep)].to_csv(corrections, index=False)
 
 
 @pytest.fixture(scope="module")
