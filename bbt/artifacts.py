@@ -17,6 +17,11 @@ CLEAN_METRICS = METRICS / "clean.json"
 SEARCH_METRICS = METRICS / "search.json"
 EVALUATE_METRICS = METRICS / "evaluate.json"
 REGISTER_METRICS = METRICS / "register.json"
+AUDIT_METRICS = METRICS / "audit.json"
+
+REPORTS = Path("reports")
+AUDIT_CSV = REPORTS / "label_audit.csv"
+AUDIT_PNG = REPORTS / "label_audit.png"
 
 PLOTS = Path("plots")
 CONFUSION_CSV = PLOTS / "confusion.csv"

@@ -6,8 +6,9 @@ import logging
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from functools import wraps
-from typing import Any, Callable
+from typing import Any
 
 import typer
 
@@ -68,6 +69,17 @@ def featurize() -> None:
 
     params = load_params()
     run_featurize(params.split, params.featurize)
+
+
+@app.command()
+@friendly
+def audit() -> None:
+    """Flag accepted faces whose label the other faces disagree with (reports/label_audit.*) for a second review."""
+    from bbt.audit import run_audit
+    from bbt.config import load_params
+
+    params = load_params()
+    run_audit(params.audit, params.featurize, params.data)
 
 
 @app.command()

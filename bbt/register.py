@@ -18,7 +18,7 @@ from bbt import artifacts
 from bbt.bento_store import import_version
 from bbt.config import Params, RegisterParams, load_params
 from bbt.evaluate import load_model, score, test_faces
-from bbt.tracking import data_hash, git_commit, setup_tracking
+from bbt.tracking import corrections_hash, data_hash, git_commit, setup_tracking
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def run_register(params: RegisterParams, trained_with: Params | None = None) -> 
     for key, value in {"test_f1_macro": f"{new['f1_macro']:.4f}", "test_accuracy": f"{new['accuracy']:.4f}",
                        "candidate": info["candidate"], "feature_set": info["feature_set"],
                        "data_hash": data_hash(), "git_commit": git_commit(),
+                       "corrections_hash": corrections_hash((trained_with or load_params()).data.corrections),
                        "params_hash": training_params_hash(trained_with or load_params())}.items():
         client.set_model_version_tag(params.model_name, version, key, value)
 

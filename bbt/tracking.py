@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
@@ -58,3 +59,11 @@ def data_hash(dvc_file: Path = Path("data.dvc")) -> str:
         return str(yaml.safe_load(dvc_file.read_text())["outs"][0]["md5"])
     except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
         return "unknown"
+
+
+def corrections_hash(path: Path) -> str:
+    """The md5 of the second review file, so a corrected label is a new training input like new data."""
+    try:
+        return hashlib.md5(path.read_bytes()).hexdigest()
+    except OSError:
+        return "none"

@@ -23,6 +23,7 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from bbt import artifacts
+from bbt.audit import run_audit
 from bbt.clean import BatchWork, ImageJob, ImageResult, run_clean
 from bbt.config import FEATURE_SETS, MODEL_FAMILIES, ConfigError, Params, load_params
 from bbt.errors import BbtError
@@ -31,13 +32,13 @@ from bbt.featurize import run_featurize
 from bbt.progress import progress
 from bbt.register import run_register, training_params_hash
 from bbt.search import run_search
-from bbt.tracking import data_hash, setup_tracking
+from bbt.tracking import corrections_hash, data_hash, setup_tracking
 
 # `tcp://host:8786` runs the per-image work on that Dask cluster; `local` starts a 2-worker one for the run.
 DASK_ADDRESS_ENV = "BBT_DASK_ADDRESS"
 # Test hook: `pull-data=1,register=1` makes those tasks fail their first N attempts, to exercise the retries.
 FAULTS_ENV = "BBT_INJECT_FAULTS"
-STAGES = ("pull-data", "clean", "featurize", "search", "evaluate", "register", "dvc-commit")
+STAGES = ("pull-data", "clean", "featurize", "audit", "search", "evaluate", "register", "dvc-commit")
 REPORT_KEY = "retrain-report"
 
 
@@ -78,7 +79,8 @@ def up_to_date_champion(params: Params) -> str | None:
     except MlflowException:
         logger.info("no %s@%s yet: training", params.register.model_name, params.register.alias)
         return None
-    today = {"data_hash": data_hash(), "params_hash": training_params_hash(params)}
+    today = {"data_hash": data_hash(), "corrections_hash": corrections_hash(params.data.corrections),
+             "params_hash": training_params_hash(params)}
     changed = [key for key, value in today.items() if champion.tags.get(key) != value]
     if changed:
         logger.info("champion version %s differs in %s: training", champion.version, ", ".join(changed))
@@ -135,6 +137,14 @@ def featurize(params: Params) -> dict[str, int]:
     return counts
 
 
+@task(name="audit", timeout_seconds=600, cache_policy=NO_CACHE)
+def audit(params: Params) -> dict:
+    metrics = run_audit(params.audit, params.featurize, params.data)
+    get_run_logger().info("label audit: %d of %d faces suspect, %d not yet reviewed a second time (%s)",
+                          metrics["suspects"], metrics["faces"], metrics["unreviewed_suspects"], artifacts.AUDIT_PNG)
+    return metrics
+
+
 @task(name="search", timeout_seconds=3600, cache_policy=NO_CACHE)
 def search(params: Params) -> dict:
     summary = run_search(params)
@@ -167,9 +177,9 @@ def dvc_commit(params: Params) -> list[str]:
     declared = load_params()
     # Products made with UI overrides are not what params.yaml describes: leave those stages 'changed'.
     if params == declared:
-        stages = ["clean", "featurize", "search", "evaluate", "register"]
+        stages = ["clean", "featurize", "audit", "search", "evaluate", "register"]
     elif params.featurize == declared.featurize:
-        stages = ["clean", "featurize"]
+        stages = ["clean", "featurize", "audit"]
     else:
         stages = ["clean"]
     committed = subprocess.run(["dvc", "commit", "-f", "-q", *stages], capture_output=True, text=True,
@@ -241,6 +251,7 @@ def retrain(force: bool = False, families: list[str] | None = None, feature_sets
     pull_data()
     clean(params, batch_size)
     featurize(params)
+    audit(params)
     search_summary = search(params)
     metrics = evaluate()
     registered = register(params)

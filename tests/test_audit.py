@@ -1,0 +1,110 @@
+"""The label audit on generated faces: a planted wrong label is flagged, a reviewed one is marked as such."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bbt import ACTORS, artifacts
+from bbt.audit import out_of_fold_agreement, run_audit
+from bbt.config import AuditParams, DataParams, FeaturizeParams
+from bbt.errors import DataError
+from tests.conftest import Project
+
+
+def clusters(per_actor: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Four well-separated clusters of 16-d 'embeddings', one per actor."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 4, size=(len(ACTORS), 16))
+    X = np.concatenate([c + rng.normal(0, 0.5, size=(per_actor, 16)) for c in centres])
+    y = np.repeat(np.array(ACTORS), per_actor)
+    return X, y
+
+
+def test_a_planted_wrong_label_is_the_only_suspect() -> None:
+    X, y = clusters()
+    y[3] = "raj"  # a Howard face labelled Raj
+    agreement, predicted = out_of_fold_agreement(X, y, folds=5, repeats=3, seed=1)
+    assert np.flatnonzero(agreement < 0.5).tolist() == [3]
+    assert predicted[3] == "howard"
+
+
+def test_fewer_faces_than_folds_uses_fewer_folds() -> None:
+    X, y = clusters(per_actor=3)
+    agreement, _ = out_of_fold_agreement(X, y, folds=5, repeats=1, seed=0)
+    assert agreement.shape == (12,)
+    with pytest.raises(DataError, match="at least 2 faces of every actor"):
+        out_of_fold_agreement(X[:10], y[:10], folds=5, repeats=1, seed=0)
+
+
+def write_stage_inputs(y: np.ndarray, X: np.ndarray, reviewed_in: list[str]) -> None:
+    artifacts.FACES.parent.mkdir(parents=True)
+    artifacts.FEATURES_DIR.mkdir(parents=True)
+    n = len(y)
+    np.savez(artifacts.FACES, crops=np.zeros((n, 32, 32, 3), np.uint8), labels=y,
+             images=np.array([f"{label}/{i}.jpg" for i, label in enumerate(y)]),
+             boxes=np.tile([1, 2, 30, 30], (n, 1)), reviewed_in=np.array(reviewed_in))
+    np.savez(artifacts.features_file("face_embedding"), X=X, y=y)
+
+
+def test_the_stage_writes_suspects_a_sheet_and_a_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    X, y = clusters()
+    y[3], y[20] = "raj", "sheldon"
+    reviewed_in = ["annotations"] * len(y)
+    reviewed_in[20] = "corrections"  # already looked at by a person: still listed, not counted as open
+    write_stage_inputs(y, X, reviewed_in)
+    metrics = run_audit(AuditParams(), FeaturizeParams(), DataParams())
+    assert metrics == {"faces": 48, "suspects": 2, "unreviewed_suspects": 1, "feature_set": "face_embedding"}
+    assert json.loads(artifacts.AUDIT_METRICS.read_text()) == metrics
+    suspects = pd.read_csv(artifacts.AUDIT_CSV)
+    assert sorted(suspects.image) == ["raj/3.jpg", "sheldon/20.jpg"]
+    assert set(suspects.columns) >= {"x", "y", "w", "h", "label", "predicted", "agreement", "reviewed_in"}
+    import cv2
+
+    sheet = cv2.imread(str(artifacts.AUDIT_PNG))
+    assert sheet is not None and sheet.shape[1] == 2 * 160
+
+
+def test_an_uncomputed_feature_set_falls_back_to_a_computed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    X, y = clusters()
+    write_stage_inputs(y, X, ["annotations"] * len(y))
+    np.savez(artifacts.features_file("pixel_wavelet"), X=X, y=y)
+    metrics = run_audit(AuditParams(), FeaturizeParams(feature_sets=("pixel_wavelet",)), DataParams())
+    assert metrics["feature_set"] == "pixel_wavelet" and metrics["suspects"] == 0
+
+
+@pytest.mark.integration
+def test_without_the_second_review_the_audit_flags_the_mislabelled_boxes(
+    pulled_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the real data with review/corrections.csv emptied: the three boxes it relabels are all suspects."""
+    from bbt.clean import run_clean
+    from bbt.config import CleanParams, SplitParams
+    from bbt.featurize import run_featurize
+
+    root = pulled_project.root
+    empty = tmp_path / "none.csv"
+    empty.write_text("image,x,y,w,h,label,review,reason\n")
+    data = DataParams(root / "data/raw", root / "data/annotations.csv", empty)
+    monkeypatch.chdir(tmp_path)
+    run_clean(data, CleanParams(workers=2))
+    featurize = FeaturizeParams(feature_sets=("face_embedding",))
+    run_featurize(SplitParams(), featurize)
+    metrics = run_audit(AuditParams(), featurize, data)
+    suspects = pd.read_csv(artifacts.AUDIT_CSV)
+    flagged = set(zip(suspects.image, suspects.label, suspects.predicted))
+    shipped = pd.read_csv(root / "review/corrections.csv")
+    relabelled = shipped[shipped.label != shipped.image.str.split("/").str[0]]
+    assert len(relabelled) == 3
+    for row in relabelled.itertuples():
+        original = row.image.split("/")[0]
+        assert (row.image, original, row.label) in flagged, row.image
+    assert metrics["unreviewed_suspects"] == metrics["suspects"] <= 5
