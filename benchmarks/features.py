@@ -23,10 +23,9 @@ from sklearn.pipeline import Pipeline
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bbt.annotations import load_annotations
 from bbt.candidates import candidates
-from bbt.clean import detector_settings, list_images, map_images, plan_jobs
-from bbt.config import CleanParams, Params, load_params
+from bbt.clean import detector_settings, list_images, map_images, plan_jobs, reviewed_annotations
+from bbt.config import CleanParams, DataParams, Params, load_params
 from bbt.featurize import build_features, split_faces
 from bbt.predict import ActorClassifier
 from bbt.search import evaluate_candidate
@@ -34,8 +33,10 @@ from benchmarks.detector import decoded_photos, pulled_project
 
 
 def labelled_crops(root: Path, clean: CleanParams) -> tuple[np.ndarray, np.ndarray]:
+    """The accepted faces' crops and labels, as the clean stage makes them (second review applied)."""
     raw = root / "data/raw"
-    jobs = plan_jobs(raw, list_images(raw), load_annotations(root / "data/annotations.csv", raw))
+    data = DataParams(raw, root / "data/annotations.csv", root / "review/corrections.csv")
+    jobs = plan_jobs(raw, list_images(raw), reviewed_annotations(data)[0])
     faces = [f for r in map_images(jobs, raw, clean) for f in r.faces if f.status == "accepted"]
     return np.stack([f.crop for f in faces]), np.array([f.label for f in faces])
 
