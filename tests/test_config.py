@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bbt.candidates import candidates
 from bbt.config import ConfigError, load_params
@@ -64,3 +65,18 @@ def test_every_candidate_can_predict_probabilities() -> None:
     for candidate in candidates(params.search, ("pixel_wavelet",)):
         proba = candidate.head(seed=0).fit(X, y).predict_proba(X[:3])
         assert proba.shape == (3, 4) and np.allclose(proba.sum(axis=1), 1.0), candidate.name
+
+
+def test_the_bento_pins_what_the_lock_file_installs_and_the_model_imports() -> None:
+    """bentofile.yaml pins by hand (offline builds): each pin must be uv.lock's version, and every package
+    the logged model needs must be pinned."""
+    import tomllib
+
+    from bbt.register import RUNTIME_PACKAGES
+
+    root = Path(__file__).resolve().parents[1]
+    locked = {p["name"]: p["version"] for p in tomllib.loads((root / "uv.lock").read_text())["package"]
+              if "version" in p}
+    pins = dict(pin.split("==") for pin in yaml.safe_load((root / "bentofile.yaml").read_text())["python"]["packages"])
+    assert {name: version for name, version in pins.items() if locked.get(name) != version} == {}
+    assert set(RUNTIME_PACKAGES) - set(pins) == set()
