@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -191,8 +192,9 @@ def dvc_commit(params: Params) -> list[str]:
     return stages
 
 
-def report_markdown(search_summary: dict, metrics: dict, registered: dict, top: int = 5) -> str:
-    """The run's leaderboard, test metrics and registry outcome, as the Prefect artifact shows them."""
+def report_markdown(search_summary: dict, metrics: dict, registered: dict, audit: dict, corrections: Path,
+                    top: int = 5) -> str:
+    """The run's leaderboard, test metrics, label audit and registry outcome, as the Prefect artifact shows them."""
     board = pd.read_csv(artifacts.LEADERBOARD).head(top)
     rows = "\n".join(f"| {rank} | `{r.candidate}` | {r.cv_f1_macro_mean:.3f} ± {r.cv_f1_macro_std:.3f} | "
                      f"{r.cv_accuracy_mean:.3f} | {r.fit_time_s:.2f} |"
@@ -216,6 +218,10 @@ Accuracy **{metrics['test_accuracy']:.3f}**, macro-F1 **{metrics['test_f1_macro'
 | actor | precision | recall | F1 | faces |
 |---|---|---|---|---|
 {classes}
+
+## Label audit
+{audit['suspects']} of {audit['faces']} accepted faces look mislabelled, {audit['unreviewed_suspects']} of them not yet
+given a second review (`{artifacts.AUDIT_PNG}`, verdicts in `{corrections}`).
 """
 
 
@@ -251,13 +257,14 @@ def retrain(force: bool = False, families: list[str] | None = None, feature_sets
     pull_data()
     clean(params, batch_size)
     featurize(params)
-    audit(params)
+    audit_metrics = audit(params)
     search_summary = search(params)
     metrics = evaluate()
     registered = register(params)
     committed = dvc_commit(params)
     create_markdown_artifact(key=REPORT_KEY, description="retrain outcome",
-                             markdown=report_markdown(search_summary, metrics, registered))
+                             markdown=report_markdown(search_summary, metrics, registered, audit_metrics,
+                                                      params.data.corrections))
     return {"status": "retrained", **registered, "committed_stages": committed, "flow_run_id": str(flow_run.id)}
 
 

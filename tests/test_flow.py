@@ -161,6 +161,7 @@ def test_forced_run_on_dask_trains_registers_and_reports(
     (report,) = [a for a in artifacts if a.key == REPORT_KEY]
     assert f"version {outcome['version']} **became the champion**" in report.data
     assert f"## Leaderboard (top 5 of {n_candidates} by CV macro-F1)" in report.data and "| howard |" in report.data
+    assert "## Label audit" in report.data and "not yet" in report.data
 
     client = MlflowClient(small_project.tracking_uri, small_project.tracking_uri)
     champion = client.get_model_version_by_alias(MODEL, "champion")
