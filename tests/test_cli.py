@@ -37,3 +37,9 @@ def test_search_before_featurize_names_the_stage(tmp_path: Path) -> None:
 def test_leaderboard_on_an_empty_store(tmp_path: Path) -> None:
     result = run("leaderboard", cwd=tmp_path)
     assert result.returncode == 2 and "run `dvc repro` first" in result.stderr
+
+
+def test_audit_before_featurize_names_the_stage(tmp_path: Path) -> None:
+    result = run("audit", cwd=tmp_path)
+    assert result.returncode == 2 and "run `dvc repro featurize`" in result.stderr
+    assert "Traceback" not in result.stderr
