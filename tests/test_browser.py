@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tests.conftest import Server
@@ -38,13 +39,14 @@ def page(bento_server: Server) -> Iterator[object]:
 
 
 def single_face_photo(server: Server) -> tuple[Path, str]:
-    """A training photo with one accepted face, so the expected name is known."""
+    """A training photo of Sheldon in which the detector finds exactly one face, the accepted one."""
     root = server.project.root
     faces = np.load(root / "artifacts/faces/faces.npz")
-    names = list(faces["images"])
+    detections = pd.read_csv(root / "artifacts/faces/detections.csv")
+    found = detections.groupby("image").size()
     for i in np.load(root / "artifacts/features/split.npz")["train"]:
         name = str(faces["images"][i])
-        if names.count(faces["images"][i]) == 1 and name.endswith(".jpg") and faces["labels"][i] == "sheldon":
+        if found.get(name) == 1 and name.endswith(".jpg") and faces["labels"][i] == "sheldon":
             return root / "data/raw" / name, str(faces["labels"][i])
     raise AssertionError("no single-face photo of sheldon in the training split")
 
