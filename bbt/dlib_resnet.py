@@ -46,39 +46,39 @@ class _Reader:
         self.pos += n
         return self.data[self.pos - n:self.pos]
 
-    def int(self) -> int:
+    def read_int(self) -> int:
         control = self.take(1)[0]
         if control & 0x70 or (control & 0x0F) > 8:
             raise self.fail(f"bad integer control byte {control:#x}")
         value = int.from_bytes(self.take(control & 0x0F), "little")
         return -value if control & 0x80 else value
 
-    def bool(self) -> bool:
+    def read_bool(self) -> bool:
         byte = self.take(1)
         if byte not in (b"0", b"1"):
             raise self.fail(f"bad bool {byte!r}")
         return byte == b"1"
 
-    def float(self) -> float:
-        mantissa, exponent = self.int(), self.int()
+    def read_float(self) -> float:
+        mantissa, exponent = self.read_int(), self.read_int()
         special = {32000: math.inf, 32001: -math.inf, 32002: math.nan}
         return special[exponent] if exponent in special else math.ldexp(mantissa, exponent)
 
     def expect(self, name: str) -> None:
-        found = self.take(self.int()).decode("latin-1")
+        found = self.take(self.read_int()).decode("latin-1")
         if found != name:
             raise self.fail(f"expected layer {name!r}, found {found!r}")
 
     def tensor(self) -> np.ndarray:
-        if self.int() != 2:
+        if self.read_int() != 2:
             raise self.fail("unknown tensor version")
-        shape = tuple(self.int() for _ in range(4))
+        shape = tuple(self.read_int() for _ in range(4))
         return np.frombuffer(self.take(4 * math.prod(shape)), dtype="<f4").astype(np.float32).reshape(shape)
 
     def alias(self) -> tuple[int, ...]:
-        if self.int() != 1:
+        if self.read_int() != 1:
             raise self.fail("unknown alias_tensor version")
-        return tuple(self.int() for _ in range(4))
+        return tuple(self.read_int() for _ in range(4))
 
 
 def _block(n: int, stride: int, below: list[Spec]) -> list[Spec]:
@@ -118,11 +118,11 @@ def _details(r: _Reader, spec: Spec) -> Layer:
     if kind == "con":
         r.expect("con_4")
         params = r.tensor().reshape(-1)
-        filters, rows, _, stride, _ = (r.int() for _ in range(5))
-        padding = r.int(), r.int()
+        filters, rows, _, stride, _ = (r.read_int() for _ in range(5))
+        padding = r.read_int(), r.read_int()
         weight_shape, bias_shape = r.alias(), r.alias()
         for _ in range(4):  # learning-rate and weight-decay multipliers
-            r.float()
+            r.read_float()
         size = math.prod(weight_shape)
         if (filters, rows, stride) != spec[1:] or size + bias_shape[1] != params.size:
             raise r.fail(f"convolution {(filters, rows, stride)} is not {spec[1:]}")
@@ -132,12 +132,12 @@ def _details(r: _Reader, spec: Spec) -> Layer:
         r.expect("affine_")
         params = r.tensor().reshape(-1)
         gamma_shape, _ = r.alias(), r.alias()
-        if r.int() != 0 or 2 * gamma_shape[1] != params.size:
+        if r.read_int() != 0 or 2 * gamma_shape[1] != params.size:
             raise r.fail("expected a per-channel affine layer")
         return {"type": "affine", "gamma": params[:gamma_shape[1]], "beta": params[gamma_shape[1]:]}
     if kind in ("max_pool", "avg_pool"):
         r.expect(f"{kind}_2")
-        rows, _, stride, _, pad_y, pad_x = (r.int() for _ in range(6))
+        rows, _, stride, _, pad_y, pad_x = (r.read_int() for _ in range(6))
         if (rows, stride) != spec[1:] or pad_y or pad_x:
             raise r.fail(f"{kind} {(rows, stride)} is not {spec[1:]}")
         return {"type": kind, "size": rows, "stride": stride}
@@ -146,12 +146,12 @@ def _details(r: _Reader, spec: Spec) -> Layer:
         return {"type": kind, "tag": spec[1] if kind == "add_prev" else None}
     if kind == "fc":
         r.expect("fc_2")
-        outputs, inputs = r.int(), r.int()
+        outputs, inputs = r.read_int(), r.read_int()
         params = r.tensor().reshape(-1)
         r.alias(), r.alias()
-        no_bias = r.int() == 1
+        no_bias = r.read_int() == 1
         for _ in range(4):
-            r.float()
+            r.read_float()
         if not no_bias or outputs != spec[1] or params.size != inputs * outputs:
             raise r.fail("expected a fully connected layer without bias")
         return {"type": "fc", "weight": params.reshape(inputs, outputs)}
@@ -161,15 +161,15 @@ def _details(r: _Reader, spec: Spec) -> Layer:
 def load_layers(path: Path) -> list[Layer]:
     """The network's layers, input first, with their weights as float32 arrays."""
     r = _Reader(path.read_bytes(), str(path))
-    if r.int() != 1:
+    if r.read_int() != 1:
         raise r.fail("unknown loss layer version")
     r.expect("loss_metric_2")
-    r.float(), r.float()  # margin and distance threshold: training only
+    r.read_float(), r.read_float()  # margin and distance threshold: training only
     body = architecture()[1:]
-    versions = [r.int() for _ in body[:-1]]
+    versions = [r.read_int() for _ in body[:-1]]
     r.expect("input_rgb_image_sized")
-    mean_rgb = np.array([r.float() for _ in range(3)], dtype=np.float32)
-    if (r.int(), r.int()) != (CHIP_SIZE, CHIP_SIZE):
+    mean_rgb = np.array([r.read_float() for _ in range(3)], dtype=np.float32)
+    if (r.read_int(), r.read_int()) != (CHIP_SIZE, CHIP_SIZE):
         raise r.fail("expected 150 x 150 input chips")
     layers: list[Layer] = [{"type": "input", "mean_rgb": mean_rgb}]
     bottom = len(body) - 2
@@ -180,11 +180,11 @@ def load_layers(path: Path) -> list[Layer]:
             continue
         layers.append(_details(r, spec))
         for _ in range(3):
-            r.bool()
+            r.read_bool()
         for _ in range(3):  # gradients and cached outputs: empty at inference
             r.tensor()
         if index == bottom and versions[index] == 3:
-            r.int()  # sample expansion factor
+            r.read_int()  # sample expansion factor
     if r.pos != len(r.data):
         raise r.fail(f"{len(r.data) - r.pos} bytes left over")
     return layers
