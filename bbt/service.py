@@ -279,6 +279,7 @@ class ActorService:
         self.settings: ServeParams = load_params().serve
         self.classifier = ActorClassifier.from_mlflow(self.bento_model.path_of("mlflow_model"),
                                                       self.settings.confidence_threshold)
+        self.classifier.warm_up()
         self.classifier.detector = TimedDetector(self.classifier.detector)
         self.classifier.pipeline = TimedPipeline(self.classifier.pipeline)
         labels = self.bento_model.info.labels

@@ -102,6 +102,22 @@ def test_threads_share_one_transformer(crops: np.ndarray) -> None:
         np.testing.assert_array_equal(result, expected)
 
 
+def test_a_classifier_warms_the_network_up_before_its_first_photo(crops: np.ndarray,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from bbt.faces import DetectorSettings
+    from bbt.predict import ActorClassifier
+
+    pipeline = Pipeline([("features", FaceEmbeddings()), ("clf", LogisticRegression())])
+    pipeline.fit(crops, np.array(["howard", "raj"] * 3))
+    monkeypatch.setattr(embeddings, "_resnet", None)
+    classifier = ActorClassifier(pipeline, DetectorSettings(method="hog"), 128)
+    assert embeddings._resnet is None
+    classifier.warm_up()
+    assert embeddings._resnet is not None
+
+
 def test_model_files_are_found_without_importing_face_recognition_models() -> None:
     # A fresh interpreter: the package's __init__ imports pkg_resources, which may not exist.
     code = ("import sys; from bbt.embeddings import model_dir, FaceEmbeddings; import numpy as np;"
