@@ -24,7 +24,7 @@ from bbt.config import Params
 from bbt.errors import DataError
 from bbt.featurize import build_features, load_faces, load_split
 from bbt.progress import progress
-from bbt.tracking import data_hash, git_commit, setup_tracking
+from bbt.tracking import corrections_hash, data_hash, git_commit, setup_tracking
 
 log = logging.getLogger(__name__)
 SCORING = {"accuracy": "accuracy", "f1_macro": "f1_macro"}
@@ -71,7 +71,8 @@ def run_search(params: Params) -> dict:
     setup_tracking()
     rows = []
     with mlflow.start_run(run_name=f"grid-search-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
-        mlflow.set_tags({"stage": "search", "git_commit": git_commit(), "data_hash": data_hash()})
+        mlflow.set_tags({"stage": "search", "git_commit": git_commit(), "data_hash": data_hash(),
+                         "corrections_hash": corrections_hash(params.data.corrections)})
         mlflow.log_params(flat_params(params))
         mlflow.log_params({"n_candidates": len(grid), "n_train_faces": len(train)})
         with progress("search: cross-validating candidates", total=len(grid)) as advance:

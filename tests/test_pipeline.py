@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import mlflow
@@ -46,6 +47,8 @@ def test_every_candidate_is_a_child_run_and_the_champion_is_registered(trained_p
     assert len(children) >= 14
     assert all("cv_f1_macro_mean" in c.data.metrics and "cv_accuracy_std" in c.data.metrics for c in children)
     assert parent.data.tags["data_hash"] == "04306cd36b64465c091ef22a83b44736.dir"
+    second_review = hashlib.md5((trained_project.root / "review/corrections.csv").read_bytes()).hexdigest()
+    assert parent.data.tags["corrections_hash"] == second_review
     assert len(parent.data.tags["git_commit"]) >= 40
     assert parent.data.params["split.seed"] == "42"
 
