@@ -11,3 +11,5 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT", "false")
 
 ACTORS: tuple[str, ...] = ("howard", "leonard", "raj", "sheldon")
+# The answer for a face that is not one of the four (and the label of the reviewed strangers' faces).
+UNKNOWN = "unknown"

@@ -14,7 +14,9 @@ from bbt.faces import Box
 
 COLUMNS = ["image", "x", "y", "w", "h", "label", "review"]
 CORRECTION_COLUMNS = [*COLUMNS, "reason"]
-REVIEWS = ("accepted", "rejected")
+# accepted: the face is the labelled actor; stranger: a real face of anyone else (a negative example for the
+# open-set rule); rejected: not usable as either (first review: any face not of the folder's actor).
+REVIEWS = ("accepted", "rejected", "stranger")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,7 @@ class Annotation:
     label: str | None
     review: str
     source: str = "annotations"  # or "corrections": the second review changed or confirmed this row
+    first_review: str = ""  # what annotations.csv said, when the second review changed it
 
 
 def _read_rows(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
@@ -53,8 +56,9 @@ def _parse(
         if review == "accepted" and label not in ACTORS:
             problems.append(f"{where}: accepted face needs a label from {ACTORS}, got {label!r}")
             continue
-        if review == "rejected" and label is not None:
-            problems.append(f"{where}: rejected face must have an empty label, got {label!r}")
+        if review != "accepted" and label is not None:
+            problems.append(f"{where}: a {review} face must have an empty label, got {label!r} "
+                            "(a face of one of the four actors is `accepted` with its label)")
             continue
         try:
             box = Box(int(row.x), int(row.y), int(row.w), int(row.h))
@@ -96,11 +100,15 @@ class Correction:
 
     @property
     def kind(self) -> str:
+        """confirmed | stranger | unusable (rejected after a second look) | relabelled (another actor) |
+        accepted (a rejected box that is one of the four)."""
         before, after = self.original, self.corrected
-        if (before.review, before.label) == (after.review, after.label):
+        if (before.review, before.label) == (after.review, after.label) and after.review != "rejected":
             return "confirmed"
+        if after.review == "stranger":
+            return "stranger"
         if after.review == "rejected":
-            return "rejected"
+            return "unusable"
         return "relabelled" if before.review == "accepted" else "accepted"
 
 
@@ -136,13 +144,13 @@ def load_corrections(path: Path, annotations: list[Annotation]) -> list[Correcti
 
 def apply_corrections(annotations: list[Annotation], corrections: list[Correction]) -> list[Annotation]:
     """The annotations with every corrected row replaced by its second review."""
-    replaced = {(c.original.image, c.original.box): replace(c.corrected, source="corrections")
-                for c in corrections}
+    replaced = {(c.original.image, c.original.box):
+                replace(c.corrected, source="corrections", first_review=c.original.review) for c in corrections}
     return [replaced.get((a.image, a.box), a) for a in annotations]
 
 
 def match(box: Box, annotations: list[Annotation], iou_threshold: float) -> Annotation | None:
-    """The review of a detected box: the best-overlapping annotation, preferring accepted ones.
+    """The review of a detected box: the best-overlapping annotation, preferring accepted ones, then strangers.
 
     A byte-identical photo can sit in two actors' folders; a face rejected in one ("not Leonard")
     and accepted in the other ("Sheldon") is Sheldon, so an accepted review wins.
@@ -150,4 +158,7 @@ def match(box: Box, annotations: list[Annotation], iou_threshold: float) -> Anno
     candidates = [a for a in annotations if box.iou(a.box) >= iou_threshold]
     if not candidates:
         return None
-    return max(candidates, key=lambda a: (a.review == "accepted", box.iou(a.box)))
+    return max(candidates, key=lambda a: (REVIEW_PRECEDENCE.index(a.review), box.iou(a.box)))
+
+
+REVIEW_PRECEDENCE = ("rejected", "stranger", "accepted")

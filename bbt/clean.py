@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bbt import ACTORS, artifacts
+from bbt import ACTORS, UNKNOWN, artifacts
 from bbt.annotations import (
     Annotation,
     Correction,
@@ -50,10 +50,11 @@ class ImageJob:
 class Face:
     image: str
     box: Box
-    status: str  # accepted | rejected | unreviewed
+    status: str  # accepted | stranger | rejected | unreviewed
     label: str | None
     crop: np.ndarray | None = None
     reviewed_in: str = ""  # annotations | corrections (the second review)
+    first_review: str = ""  # annotations.csv's verdict (the second review may have changed it)
 
 
 @dataclass
@@ -115,11 +116,11 @@ def process_image(
         review = match(box, list(job.annotations), iou_threshold)
         if review is None:
             result.faces.append(Face(job.paths[0], box, "unreviewed", None))
-        elif review.review == "rejected":
-            result.faces.append(Face(job.paths[0], box, "rejected", None))
         else:
-            result.faces.append(Face(job.paths[0], box, "accepted", review.label, crop_face(image, box, crop_size),
-                                     review.source))
+            # Every reviewed face keeps its crop: actors train, strangers teach "unknown", the audit proposes
+            # verdicts for the rejected ones.
+            result.faces.append(Face(job.paths[0], box, review.review, review.label, crop_face(image, box, crop_size),
+                                     review.source, review.first_review or review.review))
     result.missed = [
         a for a in job.annotations
         if a.review == "accepted" and not any(a.box.iou(b) >= iou_threshold for b in boxes)
@@ -204,7 +205,7 @@ def summarize(jobs: Sequence[ImageJob], results: Sequence[ImageResult]) -> dict:
         for face in result.faces:
             counts[face.status] += 1
         counts["missed_annotations"] += len(result.missed)
-    keys = ["images", "unreadable", "no_face", "accepted", "rejected", "unreviewed", "duplicates",
+    keys = ["images", "unreadable", "no_face", "accepted", "stranger", "rejected", "unreviewed", "duplicates",
             "missed_annotations"]
     per_actor = {actor: {k: int(report.get(actor, {}).get(k, 0)) for k in keys} for actor in sorted(report)}
     totals = {k: sum(v[k] for v in per_actor.values()) for k in keys}
@@ -214,6 +215,7 @@ def summarize(jobs: Sequence[ImageJob], results: Sequence[ImageResult]) -> dict:
         "actors": per_actor,
         "total": totals,
         "faces_per_label": {a: int(labels.get(a, 0)) for a in ACTORS},
+        "stranger_faces": totals["stranger"],
         # Share of the accepted annotation boxes the detector finds (IoU >= clean.iou_threshold).
         "detector_recall": round(1 - totals["missed_annotations"] / reviewed, 4) if reviewed else None,
     }
@@ -221,17 +223,21 @@ def summarize(jobs: Sequence[ImageJob], results: Sequence[ImageResult]) -> dict:
 
 def write_outputs(results: Sequence[ImageResult], report: dict, params: CleanParams) -> None:
     """Write the labelled crops (with how they were made), the list of every detection, and the report."""
-    accepted = [f for r in results for f in r.faces if f.status == "accepted"]
-    if not accepted:
+    if not any(f.status == "accepted" for r in results for f in r.faces):
         raise DataError("no accepted face was found: check data/annotations.csv and the clean.* params")
+    reviewed = [f for r in results for f in r.faces if f.crop is not None]
     artifacts.FACES.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         artifacts.FACES,
-        crops=np.stack([f.crop for f in accepted]),
-        labels=np.array([f.label for f in accepted]),
-        images=np.array([f.image for f in accepted]),
-        reviewed_in=np.array([f.reviewed_in for f in accepted]),
-        boxes=np.array([[f.box.x, f.box.y, f.box.w, f.box.h] for f in accepted]),
+        crops=np.stack([f.crop for f in reviewed]),
+        # An actor's name, UNKNOWN for a stranger, "" for a rejected face (used by nothing but the audit).
+        labels=np.array([f.label if f.status == "accepted" else UNKNOWN if f.status == "stranger" else ""
+                         for f in reviewed]),
+        status=np.array([f.status for f in reviewed]),
+        first_review=np.array([f.first_review for f in reviewed]),
+        images=np.array([f.image for f in reviewed]),
+        reviewed_in=np.array([f.reviewed_in for f in reviewed]),
+        boxes=np.array([[f.box.x, f.box.y, f.box.w, f.box.h] for f in reviewed]),
         settings=json.dumps({"detector": asdict(detector_settings(params)), "crop_size": params.crop_size}),
     )
     rows = [
@@ -282,10 +288,20 @@ def run_clean(
         for missed in result.missed:
             log.warning("accepted face %s in %s was not detected", missed.box, missed.image)
     report = summarize(jobs, results)
-    report["second_review"] = dict(sorted(Counter(c.kind for c in corrections).items()))
+    report["second_review"] = second_review_counts(corrections)
     write_outputs(results, report, params)
     log_report(report)
     return report
+
+
+def second_review_counts(corrections: Sequence[Correction]) -> dict[str, dict[str, int]]:
+    """Per actor folder and in total: how many boxes the second review made strangers, unusable, relabelled..."""
+    per_folder: dict[str, Counter] = defaultdict(Counter)
+    for correction in corrections:
+        per_folder[correction.original.image.split("/", 1)[0]][correction.kind] += 1
+    total = sum(per_folder.values(), Counter())
+    return {**{folder: dict(sorted(c.items())) for folder, c in sorted(per_folder.items())},
+            "total": dict(sorted(total.items()))}
 
 
 def log_report(report: dict) -> None:
