@@ -13,7 +13,6 @@ from bbt.errors import BbtError
 PARAMS_FILE = Path("params.yaml")
 DETECTORS = ("hog", "haar")
 FEATURE_SETS = ("pixel_wavelet", "face_embedding")
-MODEL_FAMILIES = ("svm", "random_forest", "logistic_regression")
 
 
 class ConfigError(BbtError, ValueError):
@@ -59,8 +58,11 @@ class SplitParams:
 class SearchParams:
     cv_folds: int = 5
     seed: int = 42
-    families: tuple[str, ...] = MODEL_FAMILIES
+    families: tuple[str, ...] = ("logistic_regression", "svm", "random_forest")
     grid: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
+    objective: str = "open_set_f05"
+    open_set_rules: tuple[str, ...] = ("nearest_face", "probability")
+    target_false_accept: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,6 @@ class RegisterParams:
 
 @dataclass(frozen=True)
 class ServeParams:
-    confidence_threshold: float = 0.5
     max_upload_mb: float = 10
     max_megapixels: float = 40
 
@@ -166,13 +167,20 @@ def _validate(params: Params, source: Path) -> None:
         fail("split.test_size", "must be a fraction between 0 and 1")
     if params.search.cv_folds < 2:
         fail("search.cv_folds", "must be at least 2")
-    choices("search.families", params.search.families, MODEL_FAMILIES, "family")
+    # The registries live beside their implementations, which import this module: look them up at call time.
+    from bbt.candidates import FAMILIES
+    from bbt.openset import OBJECTIVES, RULES
+
+    choices("search.families", params.search.families, tuple(FAMILIES), "family")
+    choices("search.open_set_rules", params.search.open_set_rules, tuple(RULES), "open-set rule")
+    if params.search.objective not in OBJECTIVES:
+        fail("search.objective", f"{params.search.objective!r} is unknown; choose from {tuple(OBJECTIVES)}")
+    if not 0.0 <= params.search.target_false_accept < 1.0:
+        fail("search.target_false_accept", "must be a fraction in [0, 1), e.g. 0.05")
     if params.audit.feature_set not in FEATURE_SETS:
         fail("audit.feature_set", f"{params.audit.feature_set!r} is unknown; choose from {FEATURE_SETS}")
     if params.audit.folds < 2 or params.audit.repeats < 1:
         fail("audit.folds/repeats", "must be at least 2 (folds) and 1 (repeats)")
-    if not 0.0 <= params.serve.confidence_threshold <= 1.0:
-        fail("serve.confidence_threshold", "must be in [0, 1]")
     if params.serve.max_upload_mb <= 0 or params.serve.max_megapixels <= 0:
         fail("serve.max_upload_mb/max_megapixels", "must be positive")
 

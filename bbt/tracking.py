@@ -12,6 +12,9 @@ import yaml
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 EXPERIMENT = "bbt-actor-classifier"
+# A model's identity in MLflow: the md5 of artifacts/model/model.joblib, tagged on the run that made it and on
+# its registry versions. Nothing machine-specific (run ids, version numbers) is written into DVC outputs.
+MODEL_MD5_TAG = "model_md5"
 
 
 def tracking_uri() -> str:
@@ -67,3 +70,21 @@ def corrections_hash(path: Path) -> str:
         return hashlib.md5(path.read_bytes()).hexdigest()
     except OSError:
         return "none"
+
+
+def file_md5(path: Path) -> str:
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def model_run_id(model_md5: str) -> str:
+    """The newest run tagged with this model's md5 (the search run that made it); a new run when the store has
+    none (a wiped mlruns/, another tracking server), so the model can be scored and registered again."""
+    setup_tracking()
+    found = mlflow.search_runs(filter_string=f"tags.{MODEL_MD5_TAG} = '{model_md5}'",
+                               order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    if found:
+        return found[0].info.run_id
+    with mlflow.start_run(run_name=f"model-{model_md5[:8]}") as run:
+        mlflow.set_tags({MODEL_MD5_TAG: model_md5, "stage": "register",
+                         "note": "the search run that made this model is not in this store"})
+        return run.info.run_id
