@@ -22,10 +22,14 @@ AUDIT_METRICS = METRICS / "audit.json"
 REPORTS = Path("reports")
 AUDIT_CSV = REPORTS / "label_audit.csv"
 AUDIT_PNG = REPORTS / "label_audit.png"
+REJECTED_CSV = REPORTS / "rejected_review.csv"
+REJECTED_PNG = REPORTS / "rejected_review.png"
 
 PLOTS = Path("plots")
 CONFUSION_CSV = PLOTS / "confusion.csv"
 CONFUSION_PNG = PLOTS / "confusion_matrix.png"
+OPEN_SET_CSV = PLOTS / "open_set.csv"
+OPEN_SET_PNG = PLOTS / "open_set_curve.png"
 
 
 def features_file(feature_set: str) -> Path:

@@ -7,7 +7,7 @@ import logging
 import bentoml
 
 from bbt.errors import ModelError
-from bbt.tracking import setup_tracking
+from bbt.tracking import setup_tracking, tracking_uri
 
 log = logging.getLogger(__name__)
 REGISTRY_VERSION = "registry_version"
@@ -52,6 +52,7 @@ def import_champion(model_name: str, alias: str) -> bentoml.Tag:
         version = MlflowClient().get_model_version_by_alias(model_name, alias).version
     except MlflowException:
         raise ModelError(
-            f"models:/{model_name}@{alias} does not exist: train and register one with `dvc repro`"
+            f"models:/{model_name}@{alias} does not exist in the MLflow store {tracking_uri()}: run `bbt register` "
+            "to register the model `dvc repro` trained (artifacts/model), or `make train` to train and register"
         ) from None
     return import_version(model_name, version)

@@ -79,7 +79,7 @@ def audit() -> None:
     from bbt.config import load_params
 
     params = load_params()
-    run_audit(params.audit, params.featurize, params.data)
+    run_audit(params.audit, params.featurize, params.data, params.search)
 
 
 @app.command()
@@ -104,11 +104,14 @@ def evaluate() -> None:
 @app.command()
 @friendly
 def register() -> None:
-    """Stage 5: register the model in MLflow; move @champion only if it is at least as good."""
+    """Stage 5: register artifacts/model in MLflow unless it is there; move @champion only if it is no worse.
+
+    Also what brings the registry back after a wiped mlruns/ or with a new tracking server, without retraining."""
     from bbt.config import load_params
     from bbt.register import run_register
 
-    run_register(load_params().register)
+    result = run_register(load_params())
+    typer.echo(f"{load_params().register.model_name} version {result['version']}: {result['reason']}")
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""Stage `register`: log the chosen pipeline as an MLflow model and move the alias only if it is no worse."""
+"""Stage `register`: log the chosen model to MLflow's registry and move the alias only if it is no worse."""
 
 from __future__ import annotations
 
@@ -12,13 +12,22 @@ import mlflow
 import mlflow.sklearn
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+import numpy as np
 from mlflow.models import infer_signature
 
 from bbt import artifacts
 from bbt.bento_store import import_version
-from bbt.config import Params, RegisterParams, load_params
+from bbt.config import Params, RegisterParams
 from bbt.evaluate import load_model, score, test_faces
-from bbt.tracking import corrections_hash, data_hash, git_commit, setup_tracking
+from bbt.tracking import (
+    MODEL_MD5_TAG,
+    corrections_hash,
+    data_hash,
+    file_md5,
+    git_commit,
+    model_run_id,
+    setup_tracking,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,59 +65,94 @@ def skops_trusted_types(model: object) -> list[str]:
 
 def current_champion(client: MlflowClient, params: RegisterParams) -> str | None:
     try:
-        return client.get_model_version_by_alias(params.model_name, params.alias).version
+        return str(client.get_model_version_by_alias(params.model_name, params.alias).version)
     except MlflowException:
         return None
 
 
-def run_register(params: RegisterParams, trained_with: Params | None = None) -> dict:
-    """Register the model; promote it to the alias when its test macro-F1 >= the champion's on this split.
+def registered_version(client: MlflowClient, model_name: str, model_md5: str) -> str | None:
+    """The registry version that holds this very model file, if it was registered before."""
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+    except MlflowException:
+        return None
+    same = [v for v in versions if v.tags.get(MODEL_MD5_TAG) == model_md5]
+    return str(max(int(v.version) for v in same)) if same else None
 
-    `trained_with` are the params the model was made with (default params.yaml), tagged as a hash.
-    """
-    model, info = load_model()
-    crops, labels = test_faces()
-    new = score(model, crops, labels)
-    setup_tracking()
-    client = MlflowClient()
-    with mlflow.start_run(run_id=info["search_run_id"]):
+
+def promotion(new: dict, old: dict | None, alias: str, champion: str | None) -> tuple[bool, str]:
+    """Move the alias only to a model no worse on either count, both scored on today's test split: actor
+    macro-F1 (unknown = wrong) and the share of strangers given an actor's name."""
+    if old is None:
+        return True, f"no {alias} yet"
+    promote = new["actor_f1"] >= old["actor_f1"] and new["false_accept_rate"] <= old["false_accept_rate"]
+    verdict = "no worse" if promote else "worse"
+    return promote, (f"{verdict} than {alias} version {champion} on today's test split: actor macro-F1 "
+                     f"{new['actor_f1']:.4f} vs {old['actor_f1']:.4f}, strangers given a name "
+                     f"{new['false_accept_rate']:.4f} vs {old['false_accept_rate']:.4f}")
+
+
+def log_and_register(model: object, info: dict, model_md5: str, crops: np.ndarray, model_name: str) -> str:
+    """Log the model to the run that made it (or a new run, in a store that lacks it) and register it."""
+    with mlflow.start_run(run_id=model_run_id(model_md5)):
         logged = mlflow.sklearn.log_model(
             model,
             name="model",
             signature=infer_signature(crops[:2], model.predict(crops[:2])),
             input_example=crops[:1],
-            registered_model_name=params.model_name,
+            registered_model_name=model_name,
             pip_requirements=model_requirements(),
             skops_trusted_types=skops_trusted_types(model),
-            metadata={"detector": info["detector"], "crop_size": info["crop_size"],
-                      "classes": info["classes"], "candidate": info["candidate"]},
+            metadata={"detector": info["detector"], "crop_size": info["crop_size"], "classes": info["classes"],
+                      "candidate": info["candidate"], "open_set": info["open_set"]},
         )
-    version = str(logged.registered_model_version)
-    for key, value in {"test_f1_macro": f"{new['f1_macro']:.4f}", "test_accuracy": f"{new['accuracy']:.4f}",
-                       "candidate": info["candidate"], "feature_set": info["feature_set"],
-                       "data_hash": data_hash(), "git_commit": git_commit(),
-                       "corrections_hash": corrections_hash((trained_with or load_params()).data.corrections),
-                       "params_hash": training_params_hash(trained_with or load_params())}.items():
-        client.set_model_version_tag(params.model_name, version, key, value)
+    return str(logged.registered_model_version)
 
-    champion = current_champion(client, params)
-    if champion is None:
-        promote, reason = True, f"no {params.alias} yet"
+
+def run_register(params: Params) -> dict:
+    """Register artifacts/model unless the registry already holds it; move the alias when it is no worse than
+    the champion (`promotion`). Idempotent: after a wiped MLflow store it registers the same model again."""
+    model, info = load_model()
+    model_md5 = file_md5(artifacts.MODEL)
+    setup_tracking()
+    client = MlflowClient()
+    name, alias = params.register.model_name, params.register.alias
+    version = registered_version(client, name, model_md5)
+    champion = current_champion(client, params.register)
+    new: dict = {}
+    if version is None or champion != version:
+        crops, labels = test_faces()
+        new = score(model, crops, labels)
+    if version is None:
+        version = log_and_register(model, info, model_md5, crops, name)
+        tags = {MODEL_MD5_TAG: model_md5, "candidate": info["candidate"], "feature_set": info["feature_set"],
+                "open_set_rule": info["open_set"]["rule"], "open_set_threshold": f"{info['open_set']['threshold']:.4f}",
+                "test_actor_f1": f"{new['actor_f1']:.4f}", "test_actor_accuracy": f"{new['actor_accuracy']:.4f}",
+                "test_false_accept_rate": f"{new['false_accept_rate']:.4f}",
+                "data_hash": data_hash(), "git_commit": git_commit(),
+                "corrections_hash": corrections_hash(params.data.corrections),
+                "params_hash": training_params_hash(params)}
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+    if champion == version:
+        promote, reason = False, f"version {version} (this model) is already @{alias}"
     else:
-        # Re-score the champion on today's test split: scores from another split are not comparable.
-        old = score(mlflow.sklearn.load_model(f"models:/{params.model_name}/{champion}"), crops, labels)
-        promote = new["f1_macro"] >= old["f1_macro"]
-        relation = ">=" if promote else "<"
-        reason = (f"test macro-F1 {new['f1_macro']:.4f} {relation} {params.alias} version {champion}'s "
-                  f"{old['f1_macro']:.4f} on the same test split")
+        old = None if champion is None else score(mlflow.sklearn.load_model(f"models:/{name}/{champion}"), crops,
+                                                  labels)
+        promote, reason = promotion(new, old, alias, champion)
     if promote:
-        client.set_registered_model_alias(params.model_name, params.alias, version)
-        import_version(params.model_name, version)
-        log.info("register: version %s is now @%s (%s)", version, params.alias, reason)
+        client.set_registered_model_alias(name, alias, version)
+        log.info("register: version %s is now @%s (%s)", version, alias, reason)
+    elif champion != version:
+        log.warning("register: version %s registered without @%s: %s", version, alias, reason)
     else:
-        log.warning("register: version %s registered without @%s: %s", version, params.alias, reason)
-    result = {"version": int(version), "champion": promote, "champion_version": int(version if promote else champion),
-              "test_f1_macro": new["f1_macro"], "test_accuracy": new["accuracy"], "reason": reason}
+        log.info("register: %s", reason)
+    champion_version = version if promote else champion
+    if champion_version == version:
+        import_version(name, version)
+    # Only what follows from the inputs goes to the DVC metric; version numbers belong to one MLflow store.
     artifacts.REGISTER_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.REGISTER_METRICS.write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    artifacts.REGISTER_METRICS.write_text(json.dumps(
+        {"model_name": name, "model_md5": model_md5, "candidate": info["candidate"]}, indent=2) + "\n")
+    return {"version": int(version), "champion": champion_version == version,
+            "champion_version": int(champion_version) if champion_version else None, "reason": reason}

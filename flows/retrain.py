@@ -26,7 +26,8 @@ from prefect.tasks import exponential_backoff
 from bbt import artifacts
 from bbt.audit import run_audit
 from bbt.clean import BatchWork, ImageJob, ImageResult, run_clean
-from bbt.config import FEATURE_SETS, MODEL_FAMILIES, ConfigError, Params, load_params
+from bbt.candidates import FAMILIES
+from bbt.config import FEATURE_SETS, ConfigError, Params, load_params
 from bbt.errors import BbtError
 from bbt.evaluate import run_evaluate
 from bbt.featurize import run_featurize
@@ -58,9 +59,9 @@ def effective_params(families: list[str] | None, feature_sets: list[str] | None)
     """params.yaml with the run's overrides from the UI applied and checked."""
     params = load_params()
     if families:
-        unknown = sorted(set(families) - set(MODEL_FAMILIES))
+        unknown = sorted(set(families) - set(FAMILIES))
         if unknown:
-            raise ConfigError(f"families {unknown} unknown; choose from {list(MODEL_FAMILIES)}")
+            raise ConfigError(f"families {unknown} unknown; choose from {list(FAMILIES)}")
         params = replace(params, search=replace(params.search, families=tuple(families)))
     if feature_sets:
         unknown = sorted(set(feature_sets) - set(FEATURE_SETS))
@@ -140,7 +141,7 @@ def featurize(params: Params) -> dict[str, int]:
 
 @task(name="audit", timeout_seconds=600, cache_policy=NO_CACHE)
 def audit(params: Params) -> dict:
-    metrics = run_audit(params.audit, params.featurize, params.data)
+    metrics = run_audit(params.audit, params.featurize, params.data, params.search)
     get_run_logger().info("label audit: %d of %d faces suspect, %d not yet reviewed a second time (%s)",
                           metrics["suspects"], metrics["faces"], metrics["unreviewed_suspects"], artifacts.AUDIT_PNG)
     return metrics
@@ -149,16 +150,17 @@ def audit(params: Params) -> dict:
 @task(name="search", timeout_seconds=3600, cache_policy=NO_CACHE)
 def search(params: Params) -> dict:
     summary = run_search(params)
-    get_run_logger().info("%d candidates; best %s, CV macro-F1 %.3f", summary["n_candidates"],
-                          summary["best_candidate"], summary["cv_f1_macro_mean"])
+    get_run_logger().info("%d candidates; best %s, CV %s %.3f", summary["n_candidates"], summary["best_candidate"],
+                          summary["objective"], summary[f"cv_{summary['objective']}"])
     return summary
 
 
 @task(name="evaluate", timeout_seconds=600, cache_policy=NO_CACHE)
 def evaluate() -> dict:
     metrics = run_evaluate()
-    get_run_logger().info("test accuracy %.3f, macro-F1 %.3f on %d faces", metrics["test_accuracy"],
-                          metrics["test_f1_macro"], metrics["n_test"])
+    get_run_logger().info("test: actors named right %.3f (macro-F1 %.3f) of %d; strangers given a name %.3f of %d",
+                          metrics["test_actor_accuracy"], metrics["test_actor_f1"], metrics["n_actor_faces"],
+                          metrics["test_false_accept_rate"], metrics["n_stranger_faces"])
     return metrics
 
 
@@ -166,7 +168,7 @@ def evaluate() -> dict:
       timeout_seconds=900, cache_policy=NO_CACHE)
 def register(params: Params) -> dict:
     inject_fault("register")
-    result = run_register(params.register, trained_with=params)
+    result = run_register(params)
     get_run_logger().info("version %s registered; %s (%s)", result["version"],
                           "new champion" if result["champion"] else "champion unchanged", result["reason"])
     return result
@@ -196,8 +198,9 @@ def report_markdown(search_summary: dict, metrics: dict, registered: dict, audit
                     top: int = 5) -> str:
     """The run's leaderboard, test metrics, label audit and registry outcome, as the Prefect artifact shows them."""
     board = pd.read_csv(artifacts.LEADERBOARD).head(top)
-    rows = "\n".join(f"| {rank} | `{r.candidate}` | {r.cv_f1_macro_mean:.3f} ± {r.cv_f1_macro_std:.3f} | "
-                     f"{r.cv_accuracy_mean:.3f} | {r.fit_time_s:.2f} |"
+    objective = search_summary["objective"]
+    rows = "\n".join(f"| {rank} | `{r.candidate}` | {getattr(r, f'cv_{objective}'):.3f} | "
+                     f"{r.cv_false_accept_rate:.3f} | {r.threshold:.3f} |"
                      for rank, r in enumerate(board.itertuples(), 1))
     classes = "\n".join(f"| {actor} | {v['precision']:.3f} | {v['recall']:.3f} | {v['f1-score']:.3f} | "
                         f"{int(v['support'])} |" for actor, v in metrics["per_class"].items())
@@ -207,21 +210,23 @@ def report_markdown(search_summary: dict, metrics: dict, registered: dict, audit
 
 {registered['reason']}
 
-## Leaderboard (top {top} of {search_summary['n_candidates']} by CV macro-F1)
-| # | candidate | CV macro-F1 | CV accuracy | fit s |
+## Leaderboard (top {top} of {search_summary['n_candidates']} by CV {objective})
+| # | candidate | CV {objective} | CV false accepts | threshold |
 |---|---|---|---|---|
 {rows}
 
-## Test split ({metrics['n_test']} faces)
-Accuracy **{metrics['test_accuracy']:.3f}**, macro-F1 **{metrics['test_f1_macro']:.3f}**
+## Test split ({metrics['n_actor_faces']} actor faces, {metrics['n_stranger_faces']} strangers' faces)
+Actors named right **{metrics['test_actor_accuracy']:.3f}** (macro-F1 **{metrics['test_actor_f1']:.3f}**);
+strangers given an actor's name **{metrics['test_false_accept_rate']:.3f}**.
 
-| actor | precision | recall | F1 | faces |
+| answer | precision | recall | F1 | faces |
 |---|---|---|---|---|
 {classes}
 
 ## Label audit
 {audit['suspects']} of {audit['faces']} accepted faces look mislabelled, {audit['unreviewed_suspects']} of them not yet
-given a second review (`{artifacts.AUDIT_PNG}`, verdicts in `{corrections}`).
+given a second review (`{artifacts.AUDIT_PNG}`, verdicts in `{corrections}`). {audit['rejected_unreviewed']}
+rejected boxes await a second review (`{artifacts.REJECTED_PNG}`).
 """
 
 
