@@ -11,6 +11,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from bbt.errors import BbtError
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
+# The same list as people read it: every error message and the page's upload hint say this.
+SUPPORTED_FOR_PEOPLE = "JPEG, PNG, GIF, WebP, BMP or TIFF"
 DEFAULT_MAX_PIXELS = 40_000_000
 
 # We enforce our own pixel limit before decoding; Pillow's bomb check is a second line of defence.
@@ -28,14 +30,14 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
     16-bit images; and EXIF orientation. Dimensions are checked before any pixel is decoded.
     """
     if not data:
-        raise ImageError(f"{name} is empty: send the bytes of a JPEG, PNG, GIF or WebP photo")
+        raise ImageError(f"{name} is empty: send the bytes of a {SUPPORTED_FOR_PEOPLE} photo")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageError(
-            f"{name} is not a recognised image: send a JPEG, PNG, GIF or WebP photo"
+            f"{name} is not a recognised image: send a {SUPPORTED_FOR_PEOPLE} photo"
         ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
@@ -48,7 +50,7 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
         if image.format not in SUPPORTED_FORMATS:
             raise ImageError(
                 f"{name} is a {image.format} image, which is not supported: "
-                f"convert it to JPEG or PNG (supported: {', '.join(SUPPORTED_FORMATS)})"
+                f"convert it to JPEG or PNG (supported: {SUPPORTED_FOR_PEOPLE})"
             )
         width, height = image.size
         if width < 1 or height < 1:

@@ -1,4 +1,4 @@
-"""Classify the faces in a photo with a trained pipeline: the one inference path, used by the service."""
+"""Classify the faces in a photo with a registered model: the one inference path, used by the service."""
 
 from __future__ import annotations
 
@@ -7,38 +7,47 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.pipeline import Pipeline
 
+from bbt import UNKNOWN
 from bbt.faces import Box, DetectorSettings, FaceDetector, crop_face
-
-UNKNOWN = "unknown"
+from bbt.openset import OpenSetClassifier, Timer, untimed
 
 
 @dataclass(frozen=True)
 class FacePrediction:
     box: Box
-    label: str
-    confidence: float
+    label: str  # an actor, or UNKNOWN
+    closest_actor: str
+    confidence: float  # the closed-set probability of closest_actor among the four
     probabilities: dict[str, float]
+    distance: float  # the open-set rule's distance; the face is named when it is <= threshold
+    threshold: float
 
     def as_dict(self) -> dict[str, Any]:
-        return {"box": self.box.as_dict(), "label": self.label, "confidence": self.confidence,
-                "probabilities": self.probabilities}
+        return {"box": self.box.as_dict(), "label": self.label, "closest_actor": self.closest_actor,
+                "confidence": self.confidence, "probabilities": self.probabilities,
+                "distance": self.distance, "threshold": self.threshold}
 
 
 class ActorClassifier:
-    """Detect faces with the training detector settings, then run the pipeline on their crops."""
+    """Detect faces with the training detector settings, then answer each with the model's open-set rule.
 
-    def __init__(self, pipeline: Pipeline, detector: DetectorSettings, crop_size: int,
-                 confidence_threshold: float = 0.5) -> None:
-        self.pipeline = pipeline
+    `timed(stage)` (a context manager factory) wraps each stage: detect, crop, features, classify.
+    """
+
+    def __init__(self, model: OpenSetClassifier, detector: DetectorSettings, crop_size: int,
+                 timed: Timer = untimed) -> None:
+        if not isinstance(model, OpenSetClassifier):
+            raise TypeError(f"expected an open-set model (bbt.openset.OpenSetClassifier), got "
+                            f"{type(model).__name__}: retrain it with `dvc repro`")
+        self.model = model
         self.detector = FaceDetector(detector)
         self.crop_size = crop_size
-        self.confidence_threshold = confidence_threshold
-        self.classes = [str(c) for c in pipeline.classes_]
+        self.classes = [str(c) for c in model.classes_]
+        self.timed = timed
 
     @classmethod
-    def from_mlflow(cls, model_path: str | Path, confidence_threshold: float = 0.5) -> ActorClassifier:
+    def from_mlflow(cls, model_path: str | Path, timed: Timer = untimed) -> ActorClassifier:
         """Load an MLflow model directory (or models:/ URI) logged by `bbt register`."""
         import mlflow.sklearn
         from mlflow.models import Model
@@ -47,30 +56,29 @@ class ActorClassifier:
             else Path(model_path)
         meta = Model.load(local / "MLmodel").metadata or {}
         return cls(mlflow.sklearn.load_model(str(local)), DetectorSettings(**meta["detector"]),
-                   int(meta["crop_size"]), confidence_threshold)
+                   int(meta["crop_size"]), timed)
 
     def warm_up(self) -> None:
-        """Load what the pipeline loads on first use (the embedding network: ~0.2 s) now, not in a request."""
-        self.pipeline.predict_proba(np.zeros((1, self.crop_size, self.crop_size, 3), np.uint8))
+        """Load what the model loads on first use (the embedding network: ~0.2 s) now, not in a request."""
+        self.model.decide(np.zeros((1, self.crop_size, self.crop_size, 3), np.uint8))
 
     def detect(self, image: np.ndarray) -> list[Box]:
-        return self.detector.detect(image)
-
-    def predict_proba(self, image: np.ndarray, boxes: list[Box]) -> np.ndarray:
-        if not boxes:
-            return np.empty((0, len(self.classes)))
-        crops = np.stack([crop_face(image, box, self.crop_size) for box in boxes])
-        return self.pipeline.predict_proba(crops)
+        with self.timed("detect"):
+            return self.detector.detect(image)
 
     def classify(self, image: np.ndarray) -> list[FacePrediction]:
-        """Every detected face with its label (or 'unknown' below the threshold), most confident first."""
+        """Every detected face with its answer, actors first, then by confidence; unknown faces last."""
         boxes = self.detect(image)
-        proba = self.predict_proba(image, boxes)
-        faces = []
-        for box, row in zip(boxes, proba):
-            best = int(np.argmax(row))
-            confidence = float(row[best])
-            label = self.classes[best] if confidence >= self.confidence_threshold else UNKNOWN
-            faces.append(FacePrediction(box, label, round(confidence, 4),
-                                        {c: round(float(p), 4) for c, p in zip(self.classes, row)}))
-        return sorted(faces, key=lambda f: -f.confidence)
+        if not boxes:
+            return []
+        with self.timed("crop"):
+            crops = np.stack([crop_face(image, box, self.crop_size) for box in boxes])
+        decisions = self.model.decide(crops, self.timed)
+        faces = [
+            FacePrediction(box, str(label), str(closest), round(float(row.max()), 4),
+                           {c: round(float(p), 4) for c, p in zip(self.classes, row)},
+                           round(float(distance), 4), round(float(decisions.threshold), 4))
+            for box, label, closest, row, distance in zip(boxes, decisions.labels, decisions.closest,
+                                                         decisions.proba, decisions.distances)
+        ]
+        return sorted(faces, key=lambda f: (f.label == UNKNOWN, -f.confidence, f.box.x, f.box.y))

@@ -27,14 +27,14 @@ import numpy as np
 import prometheus_client
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import HTTPException, RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bbt.config import ServeParams, load_params
 from bbt.errors import ModelError
-from bbt.images import ImageError, decode_image
+from bbt.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_image
 from bbt.predict import ActorClassifier, FacePrediction
 
 log = logging.getLogger("bbt.service")
@@ -66,7 +66,7 @@ REJECTED = prometheus_client.Counter(
 )
 FACES = prometheus_client.Counter(
     name="bbt_faces",
-    documentation="Faces classified, by label ('unknown' below the confidence threshold).",
+    documentation="Faces classified, by label ('unknown': not one of the four).",
     labelnames=["label"],
 )
 
@@ -82,14 +82,23 @@ class FaceBox(BaseModel):
 
 class Face(BaseModel):
     box: FaceBox = Field(description="In the uploaded image's pixel coordinates (after EXIF rotation).")
-    label: str = Field(description="An actor, or 'unknown' below the confidence threshold.")
-    confidence: float
-    probabilities: dict[str, float]
+    label: str = Field(description="howard, leonard, raj or sheldon; 'unknown' when the face is not one of the "
+                                   "four (its distance is over the model's learned threshold).")
+    closest_actor: str = Field(description="The actor the face resembles most, even when the label is 'unknown'.")
+    confidence: float = Field(description="The classifier's probability of closest_actor among the four actors. "
+                                          "It assumes the face is one of them: it is not a probability that the "
+                                          "face is that actor rather than anyone else; distance decides that.")
+    probabilities: dict[str, float] = Field(description="The four actors' probabilities (same caveat).")
+    distance: float = Field(description="The open-set rule's distance (nearest_face: Euclidean distance in face-"
+                                        "embedding space to the closest training face of closest_actor).")
+    threshold: float = Field(description="The largest distance the model names an actor at, learned by "
+                                         "cross-validation for a target false-accept rate on strangers.")
 
 
 class ModelInfo(BaseModel):
     name: str
     version: str = Field(description="The MLflow registry version being served.")
+    open_set_rule: str = Field(description="When a face is answered 'unknown' (see docs/models.md).")
 
 
 class ImageSize(BaseModel):
@@ -113,7 +122,7 @@ class ErrorBody(BaseModel):
     error: str
 
 
-PhotoUpload = Annotated[UploadFile, File(description="A JPEG, PNG, GIF, WebP, BMP or TIFF photo")]
+PhotoUpload = Annotated[UploadFile, File(description=f"A {SUPPORTED_FOR_PEOPLE} photo")]
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -233,32 +242,6 @@ def timed(stage: str) -> Iterator[None]:
         STAGE_SECONDS.labels(stage=stage).observe(time.perf_counter() - start)
 
 
-class TimedDetector:
-    """The model's face detector, timed as the 'detect' stage."""
-
-    def __init__(self, detector: Any) -> None:
-        self.detector = detector
-
-    def detect(self, image: np.ndarray) -> list:
-        with timed("detect"):
-            return self.detector.detect(image)
-
-
-class TimedPipeline:
-    """The model's fitted scikit-learn pipeline, its feature steps and its classifier timed separately."""
-
-    def __init__(self, pipeline: Any) -> None:
-        self.classes_ = pipeline.classes_
-        self.features = pipeline[:-1] if len(pipeline.steps) > 1 else None
-        self.classifier = pipeline[-1]
-
-    def predict_proba(self, crops: np.ndarray) -> np.ndarray:
-        with timed("features"):
-            features = self.features.transform(crops) if self.features is not None else crops
-        with timed("classify"):
-            return self.classifier.predict_proba(features)
-
-
 @bentoml.service(
     workers="cpu_count",
     traffic={"timeout": 60, "max_concurrency": 256},
@@ -277,13 +260,11 @@ class ActorService:
             raise ModelError(f"the BentoML store in {store} has no {model_ref.tag}: run `bbt import-champion` "
                              "(or `dvc repro`) first, or serve with `bbt serve`, which imports the champion")
         self.settings: ServeParams = load_params().serve
-        self.classifier = ActorClassifier.from_mlflow(self.bento_model.path_of("mlflow_model"),
-                                                      self.settings.confidence_threshold)
+        self.classifier = ActorClassifier.from_mlflow(self.bento_model.path_of("mlflow_model"), timed)
         self.classifier.warm_up()
-        self.classifier.detector = TimedDetector(self.classifier.detector)
-        self.classifier.pipeline = TimedPipeline(self.classifier.pipeline)
         labels = self.bento_model.info.labels
-        self.model_info = ModelInfo(name=MODEL_NAME, version=labels.get("registry_version", "unknown"))
+        self.model_info = ModelInfo(name=MODEL_NAME, version=labels.get("registry_version", "unknown"),
+                                    open_set_rule=self.classifier.model.rule)
         self.max_bytes = int(self.settings.max_upload_mb * MB)
         self.max_pixels = int(self.settings.max_megapixels * 1_000_000)
         self.legacy_max_bytes = int(self.max_bytes * BASE64_GROWTH) + ENVELOPE_BYTES
@@ -291,7 +272,8 @@ class ActorService:
         self.executor = ThreadPoolExecutor(THREADS_PER_WORKER, thread_name_prefix="classify")
         cv2.setNumThreads(1)  # parallelism comes from workers x threads; OpenCV's own threads would oversubscribe
         return_big_frees_to_the_os()
-        self.index_html = (WEB_DIR / "index.html").read_text().replace("{{max_upload_bytes}}", str(self.max_bytes))
+        self.index_html = ((WEB_DIR / "index.html").read_text().replace("{{max_upload_bytes}}", str(self.max_bytes))
+                           .replace("{{supported_formats}}", SUPPORTED_FOR_PEOPLE))
         self.upload_limits = {"/classify": self.max_bytes, "/classify_image": self.legacy_max_bytes}
         log.info("serving %s version %s (%s)", MODEL_NAME, self.model_info.version, self.bento_model.tag)
 
@@ -313,6 +295,11 @@ class ActorService:
     @web.get("/", include_in_schema=False)
     async def index(self) -> HTMLResponse:
         return HTMLResponse(self.index_html)
+
+    @web.get("/favicon.ico", include_in_schema=False)
+    async def favicon(self) -> FileResponse:
+        # Browsers ask for /favicon.ico on pages without a <link rel="icon">, e.g. /docs.json.
+        return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
 
     @web.post("/classify", response_model=Classification, responses=ERRORS,
               summary="Find every face in a photo and name the actor")
@@ -352,9 +339,9 @@ class ActorService:
 
 
 def legacy_face(face: FacePrediction, classes: list[str]) -> dict[str, Any]:
-    """The original system's answer for one face: the best class and percentages in class order."""
-    best = max(classes, key=lambda c: face.probabilities[c])
-    return {"class": best,
+    """The original system's answer for one face: its class ('unknown' for a face that is not one of the four,
+    which the original never said) and the four percentages in class_dictionary order."""
+    return {"class": face.label,
             "class_probability": [round(face.probabilities[c] * 100, 2) for c in classes],
             "class_dictionary": {c: i for i, c in enumerate(classes)}}
 

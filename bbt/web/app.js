@@ -1,5 +1,11 @@
-// The drop box: send the photo to POST classify, draw a box per face, highlight the best match's card.
+// The drop box: send the photo to POST classify, draw a box per face, highlight the cards of the actors named.
 "use strict";
+
+const UNKNOWN = "unknown";
+// One spelling of every answer, everywhere on the page.
+function displayName(label) {
+  return label === UNKNOWN ? "not one of the four" : label.charAt(0).toUpperCase() + label.slice(1);
+}
 
 const maxBytes = Number(document.querySelector('meta[name="bbt-max-upload-bytes"]').content) || 10 * 1024 * 1024;
 const dropzone = document.getElementById("dropzone");
@@ -34,7 +40,7 @@ function clearResult() {
 function drawBoxes(faces, size) {
   faces.forEach((face, i) => {
     const box = document.createElement("div");
-    box.className = `box ${face.label === "unknown" ? "unknown" : ""}`;
+    box.className = `box ${face.label === UNKNOWN ? "unknown" : ""}`;
     // Percentages of the image keep the boxes right at any display size.
     box.style.left = `${(100 * face.box.x) / size.width}%`;
     box.style.top = `${(100 * face.box.y) / size.height}%`;
@@ -42,7 +48,9 @@ function drawBoxes(faces, size) {
     box.style.height = `${(100 * face.box.h) / size.height}%`;
     const tag = document.createElement("span");
     tag.className = "tag";
-    tag.textContent = `${i + 1}. ${face.label} ${percent(face.confidence)}`;
+    tag.textContent = face.label === UNKNOWN
+      ? `${i + 1}. ${displayName(face.label)}`
+      : `${i + 1}. ${displayName(face.label)} ${percent(face.confidence)}`;
     box.appendChild(tag);
     stage.appendChild(box);
   });
@@ -55,33 +63,36 @@ function fillTable(faces) {
   head.innerHTML = "";
   body.innerHTML = "";
   const headRow = head.insertRow();
-  ["Face", ...classes, "Answer"].forEach((name) => {
+  ["Face", ...classes.map(displayName), "Distance", "Answer"].forEach((name) => {
     const th = document.createElement("th");
     th.textContent = name;
     headRow.appendChild(th);
   });
   faces.forEach((face, i) => {
     const row = body.insertRow();
+    if (face.label === UNKNOWN) row.classList.add("unknown");
     row.insertCell().textContent = String(i + 1);
-    const best = Math.max(...classes.map((c) => face.probabilities[c]));
     classes.forEach((c) => {
       const cell = row.insertCell();
       cell.textContent = percent(face.probabilities[c]);
-      if (face.probabilities[c] === best) cell.classList.add("top");
+      if (c === face.closest_actor) cell.classList.add("top");
     });
-    row.insertCell().textContent = face.label;
+    const distance = row.insertCell();
+    distance.textContent = `${face.distance.toFixed(2)} ${face.distance <= face.threshold ? "≤" : ">"} ${face.threshold.toFixed(2)}`;
+    row.insertCell().textContent = displayName(face.label);
   });
 }
 
+// Only faces given an actor's name light up that actor's card; a face that is not one of the four lights none.
 function highlightCards(faces) {
   document.querySelectorAll(".card").forEach((card) => {
-    const actor = card.dataset.actor;
-    const scores = faces.map((f) => f.probabilities[actor] ?? 0);
-    if (scores.length) card.querySelector(".score").textContent = percent(Math.max(...scores));
+    const named = faces.filter((f) => f.label === card.dataset.actor);
+    if (!named.length) return;
+    card.classList.add("best");
+    const best = Math.max(...named.map((f) => f.confidence));
+    card.querySelector(".score").textContent =
+      named.length > 1 ? `${named.length} faces, up to ${percent(best)}` : percent(best);
   });
-  const best = faces[0];
-  const card = best && document.querySelector(`.card[data-actor="${best.label}"]`);
-  if (card) card.classList.add("best");
 }
 
 function showResult(answer) {
@@ -99,12 +110,16 @@ function showResult(answer) {
   drawBoxes(faces, answer.image);
   fillTable(faces);
   highlightCards(faces);
-  const names = faces.map((f, i) => `${i + 1}. ${f.label} (${percent(f.confidence)})`).join(", ");
+  const names = faces.map((f, i) => f.label === UNKNOWN
+    ? `${i + 1}. ${displayName(f.label)}` : `${i + 1}. ${displayName(f.label)} (${percent(f.confidence)})`).join(", ");
   document.getElementById("caption").textContent = `${faces.length} face${faces.length > 1 ? "s" : ""}: ${names}`;
-  const best = faces[0];
-  showMessage(best.label === "unknown"
-    ? `Not sure who this is: the best guess is under the confidence threshold (${percent(best.confidence)}).`
-    : `Best match: ${best.label} (${percent(best.confidence)}).`, "ok");
+  const named = faces.filter((f) => f.label !== UNKNOWN);
+  const others = faces.length - named.length;
+  const strangers = others === 0 ? "" : others === 1 ? "1 face is not one of the four." : `${others} faces are not one of the four.`;
+  showMessage(named.length
+    ? `${named.map((f) => `${displayName(f.label)} (${percent(f.confidence)})`).join(", ")}. ${strangers}`.trim()
+    : `Not one of the four: ${faces.length === 1 ? "this face is" : "these faces are"} not Howard, Leonard, Raj or Sheldon.`,
+    "ok");
 }
 
 async function classify(file) {
