@@ -10,6 +10,11 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT", "false")
 
+if os.environ.get("BBT_RECORD_READS"):  # tests/integration: what a stage reads, against dvc.yaml
+    from bbt.reads import start_recording
+
+    start_recording(os.environ["BBT_RECORD_READS"])
+
 ACTORS: tuple[str, ...] = ("howard", "leonard", "raj", "sheldon")
 # The answer for a face that is not one of the four (and the label of the reviewed strangers' faces).
 UNKNOWN = "unknown"

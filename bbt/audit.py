@@ -90,7 +90,7 @@ def nearest_actor(embeddings: np.ndarray, gallery: np.ndarray, gallery_labels: n
     return classes[stacked.argmin(axis=1)], stacked.min(axis=1)
 
 
-def propose_verdicts(faces: dict, embeddings: np.ndarray, search: SearchParams) -> tuple[pd.DataFrame, float]:
+def propose_verdicts(faces: dict, embeddings: np.ndarray, search: SearchParams) -> tuple[pd.DataFrame, float | None]:
     """A proposed verdict for every box the first review rejected, and the distance threshold behind it.
 
     The threshold is learned like the model's (bbt.openset.learn_threshold) on the faces already reviewed: each
@@ -105,12 +105,13 @@ def propose_verdicts(faces: dict, embeddings: np.ndarray, search: SearchParams) 
     threshold = learn_threshold(np.concatenate([gallery_labels, labels[strangers]]),
                                 np.concatenate([actor_closest, stranger_closest]),
                                 np.concatenate([actor_distances, stranger_distances]),
-                                search.target_false_accept, search.objective) if len(strangers) else float("nan")
+                                search.target_false_accept, search.objective) if len(strangers) else None
     rejected_first = np.flatnonzero(faces["first_review"] == "rejected")
     closest, distances = nearest_actor(embeddings[rejected_first], gallery, gallery_labels,
                                        exclude=np.array([np.flatnonzero(accepted == i)[0] if i in accepted else -1
                                                          for i in rejected_first]))
-    proposal = np.where(distances <= threshold, closest, "stranger") if len(strangers) else closest
+    # With no stranger reviewed yet there is nothing to learn a threshold from: propose the nearest actor.
+    proposal = closest if threshold is None else np.where(distances <= threshold, closest, "stranger")
     second = [("unusable" if s == "rejected" else "stranger" if s == "stranger" else str(label))
               if where == "corrections" else "not reviewed"
               for s, label, where in zip(status[rejected_first], labels[rejected_first],
@@ -122,7 +123,7 @@ def propose_verdicts(faces: dict, embeddings: np.ndarray, search: SearchParams) 
     return table, threshold
 
 
-def write_rejected_review(faces: dict, table: pd.DataFrame, threshold: float) -> dict:
+def write_rejected_review(faces: dict, table: pd.DataFrame, threshold: float | None) -> dict:
     """reports/rejected_review.csv (every box the first review rejected) and a contact sheet of the boxes still
     awaiting a second review, or else of those whose verdict disagrees with the proposal."""
     import cv2
@@ -140,7 +141,8 @@ def write_rejected_review(faces: dict, table: pd.DataFrame, threshold: float) ->
     else:
         cv2.imwrite(str(artifacts.REJECTED_PNG), np.full((40, 200, 3), 255, np.uint8))
     return {"rejected_boxes": len(table), "rejected_unreviewed": len(waiting),
-            "rejected_disagreements": len(disagree), "proposal_threshold": round(float(threshold), 4)}
+            "rejected_disagreements": len(disagree),
+            "proposal_threshold": None if threshold is None else round(float(threshold), 4)}
 
 
 def run_audit(params: AuditParams, featurize: FeaturizeParams, data: DataParams, search: SearchParams) -> dict:

@@ -4,30 +4,46 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
+from bbt import reads
 from bbt.errors import BbtError
 
 PARAMS_FILE = Path("params.yaml")
 DETECTORS = ("hog", "haar")
-FEATURE_SETS = ("pixel_wavelet", "face_embedding")
+# Fewest features first (128 vs 4096): the search's tie-break prefers the earlier one (bbt/candidates.py).
+FEATURE_SETS = ("face_embedding", "pixel_wavelet")
 
 
 class ConfigError(BbtError, ValueError):
     """A params.yaml problem the user can fix."""
 
 
+class Section:
+    """A params.yaml section. Reading one of its keys is noted (bbt.reads) so a test can check that dvc.yaml
+    declares every key a stage's code reads."""
+
+    section: ClassVar[str] = ""
+
+    def __getattribute__(self, name: str) -> Any:
+        if not name.startswith("_") and name in type(self).__dataclass_fields__:
+            reads.note_param(f"{type(self).section}.{name}")
+        return object.__getattribute__(self, name)
+
+
 @dataclass(frozen=True)
-class DataParams:
+class DataParams(Section):
+    section: ClassVar[str] = "data"
     raw: Path = Path("data/raw")
     annotations: Path = Path("data/annotations.csv")
     corrections: Path = Path("review/corrections.csv")
 
 
 @dataclass(frozen=True)
-class CleanParams:
+class CleanParams(Section):
+    section: ClassVar[str] = "clean"
     detector: str = "hog"
     hog_side: int = 800
     hog_upsample: int = 0
@@ -41,7 +57,8 @@ class CleanParams:
 
 
 @dataclass(frozen=True)
-class FeaturizeParams:
+class FeaturizeParams(Section):
+    section: ClassVar[str] = "featurize"
     feature_sets: tuple[str, ...] = FEATURE_SETS
     wavelet: str = "db1"
     wavelet_level: int = 5
@@ -49,13 +66,15 @@ class FeaturizeParams:
 
 
 @dataclass(frozen=True)
-class SplitParams:
+class SplitParams(Section):
+    section: ClassVar[str] = "split"
     test_size: float = 0.2
     seed: int = 42
 
 
 @dataclass(frozen=True)
-class SearchParams:
+class SearchParams(Section):
+    section: ClassVar[str] = "search"
     cv_folds: int = 5
     seed: int = 42
     families: tuple[str, ...] = ("logistic_regression", "svm", "random_forest")
@@ -66,7 +85,8 @@ class SearchParams:
 
 
 @dataclass(frozen=True)
-class AuditParams:
+class AuditParams(Section):
+    section: ClassVar[str] = "audit"
     feature_set: str = "face_embedding"
     folds: int = 5
     repeats: int = 3
@@ -74,13 +94,15 @@ class AuditParams:
 
 
 @dataclass(frozen=True)
-class RegisterParams:
+class RegisterParams(Section):
+    section: ClassVar[str] = "register"
     model_name: str = "bbt-actor-classifier"
     alias: str = "champion"
 
 
 @dataclass(frozen=True)
-class ServeParams:
+class ServeParams(Section):
+    section: ClassVar[str] = "serve"
     max_upload_mb: float = 10
     max_megapixels: float = 40
 
@@ -187,7 +209,11 @@ def _validate(params: Params, source: Path) -> None:
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     """Read and validate params.yaml; a missing file gives the defaults."""
-    path = Path(path)
+    with reads.paused():
+        return _load(Path(path))
+
+
+def _load(path: Path) -> Params:
     if not path.exists():
         return Params()
     try:

@@ -6,7 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields
 
 import mlflow
 import mlflow.sklearn
@@ -49,7 +49,8 @@ def model_requirements() -> list[str]:
 
 def training_params_hash(params: Params) -> str:
     """A hash of the params that decide the trained model (not the worker count, not serving)."""
-    decisive = {"data": asdict(params.data), "clean": asdict(replace(params.clean, workers=1)),
+    clean = {f.name: getattr(params.clean, f.name) for f in fields(params.clean) if f.name != "workers"}
+    decisive = {"data": asdict(params.data), "clean": clean,
                 "featurize": asdict(params.featurize), "split": asdict(params.split), "search": asdict(params.search)}
     return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

@@ -35,10 +35,11 @@ class Project:
     def bentoml_home(self) -> Path:
         return Path(self.env["BENTOML_HOME"])
 
-    def run(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-        """Run a command in the project, as a user would in a shell with the venv active."""
-        result = subprocess.run(list(args), cwd=self.root, env=self.env, capture_output=True, text=True,
-                                timeout=timeout)
+    def run(self, *args: str, check: bool = True, timeout: float = 900,
+            env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command in the project, as a user would in a shell with the venv active (plus `env_extra`)."""
+        result = subprocess.run(list(args), cwd=self.root, env={**self.env, **(env_extra or {})},
+                                capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
         return result

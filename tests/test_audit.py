@@ -11,7 +11,7 @@ import pytest
 
 from bbt import ACTORS, artifacts
 from bbt.audit import out_of_fold_agreement, run_audit
-from bbt.config import AuditParams, DataParams, FeaturizeParams
+from bbt.config import AuditParams, DataParams, FeaturizeParams, SearchParams
 from bbt.errors import DataError
 from tests.conftest import Project
 
@@ -41,12 +41,16 @@ def test_fewer_faces_than_folds_uses_fewer_folds() -> None:
         out_of_fold_agreement(X[:10], y[:10], folds=5, repeats=1, seed=0)
 
 
-def write_stage_inputs(y: np.ndarray, X: np.ndarray, reviewed_in: list[str]) -> None:
+def write_stage_inputs(y: np.ndarray, X: np.ndarray, reviewed_in: list[str],
+                       status: list[str] | None = None, first_review: list[str] | None = None) -> None:
+    """faces.npz and the embeddings as clean and featurize write them (labels: actor, 'unknown' or '')."""
     artifacts.FACES.parent.mkdir(parents=True)
     artifacts.FEATURES_DIR.mkdir(parents=True)
     n = len(y)
-    np.savez(artifacts.FACES, crops=np.zeros((n, 32, 32, 3), np.uint8), labels=y,
-             images=np.array([f"{label}/{i}.jpg" for i, label in enumerate(y)]),
+    status = status or ["accepted"] * n
+    np.savez(artifacts.FACES, crops=np.zeros((n, 32, 32, 3), np.uint8), labels=y, status=np.array(status),
+             first_review=np.array(first_review or status),
+             images=np.array([f"{label or 'x'}/{i}.jpg" for i, label in enumerate(y)]),
              boxes=np.tile([1, 2, 30, 30], (n, 1)), reviewed_in=np.array(reviewed_in))
     np.savez(artifacts.features_file("face_embedding"), X=X, y=y)
 
@@ -58,8 +62,9 @@ def test_the_stage_writes_suspects_a_sheet_and_a_metric(tmp_path: Path, monkeypa
     reviewed_in = ["annotations"] * len(y)
     reviewed_in[20] = "corrections"  # already looked at by a person: still listed, not counted as open
     write_stage_inputs(y, X, reviewed_in)
-    metrics = run_audit(AuditParams(), FeaturizeParams(), DataParams())
-    assert metrics == {"faces": 48, "suspects": 2, "unreviewed_suspects": 1, "feature_set": "face_embedding"}
+    metrics = run_audit(AuditParams(), FeaturizeParams(), DataParams(), SearchParams())
+    assert {k: metrics[k] for k in ("faces", "suspects", "unreviewed_suspects", "feature_set")} == \
+        {"faces": 48, "suspects": 2, "unreviewed_suspects": 1, "feature_set": "face_embedding"}
     assert json.loads(artifacts.AUDIT_METRICS.read_text()) == metrics
     suspects = pd.read_csv(artifacts.AUDIT_CSV)
     assert sorted(suspects.image) == ["raj/3.jpg", "sheldon/20.jpg"]
@@ -77,8 +82,32 @@ def test_an_uncomputed_feature_set_falls_back_to_a_computed_one(
     X, y = clusters()
     write_stage_inputs(y, X, ["annotations"] * len(y))
     np.savez(artifacts.features_file("pixel_wavelet"), X=X, y=y)
-    metrics = run_audit(AuditParams(), FeaturizeParams(feature_sets=("pixel_wavelet",)), DataParams())
+    metrics = run_audit(AuditParams(), FeaturizeParams(feature_sets=("pixel_wavelet",)), DataParams(), SearchParams())
     assert metrics["feature_set"] == "pixel_wavelet" and metrics["suspects"] == 0
+
+
+def test_rejected_boxes_get_a_proposed_verdict_from_the_open_set_rule(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rejected boxes near an actor's faces are proposed as that actor, far ones as strangers; a verdict given
+    already is reported beside the proposal, and the boxes still waiting are counted."""
+    monkeypatch.chdir(tmp_path)
+    X, y = clusters()
+    rng = np.random.default_rng(5)
+    strangers = rng.normal(0, 4, size=(8, 16)) + 30  # far from every actor
+    waiting = np.stack([X[0] + 0.1, rng.normal(0, 4, size=16) - 30])  # a Howard face, and someone else
+    X_all = np.concatenate([X, strangers, waiting])
+    labels = np.concatenate([y, ["unknown"] * 8, ["", ""]])
+    status = ["accepted"] * len(y) + ["stranger"] * 8 + ["rejected"] * 2
+    first = ["accepted"] * len(y) + ["rejected"] * 10
+    reviewed_in = ["annotations"] * len(y) + ["corrections"] * 8 + ["annotations"] * 2
+    write_stage_inputs(labels, X_all, reviewed_in, status, first)
+    metrics = run_audit(AuditParams(), FeaturizeParams(), DataParams(), SearchParams())
+    assert (metrics["rejected_boxes"], metrics["rejected_unreviewed"], metrics["rejected_disagreements"]) == (10, 2, 0)
+    table = pd.read_csv(artifacts.REJECTED_CSV)
+    open_rows = table[table.second_review == "not reviewed"].sort_values("distance")
+    assert list(open_rows.proposal) == ["howard", "stranger"]
+    assert set(table[table.second_review == "stranger"].proposal) == {"stranger"}
 
 
 @pytest.mark.integration
@@ -98,11 +127,14 @@ def test_without_the_second_review_the_audit_flags_the_mislabelled_boxes(
     run_clean(data, CleanParams(workers=2))
     featurize = FeaturizeParams(feature_sets=("face_embedding",))
     run_featurize(SplitParams(), featurize)
-    metrics = run_audit(AuditParams(), featurize, data)
+    metrics = run_audit(AuditParams(), featurize, data, SearchParams())
     suspects = pd.read_csv(artifacts.AUDIT_CSV)
     flagged = set(zip(suspects.image, suspects.label, suspects.predicted))
     shipped = pd.read_csv(root / "review/corrections.csv")
-    relabelled = shipped[shipped.label != shipped.image.str.split("/").str[0]]
+    first = pd.read_csv(root / "data/annotations.csv")
+    shipped = shipped.merge(first, on=["image", "x", "y", "w", "h"], suffixes=("", "_first"))
+    # The boxes the first review accepted under the folder's actor that the second review gave to another actor.
+    relabelled = shipped[(shipped.review_first == "accepted") & (shipped.label != shipped.label_first)]
     assert len(relabelled) == 3
     for row in relabelled.itertuples():
         original = row.image.split("/")[0]

@@ -38,17 +38,18 @@ def page(bento_server: Server) -> Iterator[object]:
         browser.close()
 
 
-def single_face_photo(server: Server) -> tuple[Path, str]:
-    """A training photo of Sheldon in which the detector finds exactly one face, the accepted one."""
+def single_face_photo(server: Server, label: str = "sheldon", split: str = "train") -> Path:
+    """A photo of the split in which the detector finds exactly one face, reviewed as `label` (an actor, or
+    'unknown' for a stranger)."""
     root = server.project.root
     faces = np.load(root / "artifacts/faces/faces.npz")
     detections = pd.read_csv(root / "artifacts/faces/detections.csv")
     found = detections.groupby("image").size()
-    for i in np.load(root / "artifacts/features/split.npz")["train"]:
+    for i in np.load(root / "artifacts/features/split.npz")[split]:
         name = str(faces["images"][i])
-        if found.get(name) == 1 and name.endswith(".jpg") and faces["labels"][i] == "sheldon":
-            return root / "data/raw" / name, str(faces["labels"][i])
-    raise AssertionError("no single-face photo of sheldon in the training split")
+        if found.get(name) == 1 and name.endswith(".jpg") and faces["labels"][i] == label:
+            return root / "data/raw" / name
+    raise AssertionError(f"no single-face photo of {label} in the {split} split")
 
 
 def test_nothing_but_the_drop_zone_before_an_upload(page) -> None:
@@ -58,14 +59,15 @@ def test_nothing_but_the_drop_zone_before_an_upload(page) -> None:
 
 
 def test_a_photo_gets_a_box_and_the_right_name(page, bento_server: Server) -> None:
-    photo, actor = single_face_photo(bento_server)
-    page.set_input_files("#file", str(photo))
+    actor = "sheldon"
+    page.set_input_files("#file", str(single_face_photo(bento_server, actor)))
     page.wait_for_selector(".box", timeout=60_000)
     tag = page.inner_text(".box .tag")
-    assert actor in tag, tag
+    assert "Sheldon" in tag, tag
     assert page.get_attribute(f'.card[data-actor="{actor}"]', "class") == "card best"
     assert page.locator(".card.best").count() == 1
-    assert actor in page.inner_text("#message")
+    assert page.inner_text("#message").startswith("Sheldon (")
+    assert page.inner_text("#probabilities tbody tr td:last-child") == "Sheldon"
     rows = page.locator("#probabilities tbody tr")
     assert rows.count() == page.locator(".box").count() >= 1
     box = page.locator(".box").first.bounding_box()
@@ -101,3 +103,27 @@ def test_a_photo_without_a_face_says_so(page, tmp_path: Path) -> None:
     page.set_input_files("#file", str(wall))
     page.wait_for_selector(".message.warning", timeout=30_000)
     assert "No face found" in page.inner_text("#message")
+
+
+def test_a_stranger_is_not_one_of_the_four(page, bento_server: Server) -> None:
+    """A held-out stranger's face: a neutral dashed box, 'not one of the four', and no actor card lit."""
+    page.set_input_files("#file", str(single_face_photo(bento_server, "unknown", "test")))
+    page.wait_for_selector(".box", timeout=60_000)
+    box = page.locator(".box")
+    assert box.count() == 1 and "unknown" in (box.get_attribute("class") or "")
+    assert page.inner_text(".box .tag") == "1. not one of the four"
+    assert page.locator(".card.best").count() == 0
+    assert all(page.inner_text(f'.card[data-actor="{a}"] .score') == "" for a in ("howard", "leonard", "raj",
+                                                                                  "sheldon"))
+    assert "not Howard, Leonard, Raj or Sheldon" in page.inner_text("#message")
+    assert page.inner_text("#probabilities tbody tr td:last-child") == "not one of the four"
+    page.screenshot(path=str(bento_server.project.root / "browser-stranger.png"), full_page=True)
+    assert page.outside_requests == []
+
+
+def test_the_page_has_a_favicon_and_one_list_of_formats(page, bento_server: Server) -> None:
+    from bbt.images import SUPPORTED_FOR_PEOPLE
+
+    assert page.evaluate("fetch('static/favicon.svg').then(r => r.status)") == 200
+    assert page.evaluate("fetch('/favicon.ico').then(r => r.status)") == 200
+    assert page.inner_text(".hint").startswith(SUPPORTED_FOR_PEOPLE)

@@ -51,7 +51,10 @@ def test_report_counts_and_products(small_dataset: DataParams) -> None:
     assert report["total"]["missed_annotations"] == 0
     with np.load(artifacts.FACES) as faces:
         assert faces["crops"].shape[1:] == (128, 128, 3)
-        assert len(faces["labels"]) == report["total"]["accepted"]
+        # Every reviewed face keeps its crop; only accepted ones carry an actor's name.
+        assert len(faces["labels"]) == sum(report["total"][k] for k in ("accepted", "stranger", "rejected"))
+        assert (faces["status"] == "accepted").sum() == report["total"]["accepted"]
+        assert set(faces["labels"][faces["status"] == "rejected"]) == {""}
     detections = pd.read_csv(artifacts.DETECTIONS)
     assert "unreadable" in set(detections.status)
     assert detections.loc[detections.status == "unreadable", "image"].str.contains("broken").all()
@@ -65,11 +68,29 @@ def test_the_crops_carry_the_second_review_label(small_dataset: DataParams) -> N
     with small_dataset.corrections.open("a") as second:
         second.write(f"{face.image},{face.x},{face.y},{face.w},{face.h},{other},accepted,it is {other}\n")
     report = run_clean(small_dataset, CleanParams(workers=1))
-    assert report["second_review"] == {"relabelled": 1}
+    assert report["second_review"] == {face.image.split("/")[0]: {"relabelled": 1}, "total": {"relabelled": 1}}
     with np.load(artifacts.FACES) as faces:
         corrected = faces["images"] == face.image
         assert list(faces["labels"][corrected]) == [other]
         assert list(faces["reviewed_in"][corrected]) == ["corrections"]
+
+
+@pytest.mark.integration
+def test_a_stranger_verdict_makes_an_unknown_face_and_a_bad_one_names_its_row(small_dataset: DataParams) -> None:
+    reviews = pd.read_csv(small_dataset.annotations)
+    face = reviews[reviews.review == "rejected"].iloc[0]
+    with small_dataset.corrections.open("a") as second:
+        second.write(f"{face.image},{face.x},{face.y},{face.w},{face.h},,stranger,Penny\n")
+    report = run_clean(small_dataset, CleanParams(workers=1))
+    assert report["second_review"]["total"] == {"stranger": 1}
+    assert report["stranger_faces"] == report["total"]["stranger"] == 1
+    with np.load(artifacts.FACES) as faces:
+        stranger = faces["status"] == "stranger"
+        assert list(faces["labels"][stranger]) == ["unknown"] and list(faces["first_review"][stranger]) == ["rejected"]
+    small_dataset.corrections.write_text("image,x,y,w,h,label,review,reason\n"
+                                         f"{face.image},{face.x},{face.y},{face.w},{face.h},raj,stranger,Penny\n")
+    with pytest.raises(DataError, match=r"corrections.csv:2: a stranger face must have an empty label"):
+        run_clean(small_dataset, CleanParams(workers=1))
 
 
 @pytest.mark.integration

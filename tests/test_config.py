@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bbt.candidates import candidates
+from bbt.candidates import candidates, heads
 from bbt.config import ConfigError, load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,9 +22,11 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_project_params_load_and_hold_the_original_grid() -> None:
     params = load_params(REPO / "params.yaml")
     assert params.clean.scale_factor == 1.3 and params.clean.min_neighbors == 5
-    grid = [c for c in candidates(params.search, ("pixel_wavelet",))]
+    grid = heads(params.search, ("pixel_wavelet",))
     assert len(grid) == 14
     assert {c.family for c in grid} == {"svm", "random_forest", "logistic_regression"}
+    # Every head is searched with every open-set rule.
+    assert len(candidates(params.search, ("pixel_wavelet",))) == 14 * len(params.search.open_set_rules)
 
 
 def test_missing_file_gives_defaults(tmp_path: Path) -> None:
@@ -40,6 +42,9 @@ def test_missing_file_gives_defaults(tmp_path: Path) -> None:
         ("split:\n  test_size: 1.5\n", "split.test_size must be a fraction"),
         ("featurize:\n  feature_sets: [pixels]\n", "unknown feature set 'pixels'"),
         ("search:\n  families: [xgboost]\n", "unknown family 'xgboost'"),
+        ("search:\n  open_set_rules: [cosine]\n", "unknown open-set rule 'cosine'"),
+        ("search:\n  objective: accuracy\n", "search.objective 'accuracy' is unknown"),
+        ("search:\n  target_false_accept: 5\n", "search.target_false_accept must be a fraction"),
         ("clean: [1, 2]\n", "section 'clean' must be a mapping"),
         ("clean:\n  scale_factor: [1\n", "not valid YAML"),
     ],
@@ -62,7 +67,7 @@ def test_every_candidate_can_predict_probabilities() -> None:
     rng = np.random.default_rng(0)
     X = rng.normal(size=(40, 8))
     y = np.repeat(["howard", "leonard", "raj", "sheldon"], 10)
-    for candidate in candidates(params.search, ("pixel_wavelet",)):
+    for candidate in heads(params.search, ("pixel_wavelet",)):
         proba = candidate.head(seed=0).fit(X, y).predict_proba(X[:3])
         assert proba.shape == (3, 4) and np.allclose(proba.sum(axis=1), 1.0), candidate.name
 

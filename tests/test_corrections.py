@@ -49,8 +49,20 @@ def test_a_correction_can_reject_an_accepted_face(tmp_path: Path) -> None:
     reviewed = annotations(tmp_path)
     (correction,) = load_corrections(corrections_file(tmp_path, "raj/b.jpg,5,5,40,40,,rejected,not a face\n"),
                                      reviewed)
-    assert correction.kind == "rejected"
+    assert correction.kind == "unusable"
     assert apply_corrections(reviewed, [correction])[2].review == "rejected"
+
+
+def test_a_rejected_box_can_be_a_stranger_or_unusable(tmp_path: Path) -> None:
+    reviewed = annotations(tmp_path)
+    (correction,) = load_corrections(corrections_file(tmp_path, "howard/a.jpg,100,10,50,50,,stranger,Penny\n"),
+                                     reviewed)
+    assert correction.kind == "stranger"
+    applied = apply_corrections(reviewed, [correction])[1]
+    assert (applied.review, applied.label, applied.first_review) == ("stranger", None, "rejected")
+    (unusable,) = load_corrections(corrections_file(tmp_path, "howard/a.jpg,100,10,50,50,,rejected,a toy\n"),
+                                   reviewed)
+    assert unusable.kind == "unusable"
 
 
 @pytest.mark.parametrize(
@@ -60,6 +72,9 @@ def test_a_correction_can_reject_an_accepted_face(tmp_path: Path) -> None:
          r"corrections.csv:2: no annotations.csv row has image 'howard/a.jpg' and box"),
         ("howard/a.jpg,10,10,50,50,raj,accepted,\n", r"corrections.csv:2: give a reason"),
         ("howard/a.jpg,10,10,50,50,penny,accepted,who\n", r"corrections.csv:2: accepted face needs a label"),
+        ("howard/a.jpg,100,10,50,50,raj,stranger,Penny\n",
+         r"corrections.csv:2: a stranger face must have an empty label, got 'raj'"),
+        ("howard/a.jpg,100,10,50,50,,strange,Penny\n", r"corrections.csv:2: review 'strange' must be one of"),
         ("howard/a.jpg,10,10,50,50,raj,accepted,one\nhoward/a.jpg,10,10,50,50,howard,accepted,two\n",
          r"corrections.csv:3: a second correction of the same box"),
     ],

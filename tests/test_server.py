@@ -37,7 +37,8 @@ class Photo:
 
 
 def accepted_photos(project: Project, split: str) -> list[Photo]:
-    """Photos whose accepted face is in the given split (train/test), one face per photo, smallest first."""
+    """Photos whose one reviewed face is in the given split (train/test), smallest first: an actor's face (its
+    label) or a stranger's (label 'unknown', the answer the service owes it)."""
     faces = np.load(project.root / "artifacts/faces/faces.npz")
     chosen = np.load(project.root / "artifacts/features/split.npz")[split]
     names = list(faces["images"])
@@ -105,8 +106,21 @@ def test_classify_names_the_right_actor_in_image_coordinates(bento_server: Serve
         assert set(face["probabilities"]) == {"howard", "leonard", "raj", "sheldon"}
         assert face["confidence"] == max(face["probabilities"].values())
         assert abs(sum(face["probabilities"].values()) - 1) < 1e-3
-        confidences = [f["confidence"] for f in body["faces"]]
-        assert confidences == sorted(confidences, reverse=True)
+        assert face["distance"] <= face["threshold"] if face["label"] != "unknown" else \
+            face["distance"] > face["threshold"]
+        assert face["closest_actor"] == max(face["probabilities"], key=face["probabilities"].get)
+        order = [(f["label"] == "unknown", -f["confidence"]) for f in body["faces"]]
+        assert order == sorted(order), "named faces first, most confident first"
+
+
+def test_strangers_of_the_held_out_split_are_unknown(bento_server: Server) -> None:
+    """Every test-split photo whose one reviewed face is a stranger's: that face is answered 'unknown'."""
+    strangers = [p for p in accepted_photos(bento_server.project, "test") if p.label == "unknown"]
+    assert len(strangers) >= 3
+    for photo in strangers:
+        faces = post(bento_server, photo.data, photo.path.name).json()["faces"]
+        matches = [f for f in faces if box_of(f).iou(photo.box) >= 0.5]
+        assert matches and matches[0]["label"] == "unknown", f"{photo.path.name}: {matches}"
 
 
 def test_no_face_is_an_empty_list(bento_server: Server) -> None:

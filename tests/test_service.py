@@ -51,15 +51,16 @@ def client(service: object) -> Iterator[TestClient]:
         yield test_client
 
 
-def accepted_face(project: Project) -> tuple[bytes, str, Box]:
-    """A training photo with exactly one accepted face: its bytes, label and annotated box."""
+def reviewed_face(project: Project, status: str = "accepted", split: str = "train") -> tuple[bytes, str, Box]:
+    """A photo of the split with exactly one reviewed face, of that status: its bytes, label and box."""
     faces = np.load(project.root / "artifacts/faces/faces.npz")
     names = list(faces["images"])
-    for i in np.load(project.root / "artifacts/features/split.npz")["train"]:
-        if names.count(faces["images"][i]) == 1 and str(faces["images"][i]).endswith(".jpg"):
+    for i in np.load(project.root / "artifacts/features/split.npz")[split]:
+        if names.count(faces["images"][i]) == 1 and str(faces["images"][i]).endswith(".jpg") \
+                and faces["status"][i] == status:
             return ((project.root / "data/raw" / str(faces["images"][i])).read_bytes(), str(faces["labels"][i]),
                     Box(*(int(v) for v in faces["boxes"][i])))
-    raise AssertionError("no single-face training photo")
+    raise AssertionError(f"no single-face {status} photo in the {split} split")
 
 
 def test_loads_the_champion_once_with_its_registry_version(service, trained_project: Project) -> None:
@@ -74,11 +75,11 @@ def test_loads_the_champion_once_with_its_registry_version(service, trained_proj
     assert service.__is_ready__()
     assert service.classifier.classes == ["howard", "leonard", "raj", "sheldon"]
     # The detector settings are the ones the model was trained with (stored in its MLflow metadata).
-    assert service.classifier.detector.detector.settings.scale_factor == 1.3
+    assert service.classifier.detector.settings.scale_factor == 1.3
 
 
 def test_classify_bytes_finds_and_names_the_face(service, trained_project: Project) -> None:
-    data, label, box = accepted_face(trained_project)
+    data, label, box = reviewed_face(trained_project)
     faces, (width, height) = service.classify_bytes(data, "photo")
     assert (width, height) == Image.open(io.BytesIO(data)).size
     best = max(faces, key=lambda f: f.box.iou(box))
@@ -91,7 +92,7 @@ def test_classify_bytes_refuses_what_is_not_an_image(service) -> None:
 
 
 def test_routes_in_process(client: TestClient, trained_project: Project) -> None:
-    data, label, box = accepted_face(trained_project)
+    data, label, box = reviewed_face(trained_project)
     answer = client.post("/classify", files={"image": ("a.jpg", data)})
     assert answer.status_code == 200
     # The photo may hold other, unreviewed faces: judge the one at the accepted box.
@@ -113,7 +114,7 @@ def test_routes_in_process(client: TestClient, trained_project: Project) -> None
 
 
 def test_unknown_below_the_confidence_threshold(service, trained_project: Project) -> None:
-    data, _, _ = accepted_face(trained_project)
+    data, _, _ = reviewed_face(trained_project)
     before = service.classifier.confidence_threshold
     service.classifier.confidence_threshold = 1.01  # nothing can be that sure
     try:
@@ -134,7 +135,10 @@ def test_legacy_helpers() -> None:
         decode_data_url("data:image/png;base64,@@@")
     with pytest.raises(ImageError, match=";base64"):
         decode_data_url("data:image/png,abc")
-    face = FacePrediction(Box(1, 2, 3, 4), "raj", 0.7, {"howard": 0.1, "leonard": 0.1, "raj": 0.7, "sheldon": 0.1})
+    probabilities = {"howard": 0.1, "leonard": 0.1, "raj": 0.7, "sheldon": 0.1}
+    face = FacePrediction(Box(1, 2, 3, 4), "raj", "raj", 0.7, probabilities, 0.3, 0.5)
     assert legacy_face(face, ["howard", "leonard", "raj", "sheldon"]) == {
         "class": "raj", "class_probability": [10.0, 10.0, 70.0, 10.0],
         "class_dictionary": {"howard": 0, "leonard": 1, "raj": 2, "sheldon": 3}}
+    stranger = FacePrediction(Box(1, 2, 3, 4), "unknown", "raj", 0.7, probabilities, 0.8, 0.5)
+    assert legacy_face(stranger, ["howard", "leonard", "raj", "sheldon"])["class"] == "unknown"

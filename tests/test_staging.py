@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import yaml
 
+from bbt import ACTORS
 from bbt.config import load_params
 from bbt.deploy.ready import wait_until_ready
 from bbt.deploy.render import HostLayout, SiteSettings, render_unit, render_user_data
@@ -123,7 +124,7 @@ def training_photos(project: Project) -> dict[str, tuple[Path, np.ndarray]]:
     counts = {name: int((images == name).sum()) for name in set(images)}
     photos: dict[str, tuple[Path, np.ndarray]] = {}
     for index in sorted(train):
-        if counts[images[index]] == 1 and labels[index] not in photos:
+        if counts[images[index]] == 1 and labels[index] in ACTORS and labels[index] not in photos:
             photos[str(labels[index])] = (project.root / "data/raw" / str(images[index]), boxes[index])
     return photos
 
