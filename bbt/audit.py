@@ -193,7 +193,7 @@ def run_audit(params: AuditParams, featurize: FeaturizeParams, data: DataParams,
                     data.corrections)
     log.info("audit: %d of %d faces suspect, %d already reviewed a second time", len(suspects), len(y),
              len(suspects) - len(open_suspects))
-    log.info("audit: %d of %d rejected boxes await a second review, %d verdicts differ from the proposal (%s, %s)",
-             metrics["rejected_unreviewed"], metrics["rejected_boxes"], metrics["rejected_disagreements"],
-             artifacts.REJECTED_CSV, artifacts.REJECTED_PNG)
+    log.info("audit: %d of %d rejected boxes await a second review, %d verdicts differ from the proposal (%s, %s); "
+             "verdicts go to %s", metrics["rejected_unreviewed"], metrics["rejected_boxes"],
+             metrics["rejected_disagreements"], artifacts.REJECTED_CSV, artifacts.REJECTED_PNG, data.corrections)
     return metrics

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -130,18 +129,23 @@ def leaderboard(top: int = typer.Option(0, help="Show only the best N candidates
         table.add_column(column, justify="left" if column == "candidate" else "right")
     for rank, row in board.iterrows():
         table.add_row(str(rank), *(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row))
-    Console(width=140).print(table)
+    Console(width=200).print(table)
 
 
 @app.command()
 def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1.")) -> None:
-    """Open the MLflow UI over the project's store on http://127.0.0.1:PORT."""
+    """Open the MLflow UI over the project's store on http://127.0.0.1:PORT, at the experiment's training runs."""
     from bbt.tracking import setup_tracking, tracking_uri
 
-    setup_tracking()
-    typer.echo(f"MLflow UI on http://127.0.0.1:{port} (store: {tracking_uri()}); Ctrl-C stops it")
-    subprocess.run([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri(),
-                    "--host", "127.0.0.1", "--port", str(port)], check=False)
+    experiment_id = setup_tracking()
+    # MLflow 3 opens experiments on its GenAI pages unless the URL asks for the machine-learning view.
+    url = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    typer.echo(f"MLflow UI: {url}\n(store: {tracking_uri()}; the UI answers in a few seconds; Ctrl-C stops it)")
+    # One worker and no job runner: MLflow's defaults start a dozen processes, ~40 s on 2 cores.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    os.execve(mlflow, [mlflow, "ui", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1",
+                       "--port", str(port), "--workers", "1"], env)
 
 
 @app.command("import-champion")

@@ -22,7 +22,7 @@ from bbt import ACTORS, UNKNOWN, artifacts
 from bbt.errors import ModelError
 from bbt.featurize import load_faces, load_split
 from bbt.openset import open_set_labels, open_set_scores
-from bbt.tracking import file_md5, model_run_id, setup_tracking
+from bbt.tracking import file_md5, model_run_id
 
 matplotlib.use("Agg")
 log = logging.getLogger(__name__)

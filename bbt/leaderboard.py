@@ -8,19 +8,12 @@ import pandas as pd
 from bbt.errors import ModelError
 from bbt.tracking import EXPERIMENT, setup_tracking
 
-COLUMNS = {
-    "tags.candidate": "candidate",
-    "metrics.cv_open_set_f1": "cv_open_set_f1",
-    "metrics.cv_actor_f1": "cv_actor_f1",
-    "metrics.cv_false_accept_rate": "cv_false_accepts",
-    "metrics.threshold": "threshold",
-    "metrics.cv_f1_macro_mean": "closed_set_f1",
-    "metrics.fit_time_s": "fit_s",
-}
+SHOWN = ["candidate", "objective", "cv_false_accept_rate", "threshold", "cv_actor_f1", "fit_time_s"]
 
 
 def latest_leaderboard(top: int | None = None) -> tuple[str, pd.DataFrame]:
-    """(search run id, candidates best first by the search's objective) of the most recent search."""
+    """(search run id, candidates best first) of the most recent search: the search's own ranking (its
+    leaderboard.csv artifact, ties to the simpler candidate), with each child run's fit time."""
     setup_tracking()
     searches = mlflow.search_runs(
         experiment_names=[EXPERIMENT], filter_string="tags.stage = 'search'",
@@ -29,15 +22,13 @@ def latest_leaderboard(top: int | None = None) -> tuple[str, pd.DataFrame]:
     if searches.empty:
         raise ModelError("no grid search in the MLflow store yet: run `dvc repro` first")
     parent = searches.iloc[0]["run_id"]
-    objective = searches.iloc[0].get("tags.objective") or "open_set_f1"
+    objective = searches.iloc[0].get("tags.objective") or "open_set_f05"
+    board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="leaderboard.csv"))
     children = mlflow.search_runs(
-        experiment_names=[EXPERIMENT], filter_string=f"tags.mlflow.parentRunId = '{parent}'",
-        max_results=10_000,
+        experiment_names=[EXPERIMENT], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=10_000,
     )
-    table = children[[c for c in COLUMNS if c in children.columns]].rename(columns=COLUMNS)
-    # The search's own order (ties to the simpler candidate) is artifacts/search/leaderboard.csv; here ties
-    # fall to the name.
-    table = table.sort_values([f"cv_{objective}", "cv_false_accepts", "candidate"],
-                              ascending=[False, True, True]).reset_index(drop=True)
+    fit = children.set_index("tags.candidate")["metrics.fit_time_s"] if not children.empty else pd.Series()
+    board = board.assign(objective=board[f"cv_{objective}"], fit_time_s=board.candidate.map(fit))
+    table = board[SHOWN].rename(columns={"objective": f"cv_{objective}"})
     table.index += 1
     return parent, table.head(top) if top else table

@@ -226,4 +226,4 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         """What serving and the registry show about the open-set rule."""
         return {"rule": self.rule, "threshold": float(self.threshold),
                 "target_false_accept": float(self.target_false_accept),
-                "description": RULES[self.rule].description, "gallery_faces": int(len(self.gallery))}
+                "description": RULES[self.rule].description, "gallery_faces": len(self.gallery)}

@@ -37,7 +37,7 @@ def start_recording(target: str) -> None:
     opened: set[str] = set()
     called: set[str] = set()
 
-    def on_call(frame, event: str, arg: object) -> None:  # noqa: ANN001 (a frame)
+    def on_call(frame, event: str, arg: object) -> None:
         # Importing a module runs its body, class bodies and module-level comprehensions: that is not using it.
         if event == "call" and frame.f_code.co_name != "<module>" and \
                 not (frame.f_back is not None and frame.f_back.f_code.co_name == "<module>"):

@@ -10,9 +10,9 @@ from dataclasses import asdict, fields
 
 import mlflow
 import mlflow.sklearn
+import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-import numpy as np
 from mlflow.models import infer_signature
 
 from bbt import artifacts

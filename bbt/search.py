@@ -31,7 +31,14 @@ from bbt.candidates import Candidate, Head, candidates
 from bbt.config import Params
 from bbt.errors import DataError
 from bbt.featurize import build_features, load_faces, load_split
-from bbt.openset import EMBEDDING_SPACE, RULES, OpenSetClassifier, learn_threshold, open_set_labels, open_set_scores
+from bbt.openset import (
+    EMBEDDING_SPACE,
+    RULES,
+    OpenSetClassifier,
+    learn_threshold,
+    open_set_labels,
+    open_set_scores,
+)
 from bbt.progress import progress
 from bbt.tracking import MODEL_MD5_TAG, corrections_hash, data_hash, git_commit, setup_tracking
 
@@ -125,7 +132,7 @@ def run_search(params: Params) -> dict:
     heads = list(dict.fromkeys(c.head for c in grid))
     setup_tracking()
     rows: dict[Candidate, dict] = {}
-    with mlflow.start_run(run_name=f"grid-search-{time.strftime('%Y%m%d-%H%M%S')}") as parent:
+    with mlflow.start_run(run_name=f"grid-search-{time.strftime('%Y%m%d-%H%M%S')}"):
         mlflow.set_tags({"stage": "search", "git_commit": git_commit(), "data_hash": data_hash(),
                          "corrections_hash": corrections_hash(params.data.corrections),
                          "objective": params.search.objective})

@@ -23,7 +23,6 @@ from typing import Annotated, Any
 
 import bentoml
 import cv2
-import numpy as np
 import prometheus_client
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import HTTPException, RequestValidationError

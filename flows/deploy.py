@@ -76,8 +76,9 @@ def start_server(host: str, port: int) -> subprocess.Popen:
 def serve_locally(host: str = "127.0.0.1", port: int = 4200, cron: str = WEEKLY_CRON) -> None:
     """Run the Prefect server and serve `retrain/weekly` from this process until Ctrl-C."""
     from prefect import serve
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, Settings, temporary_settings
 
+    configured = Settings().api.url  # what a shell in the project root gives Prefect commands (prefect.toml)
     server = start_server(host, port)
     api_url = f"http://{host}:{port}/api"
     # The served runs are subprocesses: they find the server through the environment.
@@ -85,6 +86,8 @@ def serve_locally(host: str = "127.0.0.1", port: int = 4200, cron: str = WEEKLY_
     try:
         with temporary_settings(updates={PREFECT_API_URL: api_url}):
             print(f"Prefect UI on http://{host}:{port}; serving retrain/{DEPLOYMENT} on cron '{cron}' ({TIMEZONE})")
+            if configured != api_url:
+                print(f"Prefect commands in another shell need: export PREFECT_API_URL={api_url}")
             serve(weekly_deployment(cron))
     finally:
         server.terminate()

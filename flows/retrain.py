@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,8 @@ from prefect.tasks import exponential_backoff
 
 from bbt import artifacts
 from bbt.audit import run_audit
-from bbt.clean import BatchWork, ImageJob, ImageResult, run_clean
 from bbt.candidates import FAMILIES
+from bbt.clean import BatchWork, ImageJob, ImageResult, run_clean
 from bbt.config import FEATURE_SETS, ConfigError, Params, load_params
 from bbt.errors import BbtError
 from bbt.evaluate import run_evaluate
@@ -273,11 +274,30 @@ def retrain(force: bool = False, families: list[str] | None = None, feature_sets
     return {"status": "retrained", **registered, "committed_stages": committed, "flow_run_id": str(flow_run.id)}
 
 
-def run_retrain(dask_address: str | None = None, **parameters: Any) -> dict[str, Any]:
-    """Run the flow once in this process, on the configured task runner."""
-    from prefect.settings import PREFECT_API_URL
+def server_answers(api_url: str) -> bool:
+    import httpx
 
-    if (dask_address or os.environ.get(DASK_ADDRESS_ENV)) and not PREFECT_API_URL.value():
+    try:
+        return httpx.get(f"{api_url}/health", timeout=3).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def run_retrain(dask_address: str | None = None, **parameters: Any) -> dict[str, Any]:
+    """Run the flow once in this process, on the configured task runner: on the server at PREFECT_API_URL
+    (prefect.toml names `make prefect`'s), or on a temporary one when no server answers there."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    api_url = PREFECT_API_URL.value()
+    dask = dask_address or os.environ.get(DASK_ADDRESS_ENV)
+    if api_url and not server_answers(api_url):
+        if dask or os.environ.get("PREFECT_API_URL"):
+            raise ConfigError(f"no Prefect server answers at {api_url}: start one with `make prefect`")
+        print(f"no Prefect server at {api_url} (prefect.toml): running on a temporary one; `make prefect` "
+              "starts a server that keeps the runs", file=sys.stderr)
+        with temporary_settings(restore_defaults={PREFECT_API_URL}):
+            return retrain.with_options(task_runner=task_runner(dask_address))(**parameters)
+    if dask and not api_url:
         # Without it each Dask worker would start a temporary server of its own and report nowhere.
         raise ConfigError("a Dask run needs a Prefect server its workers can reach: start one with "
                           "`make prefect` and export PREFECT_API_URL=http://127.0.0.1:4200/api")

@@ -84,8 +84,10 @@ def pulled_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
 
 @pytest.fixture(scope="session")
 def trained_project(pulled_project: Project) -> Project:
-    """The pulled project after a full `dvc repro`: champion registered and imported into BentoML."""
+    """The pulled project after `make train` (`dvc repro`, then `bbt register`: in a fresh copy the pipeline's
+    products come out as committed, so DVC has nothing to register): champion registered and in BentoML."""
     pulled_project.run("dvc", "repro", timeout=1200)
+    pulled_project.run("bbt", "register")
     return pulled_project
 
 

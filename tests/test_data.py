@@ -37,9 +37,14 @@ def test_every_second_review_names_a_reviewed_box(pulled_project: Project) -> No
     root = pulled_project.root
     annotations = load_annotations(root / "data/annotations.csv", root / "data/raw")
     corrections = load_corrections(root / "review/corrections.csv", annotations)
-    assert Counter(c.kind for c in corrections) == {"relabelled": 3, "accepted": 2, "confirmed": 1}
-    # A relabelled face is another lead actor, never a face dropped without a verdict.
-    assert all(c.corrected.label in ACTORS for c in corrections)
+    assert Counter(c.kind for c in corrections) == {"relabelled": 3, "accepted": 56, "confirmed": 1, "stranger": 58,
+                                                    "unusable": 8}
+    # Every box the first review rejected has a second verdict, and each verdict says what the face shows.
+    second = {(c.original.image, c.original.box) for c in corrections}
+    assert all((a.image, a.box) in second for a in annotations if a.review == "rejected")
+    assert all(c.reason for c in corrections)
+    # An accepted face is one of the four; a stranger or an unusable face has no label.
+    assert all((c.corrected.label in ACTORS) == (c.corrected.review == "accepted") for c in corrections)
 
 
 def test_raw_layout_is_one_folder_per_actor(pulled_project: Project) -> None:

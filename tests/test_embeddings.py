@@ -107,12 +107,15 @@ def test_a_classifier_warms_the_network_up_before_its_first_photo(crops: np.ndar
     from sklearn.linear_model import LogisticRegression
 
     from bbt.faces import DetectorSettings
+    from bbt.openset import OpenSetClassifier
     from bbt.predict import ActorClassifier
 
-    pipeline = Pipeline([("features", FaceEmbeddings()), ("clf", LogisticRegression())])
-    pipeline.fit(crops, np.array(["howard", "raj"] * 3))
+    labels = np.array(["howard", "raj"] * 3)
+    pipeline = Pipeline([("features", FaceEmbeddings()), ("clf", LogisticRegression())]).fit(crops, labels)
+    gallery = FaceEmbeddings().transform(crops)
+    model = OpenSetClassifier(pipeline, FaceEmbeddings(), "nearest_face", 0.5, gallery, labels, 0.05)
     monkeypatch.setattr(embeddings, "_resnet", None)
-    classifier = ActorClassifier(pipeline, DetectorSettings(method="hog"), 128)
+    classifier = ActorClassifier(model, DetectorSettings(method="hog"), 128)
     assert embeddings._resnet is None
     classifier.warm_up()
     assert embeddings._resnet is not None

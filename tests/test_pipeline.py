@@ -165,3 +165,36 @@ def test_register_keeps_the_champion_when_the_new_model_lets_strangers_through(t
         model.write_bytes(kept)
     trained_project.run("bbt", "register")
     assert client.get_model_version_by_alias("bbt-actor-classifier", "champion").version == before
+
+
+def test_the_mlflow_ui_answers_and_the_printed_url_opens_the_training_runs(trained_project: Project) -> None:
+    import os
+    import signal
+    import subprocess
+    import time
+
+    import httpx
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    ui = subprocess.Popen(["bbt", "ui", "--port", str(port)], cwd=trained_project.root, env=trained_project.env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        printed = ui.stdout.readline()
+        experiment = MlflowClient(trained_project.tracking_uri).get_experiment_by_name("bbt-actor-classifier")
+        assert f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" \
+            in printed
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        runs = httpx.post(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/runs/search", timeout=30,
+                          json={"experiment_ids": [experiment.experiment_id], "max_results": 5}).json()
+        assert runs["runs"], runs
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(30)

@@ -1,0 +1,124 @@
+"""Per feature set, model family and open-set rule: the held-out actor macro-F1 and stranger false-accept rate,
+and what the "unknown" rule costs per face.
+
+    python benchmarks/open_set.py [--project PATH] [--images N]
+
+Uses a project where `dvc repro` has run (default: this one): its faces, feature matrices and split. For each
+(feature set, family, rule) it does what the search does, restricted to that family: the best grid point by the
+CV objective, its threshold learned by CV, refitted on the training split, then scored on the held-out test
+split. Then it times the served path of the champion's kind of model on N photos (decode excluded), with and
+without the open-set rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bbt import UNKNOWN
+from bbt.candidates import Candidate, heads
+from bbt.config import load_params
+from bbt.evaluate import score
+from bbt.faces import Box, crop_face
+from bbt.featurize import load_faces, load_split
+from bbt.openset import EMBEDDING_SPACE
+from bbt.search import load_features, out_of_fold, ranking_key, refit, score_rule
+
+
+def best_per_family(params, faces: dict, train: np.ndarray) -> list[tuple[Candidate, dict, object]]:
+    """(candidate, CV scores, refitted model) of the best grid point of every feature set x family x rule."""
+    y = faces["labels"][train].astype(object)
+    actors = np.flatnonzero(y != UNKNOWN)
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = [(actors[a], actors[b]) for a, b in StratifiedKFold(params.search.cv_folds, shuffle=True,
+                                                                random_state=params.search.seed)
+             .split(actors, y[actors])]
+    E = load_features(EMBEDDING_SPACE)[train]
+    rules = params.search.open_set_rules
+    scored: dict[tuple[str, str, str], list[tuple[Candidate, dict]]] = {}
+    for head in heads(params.search, params.featurize.feature_sets):
+        X = load_features(head.feature_set)[train]
+        oof = out_of_fold(head, X, E, y, folds, params.search.seed, rules)
+        for rule in rules:
+            row = score_rule(y, oof["answers"][rule], oof["distances"][rule], params.search.target_false_accept,
+                             params.search.objective)
+            scored.setdefault((head.feature_set, head.family, rule), []).append((Candidate(head, rule), row))
+    found = []
+    for group in scored.values():
+        candidate, row = min(group, key=lambda cr: ranking_key(cr[1], params.search.objective, cr[0]))
+        X = load_features(candidate.head.feature_set)[train]
+        found.append((candidate, row, refit(candidate, X, E, y, row["threshold"], params)))
+    return found
+
+
+def photos_with_faces(root: Path, faces: dict, count: int) -> list[tuple[np.ndarray, list[Box]]]:
+    """Decoded photos with their reviewed boxes (so detection does not blur the rule's cost)."""
+    from bbt.images import decode_image
+
+    by_image: dict[str, list[Box]] = {}
+    for image, box in zip(faces["images"], faces["boxes"]):
+        by_image.setdefault(str(image), []).append(Box(*(int(v) for v in box)))
+    chosen = sorted(by_image)[:count]
+    return [(decode_image((root / "data/raw" / name).read_bytes(), name), by_image[name]) for name in chosen]
+
+
+def cost_per_face(model, photos: list, crop_size: int) -> tuple[float, float]:
+    """CPU ms per face of the closed-set answer alone and of the open-set answer (rule included)."""
+    batches = [np.stack([crop_face(image, box, crop_size) for box in boxes]) for image, boxes in photos]
+    n = sum(len(b) for b in batches)
+    model.decide(batches[0])  # load the networks outside the timings
+    timings = []
+    for run in (lambda b: model.predict_proba(b), lambda b: model.decide(b)):
+        started = time.process_time()
+        for batch in batches:
+            run(batch)
+        timings.append(1000 * (time.process_time() - started) / n)
+    return timings[0], timings[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", type=Path, default=Path("."), help="a project where `dvc repro` has run")
+    parser.add_argument("--images", type=int, default=100, help="photos to time the rule's cost on")
+    args = parser.parse_args()
+    import os
+
+    os.chdir(args.project)
+    params = load_params()
+    faces = load_faces()
+    train, test = load_split()
+    crops, labels = faces["crops"][test], faces["labels"][test].astype(object)
+    print(f"test split: {int((labels != UNKNOWN).sum())} actor faces, {int((labels == UNKNOWN).sum())} strangers' "
+          f"faces; objective {params.search.objective}, target false-accept rate "
+          f"{params.search.target_false_accept}\n")
+    print("| feature set | family | rule | best grid point | CV objective | CV false accepts | threshold | "
+          "test actor macro-F1 | test false-accept rate |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for candidate, row, model in best_per_family(params, faces, train):
+        tested = score(model, crops, labels)
+        settings = candidate.head.name.split("(", 1)[1].rstrip(")")
+        print(f"| {candidate.head.feature_set} | {candidate.head.family} | {candidate.rule} | {settings} | "
+              f"{row[f'cv_{params.search.objective}']:.3f} | {row['cv_false_accept_rate']:.3f} | "
+              f"{row['threshold']:.3f} | {tested['actor_f1']:.3f} | {tested['false_accept_rate']:.3f} |",
+              flush=True)
+    champion_kind = replace(params, search=replace(params.search, families=("logistic_regression",),
+                                                     open_set_rules=("nearest_face",)))
+    champion = next(m for c, _, m in best_per_family(champion_kind, faces, train)
+                    if c.head.feature_set == EMBEDDING_SPACE)
+    photos = photos_with_faces(Path("."), faces, args.images)
+    closed, open_set = cost_per_face(champion, photos, int(crops.shape[1]))
+    print(f"\nCPU per face, {sum(len(b) for _, b in photos)} faces of {len(photos)} photos, embedding + logistic "
+          f"regression: closed-set {closed:.2f} ms, with the nearest-face rule {open_set:.2f} ms "
+          f"(the rule: {open_set - closed:+.2f} ms)")
+
+
+if __name__ == "__main__":
+    main()
