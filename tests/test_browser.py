@@ -67,7 +67,7 @@ def test_a_photo_gets_a_box_and_the_right_name(page, bento_server: Server) -> No
     assert page.get_attribute(f'.card[data-actor="{actor}"]', "class") == "card best"
     assert page.locator(".card.best").count() == 1
     assert page.inner_text("#message").startswith("Sheldon (")
-    assert page.inner_text("#probabilities tbody tr td:last-child") == "Sheldon"
+    assert page.inner_text("#probabilities tbody tr td:nth-child(2)") == "Sheldon"
     rows = page.locator("#probabilities tbody tr")
     assert rows.count() == page.locator(".box").count() >= 1
     box = page.locator(".box").first.bounding_box()
@@ -116,14 +116,29 @@ def test_a_stranger_is_not_one_of_the_four(page, bento_server: Server) -> None:
     assert all(page.inner_text(f'.card[data-actor="{a}"] .score') == "" for a in ("howard", "leonard", "raj",
                                                                                   "sheldon"))
     assert "not Howard, Leonard, Raj or Sheldon" in page.inner_text("#message")
-    assert page.inner_text("#probabilities tbody tr td:last-child") == "not one of the four"
+    assert page.inner_text("#probabilities tbody tr td:nth-child(2)") == "not one of the four"
     page.screenshot(path=str(bento_server.project.root / "browser-stranger.png"), full_page=True)
     assert page.outside_requests == []
 
 
 def test_the_page_has_a_favicon_and_one_list_of_formats(page, bento_server: Server) -> None:
+    import httpx
+
     from bbt.images import SUPPORTED_FOR_PEOPLE
 
-    assert page.evaluate("fetch('static/favicon.svg').then(r => r.status)") == 200
-    assert page.evaluate("fetch('/favicon.ico').then(r => r.status)") == 200
+    icon = page.locator('link[rel="icon"]').get_attribute("href")
+    assert icon == "static/favicon.svg"
+    for path in (icon, "favicon.ico"):
+        answer = httpx.get(f"{bento_server.url}/{path}", timeout=30)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("image/svg+xml")
     assert page.inner_text(".hint").startswith(SUPPORTED_FOR_PEOPLE)
+    # The unsupported-format error names the same formats as the hint.
+    import io
+
+    from PIL import Image
+
+    icon_file = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(icon_file, "ICO")  # a format Pillow reads but the service refuses
+    refused = httpx.post(f"{bento_server.url}/classify", files={"image": ("icon.ico", icon_file.getvalue())},
+                         timeout=30)
+    assert refused.status_code == 400 and SUPPORTED_FOR_PEOPLE in refused.json()["error"]

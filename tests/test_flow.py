@@ -39,7 +39,7 @@ from bbt.clean import list_images, plan_jobs
 from bbt.config import load_params
 from flows.deploy import TIMEZONE, WEEKLY_CRON
 from flows.retrain import REPORT_KEY, STAGES
-from tests.conftest import Project, copy_project, free_port
+from tests.conftest import Project, copy_project
 
 pytestmark = pytest.mark.integration
 MODEL = "bbt-actor-classifier"
@@ -243,8 +243,13 @@ def poll(request: Callable[[], httpx.Response], accept: Callable[[httpx.Response
 
 
 def test_serve_command_runs_the_server_ui_and_the_schedule(small_project: Project, tmp_path: Path) -> None:
-    """`bbt prefect serve`: a Prefect server with its UI on loopback, and the deployment served from it."""
-    port = free_port()
+    """`bbt prefect serve`: a Prefect server with its UI on loopback, and the deployment served from it. It runs on
+    the port prefect.toml names, so Prefect's own hint, `prefect deployment run 'retrain/weekly'`, works from a
+    shell in the project with no PREFECT_API_URL set."""
+    import tomllib
+
+    configured = tomllib.loads((small_project.root / "prefect.toml").read_text())["api"]["url"]
+    port = int(configured.rsplit(":", 1)[1].split("/")[0])
     # The scheduler service looks for due schedules every 60 s by default; a test need not wait that long.
     env = {**small_project.env, "PREFECT_HOME": str(tmp_path / "prefect"),
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2"}
@@ -263,8 +268,16 @@ def test_serve_command_runs_the_server_ui_and_the_schedule(small_project: Projec
              "the schedule made no upcoming run", server, timeout=120)
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert page.status_code == 200 and "<html" in page.text.lower()
-        # A run started from the UI (here its API call) is picked up by the serving process and completes.
-        started = httpx.post(f"{api}/deployments/{deployment['id']}/create_flow_run", json={}, timeout=10).json()
+        # A run started the way Prefect's banner says, from the project's shell, is picked up and completes.
+        shell = {k: v for k, v in small_project.env.items() if k != "PREFECT_API_URL"}
+        hint = subprocess.run(["prefect", "deployment", "run", "retrain/weekly"], cwd=small_project.root, env=shell,
+                              capture_output=True, text=True, timeout=120)
+        assert hint.returncode == 0, hint.stdout + hint.stderr
+        import re
+
+        found = re.search(r"UUID: ([0-9a-f-]{36})", hint.stdout)
+        assert found, hint.stdout
+        started = {"id": found.group(1)}
         poll(lambda: httpx.get(f"{api}/flow_runs/{started['id']}", timeout=10),
              lambda r: r.json()["state"]["type"] in {"COMPLETED", "FAILED", "CRASHED"},
              "the deployment run never finished", server, timeout=180)

@@ -113,16 +113,19 @@ def test_routes_in_process(client: TestClient, trained_project: Project) -> None
     assert page.status_code == 200 and 'content="10485760"' in page.text
 
 
-def test_unknown_below_the_confidence_threshold(service, trained_project: Project) -> None:
-    data, _, _ = reviewed_face(trained_project)
-    before = service.classifier.confidence_threshold
-    service.classifier.confidence_threshold = 1.01  # nothing can be that sure
-    try:
-        faces, _ = service.classify_bytes(data, "photo")
-    finally:
-        service.classifier.confidence_threshold = before
-    assert faces and all(f.label == "unknown" for f in faces)
-    assert all(abs(sum(f.probabilities.values()) - 1) < 1e-3 for f in faces)
+def test_the_learned_threshold_travels_with_the_model(service, trained_project: Project) -> None:
+    """The service applies the threshold the search learned (model.json), read from the registered model."""
+    import json
+
+    learned = json.loads((trained_project.root / "artifacts/model/model.json").read_text())["open_set"]
+    assert service.classifier.model.rule == learned["rule"] == service.model_info.open_set_rule
+    assert service.classifier.model.threshold == learned["threshold"]
+    data, _, box = reviewed_face(trained_project, status="stranger", split="test")
+    faces, _ = service.classify_bytes(data, "photo")
+    stranger = max(faces, key=lambda f: f.box.iou(box))
+    assert stranger.box.iou(box) >= 0.5 and stranger.label == "unknown"
+    assert stranger.distance > stranger.threshold == round(learned["threshold"], 4)
+    assert abs(sum(stranger.probabilities.values()) - 1) < 1e-3
 
 
 def test_legacy_helpers() -> None:

@@ -62,8 +62,9 @@ function fillTable(faces) {
   const body = document.querySelector("#probabilities tbody");
   head.innerHTML = "";
   body.innerHTML = "";
+  document.getElementById("threshold").textContent = faces[0].threshold.toFixed(2);
   const headRow = head.insertRow();
-  ["Face", ...classes.map(displayName), "Distance", "Answer"].forEach((name) => {
+  ["Face", "Answer", "Distance", ...classes.map(displayName)].forEach((name) => {
     const th = document.createElement("th");
     th.textContent = name;
     headRow.appendChild(th);
@@ -72,14 +73,15 @@ function fillTable(faces) {
     const row = body.insertRow();
     if (face.label === UNKNOWN) row.classList.add("unknown");
     row.insertCell().textContent = String(i + 1);
+    row.insertCell().textContent = displayName(face.label);
+    const distance = row.insertCell();
+    distance.textContent = face.distance.toFixed(2);
+    distance.title = `${face.distance <= face.threshold ? "within" : "over"} the threshold ${face.threshold.toFixed(2)}`;
     classes.forEach((c) => {
       const cell = row.insertCell();
       cell.textContent = percent(face.probabilities[c]);
       if (c === face.closest_actor) cell.classList.add("top");
     });
-    const distance = row.insertCell();
-    distance.textContent = `${face.distance.toFixed(2)} ${face.distance <= face.threshold ? "≤" : ">"} ${face.threshold.toFixed(2)}`;
-    row.insertCell().textContent = displayName(face.label);
   });
 }
 
