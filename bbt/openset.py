@@ -82,18 +82,30 @@ def learn_threshold(labels: np.ndarray, closest: np.ndarray, distances: np.ndarr
         raise ValueError("learning an open-set threshold needs stranger faces")
     values = np.unique(distances[np.isfinite(distances)])
     candidates = np.concatenate([[values[0] - 1e-3], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-3]])
-    best: list[float] = []
-    best_score = -1.0
-    for threshold in candidates:
-        named = distances <= threshold
-        if named[strangers].mean() > target_false_accept + 1e-12:
-            break  # thresholds only grow from here, and so does the false-accept rate
-        score = round(_open_set_fbeta(labels, closest, named, OBJECTIVES[objective]), 9)
-        if score > best_score:
-            best, best_score = [float(threshold)], score
-        elif score == best_score:
-            best.append(float(threshold))
-    return best[len(best) // 2] if best else float(candidates[0])
+    # Counts of faces at or below each candidate threshold, from cumulative sums over the sorted distances.
+    order = np.argsort(distances, kind="stable")
+    below = np.searchsorted(distances[order], candidates, side="right")
+
+    def named(mask: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(mask[order])])[below]
+
+    allowed = named(strangers) / strangers.sum() <= target_false_accept + 1e-12
+    beta2 = OBJECTIVES[objective] ** 2
+    per_actor = []
+    for actor in ACTORS:
+        truth = labels == actor
+        if not truth.any():
+            continue
+        said = closest == actor
+        tp, answered = named(said & truth), named(said)
+        denominator = (1 + beta2) * tp + beta2 * (truth.sum() - tp) + (answered - tp)
+        per_actor.append(np.divide((1 + beta2) * tp, denominator, out=np.zeros(len(candidates)),
+                                   where=denominator > 0))
+    scores = np.round(np.mean(per_actor, axis=0), 9) if per_actor else np.zeros(len(candidates))
+    if not allowed.any():
+        return float(candidates[0])
+    best = np.flatnonzero(allowed & (scores == scores[allowed].max()))
+    return float(candidates[best[len(best) // 2]])
 
 
 def _open_set_fbeta(labels: np.ndarray, closest: np.ndarray, named: np.ndarray, beta: float) -> float:

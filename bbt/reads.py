@@ -1,9 +1,10 @@
 """What a command really reads, recorded so a test can hold dvc.yaml to it.
 
-With BBT_RECORD_READS=<file> set, the process records the params.yaml keys its code reads (`section.key`, not
+With BBT_RECORD_READS=<folder> set, the process records the params.yaml keys its code reads (`section.key`, not
 counting params.yaml's own parsing and validation), the `bbt` modules whose functions it calls, and the files it
-opens under the working directory, and writes them to <file> as JSON when it exits. Nothing is recorded
-otherwise. A forked worker (clean's process pool) records into <file>.<pid> the same way.
+opens under the working directory, and writes them as JSON to <folder>/<command>.<pid>.json when it exits
+(<command> is the `bbt` subcommand, e.g. `clean`). Forked workers (clean's process pool) write their own file.
+Nothing is recorded otherwise.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ _paused = 0
 _in_forked_child = None
 
 
-def start_recording(target: str) -> None:
+def start_recording(folder: str) -> None:
     """Record from now until exit (once per process; audit hooks cannot be removed)."""
     global params_read
     if params_read is not None:
@@ -49,7 +50,9 @@ def start_recording(target: str) -> None:
             if "r" in mode and "+" not in mode:
                 opened.add(os.fsdecode(args[0]))
 
-    destination = [target]
+    command = Path(sys.argv[1]).name if len(sys.argv) > 1 else "python"
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    destination = [f"{folder}/{command}.{os.getpid()}.json"]
 
     def write() -> None:
         files = set()
@@ -64,14 +67,14 @@ def start_recording(target: str) -> None:
 
     def in_forked_child() -> None:
         # Pool workers leave through os._exit, past atexit; multiprocessing's own finalizers still run.
-        destination[0] = f"{target}.{os.getpid()}"
+        destination[0] = f"{folder}/{command}.{os.getpid()}.json"
         opened.clear()
         called.clear()
         Finalize(None, write, exitpriority=100)
 
     sys.addaudithook(on_event)
-    sys.setprofile(on_call)
-    threading.setprofile(on_call)
+    sys.settrace(on_call)
+    threading.settrace(on_call)
     global _in_forked_child
     _in_forked_child = in_forked_child  # multiprocessing keeps only a weak reference
     register_after_fork(in_forked_child, lambda hook: hook())

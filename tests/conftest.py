@@ -85,10 +85,18 @@ def pulled_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
 @pytest.fixture(scope="session")
 def trained_project(pulled_project: Project) -> Project:
     """The pulled project after `make train` (`dvc repro`, then `bbt register`: in a fresh copy the pipeline's
-    products come out as committed, so DVC has nothing to register): champion registered and in BentoML."""
-    pulled_project.run("dvc", "repro", timeout=1200)
+    products come out as committed, so DVC has nothing to register): champion registered and in BentoML.
+
+    The stages DVC runs record what they read (bbt/reads.py) into `reads_folder`, for tests/test_dag.py."""
+    pulled_project.run("dvc", "repro", timeout=1200,
+                       env_extra={"BBT_RECORD_READS": str(reads_folder(pulled_project))})
     pulled_project.run("bbt", "register")
     return pulled_project
+
+
+def reads_folder(project: Project) -> Path:
+    """Where the trained project's `dvc repro` recorded what each stage read."""
+    return project.root.parent / f"{project.root.name}-reads"
 
 
 def free_port() -> int:
