@@ -270,9 +270,12 @@ def run_clean(
     paths = list_images(data.raw)
     annotations, corrections = reviewed_annotations(data)
     for correction in corrections:
-        log.info("second review (%s): %s %s %s -> %s: %s", data.corrections, correction.original.image,
-                 correction.original.box, correction.original.label or correction.original.review,
-                 correction.corrected.label or correction.corrected.review, correction.reason)
+        log.debug("second review (%s): %s %s %s -> %s: %s", data.corrections, correction.original.image,
+                  correction.original.box, correction.original.label or correction.original.review,
+                  correction.corrected.label or correction.corrected.review, correction.reason)
+    kinds = Counter(c.kind for c in corrections)
+    log.info("second review (%s): %d verdicts applied (%s); `bbt -v clean` lists them", data.corrections,
+             len(corrections), ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())) or "none")
     jobs = plan_jobs(data.raw, paths, annotations)
     for job in jobs:
         if len(job.paths) > 1:
