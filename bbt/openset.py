@@ -97,10 +97,7 @@ def learn_threshold(labels: np.ndarray, closest: np.ndarray, distances: np.ndarr
         if not truth.any():
             continue
         said = closest == actor
-        tp, answered = named(said & truth), named(said)
-        denominator = (1 + beta2) * tp + beta2 * (truth.sum() - tp) + (answered - tp)
-        per_actor.append(np.divide((1 + beta2) * tp, denominator, out=np.zeros(len(candidates)),
-                                   where=denominator > 0))
+        per_actor.append(_fbeta(named(said & truth), named(said), int(truth.sum()), beta2))
     scores = np.round(np.mean(per_actor, axis=0), 9) if per_actor else np.zeros(len(candidates))
     if not allowed.any():
         return float(candidates[0])
@@ -108,19 +105,21 @@ def learn_threshold(labels: np.ndarray, closest: np.ndarray, distances: np.ndarr
     return float(candidates[best[len(best) // 2]])
 
 
-def _open_set_fbeta(labels: np.ndarray, closest: np.ndarray, named: np.ndarray, beta: float) -> float:
-    """Macro F-beta over the four actors of the answers `closest` where `named`, else UNKNOWN, on every face (a
-    stranger named as an actor is a false match for that actor). Plain numpy: the threshold search calls it
-    hundreds of times per candidate."""
+def _fbeta(tp: np.ndarray, answered: np.ndarray, actual: int, beta2: float) -> np.ndarray:
+    """F-beta of one actor from its true matches, the faces given its name and its real faces (arrays work)."""
+    tp, answered = np.asarray(tp, dtype=float), np.asarray(answered, dtype=float)
+    denominator = (1 + beta2) * tp + beta2 * (actual - tp) + (answered - tp)
+    return np.divide((1 + beta2) * tp, denominator, out=np.zeros_like(tp), where=denominator > 0)
+
+
+def _open_set_fbeta(labels: np.ndarray, answers: np.ndarray, beta: float) -> float:
+    """Macro F-beta over the four actors present, on every face: a stranger named as an actor is a false match
+    for that actor, an actor answered UNKNOWN or another actor a miss."""
     scores = []
     for actor in ACTORS:
-        truth = labels == actor
-        if not truth.any():
-            continue
-        said = named & (closest == actor)
-        tp = int((said & truth).sum())
-        denominator = (1 + beta**2) * tp + beta**2 * (int(truth.sum()) - tp) + (int(said.sum()) - tp)
-        scores.append((1 + beta**2) * tp / denominator if denominator else 0.0)
+        truth, said = labels == actor, answers == actor
+        if truth.any():
+            scores.append(float(_fbeta(int((said & truth).sum()), int(said.sum()), int(truth.sum()), beta**2)))
     return float(np.mean(scores)) if scores else 0.0
 
 
@@ -143,9 +142,8 @@ def open_set_scores(labels: np.ndarray, answers: np.ndarray) -> dict[str, float]
     actors = labels != UNKNOWN
     strangers = ~actors
     present = [a for a in ACTORS if a in set(labels[actors])]
-    named = answers != UNKNOWN
     return {
-        **{name: _open_set_fbeta(labels, answers, named, beta) for name, beta in OBJECTIVES.items()},
+        **{name: _open_set_fbeta(labels, answers, beta) for name, beta in OBJECTIVES.items()},
         "actor_f1": float(f1_score(labels[actors], answers[actors], labels=present, average="macro",
                                    zero_division=0)),
         "actor_accuracy": float((answers[actors] == labels[actors]).mean()) if actors.any() else 0.0,
@@ -207,18 +205,16 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         """The open-set answer for each face crop; `timed(stage)` wraps the 'features' and 'classify' work."""
         rule = RULES[self.rule]
         classes = np.asarray(self.classes_)
-        if self._shares_embedding():
-            with timed("features"):
-                embeddings = self.embedder.transform(crops)
-            with timed("classify"):
-                proba = self.classifier[1:].predict_proba(embeddings)
-        else:
-            with timed("features"):
+        with timed("features"):
+            if self._shares_embedding():
+                embeddings = features = self.embedder.transform(crops)
+                head = self.classifier[1:]
+            else:
                 embeddings = self.embedder.transform(crops) if rule.uses_embeddings else None
                 features = self.classifier[:-1].transform(crops) if len(self.classifier.steps) > 1 else crops
-            with timed("classify"):
-                proba = self.classifier[-1].predict_proba(features)
+                head = self.classifier[-1]
         with timed("classify"):
+            proba = head.predict_proba(features)
             predicted = proba.argmax(axis=1)
             gallery_index = np.searchsorted(classes, self.gallery_labels)
             distances = rule.distance(embeddings, proba, predicted, self.gallery, gallery_index)
