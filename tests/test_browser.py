@@ -117,6 +117,8 @@ def test_a_stranger_is_not_one_of_the_four(page, bento_server: Server) -> None:
                                                                                   "sheldon"))
     assert "not Howard, Leonard, Raj or Sheldon" in page.inner_text("#message")
     assert page.inner_text("#probabilities tbody tr td:nth-child(2)") == "not one of the four"
+    # Every column of the table fits beside the photo (no hidden column behind a scroll bar).
+    assert page.evaluate("(t => t.scrollWidth - t.clientWidth)(document.querySelector('.tables'))") == 0
     page.screenshot(path=str(bento_server.project.root / "browser-stranger.png"), full_page=True)
     assert page.outside_requests == []
 

@@ -64,7 +64,7 @@ function fillTable(faces) {
   body.innerHTML = "";
   document.getElementById("threshold").textContent = faces[0].threshold.toFixed(2);
   const headRow = head.insertRow();
-  ["Face", "Answer", "Distance", ...classes.map(displayName)].forEach((name) => {
+  ["#", "Answer", "Distance", ...classes.map(displayName)].forEach((name) => {
     const th = document.createElement("th");
     th.textContent = name;
     headRow.appendChild(th);
