@@ -31,8 +31,8 @@ from bbt.annotations import (
 )
 from bbt.config import CleanParams, DataParams
 from bbt.errors import DataError
-from bbt.faces import Box, DetectorSettings, FaceDetector, crop_face
-from bbt.images import ImageError, decode_image
+from bbt.faces import Box, DetectorSettings, FaceDetector, crop_photo_face
+from bbt.images import ImageError, decode_photo
 from bbt.progress import progress
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,9 @@ class ImageResult:
 
 def detector_settings(params: CleanParams) -> DetectorSettings:
     return DetectorSettings(params.scale_factor, params.min_neighbors, params.min_eyes, params.max_side,
-                            method=params.detector, hog_side=params.hog_side, hog_upsample=params.hog_upsample)
+                            method=params.detector, hog_side=params.hog_side, hog_upsample=params.hog_upsample,
+                            yunet_side=params.yunet_side, min_score=params.min_score,
+                            decode_side=params.decode_side)
 
 
 def list_images(raw_dir: Path) -> list[str]:
@@ -104,14 +106,12 @@ def process_image(
     """Decode one photo, detect its faces, and sort each face by its human review."""
     result = ImageResult(job.paths)
     try:
-        image = decode_image((raw_dir / job.paths[0]).read_bytes(), name=job.paths[0])
+        photo = decode_photo((raw_dir / job.paths[0]).read_bytes(), name=job.paths[0], min_side=settings.decode_side)
     except (ImageError, OSError) as err:
         result.error = str(err)
         return result
     detector = detector or _process_detector(settings)
-    # OpenCV's box order depends on its thread count (process pool vs a Dask worker): sorted, the products
-    # do not depend on where they were made.
-    boxes = sorted(detector.detect(image), key=lambda b: (b.x, b.y, b.w, b.h))
+    boxes = detector.detect_photo(photo)
     for box in boxes:
         review = match(box, list(job.annotations), iou_threshold)
         if review is None:
@@ -119,7 +119,7 @@ def process_image(
         else:
             # Every reviewed face keeps its crop: actors train, strangers teach "unknown", the audit proposes
             # verdicts for the rejected ones.
-            result.faces.append(Face(job.paths[0], box, review.review, review.label, crop_face(image, box, crop_size),
+            result.faces.append(Face(job.paths[0], box, review.review, review.label, crop_photo_face(photo, box, crop_size),
                                      review.source, review.first_review or review.review))
     result.missed = [
         a for a in job.annotations

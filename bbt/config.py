@@ -12,7 +12,7 @@ from bbt import reads
 from bbt.errors import BbtError
 
 PARAMS_FILE = Path("params.yaml")
-DETECTORS = ("hog", "haar")
+DETECTORS = ("yunet", "hog", "haar")
 # Fewest features first (128 vs 4096): the search's tie-break prefers the earlier one (bbt/candidates.py).
 FEATURE_SETS = ("face_embedding", "pixel_wavelet")
 
@@ -44,7 +44,10 @@ class DataParams(Section):
 @dataclass(frozen=True)
 class CleanParams(Section):
     section: ClassVar[str] = "clean"
-    detector: str = "hog"
+    detector: str = "yunet"
+    yunet_side: int = 640
+    min_score: float = 0.5
+    decode_side: int = 1280
     hog_side: int = 800
     hog_upsample: int = 0
     scale_factor: float = 1.3
@@ -172,6 +175,10 @@ def _validate(params: Params, source: Path) -> None:
 
     if params.clean.detector not in DETECTORS:
         fail("clean.detector", f"{params.clean.detector!r} is unknown; choose from {DETECTORS}")
+    if params.clean.yunet_side < 0 or params.clean.decode_side < 0:
+        fail("clean.yunet_side/decode_side", "must be >= 0 (0 = the photo's own size)")
+    if not 0.0 < params.clean.min_score < 1.0:
+        fail("clean.min_score", "must be between 0 and 1 (YuNet's face score; 0.5 is libfacedetection's default)")
     if params.clean.hog_side < 0 or not 0 <= params.clean.hog_upsample <= 2:
         fail("clean.hog_side/hog_upsample", "must be >= 0 (hog_side) and 0, 1 or 2 (hog_upsample)")
     if not 1.0 < params.clean.scale_factor < 3.0:

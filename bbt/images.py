@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,8 +25,32 @@ class ImageError(BbtError, ValueError):
     """The bytes are not an image this system can use; the message says why and what to do."""
 
 
+# EXIF orientations that turn the stored image by 90 degrees (its width becomes the upright height).
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A decoded photo: its pixels, possibly reduced by JPEG DCT scaling, and the photo's own upright size."""
+
+    image: np.ndarray  # upright BGR uint8, (h, w, 3)
+    size: tuple[int, int]  # the photo's (width, height) before any reduction, after EXIF rotation
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Decoded pixels per photo pixel, (x, y); (1, 1) when decoded at full size."""
+        return self.image.shape[1] / self.size[0], self.image.shape[0] / self.size[1]
+
+
 def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Decode image bytes to an upright BGR uint8 array of shape (h, w, 3).
+    """Decode image bytes to an upright BGR uint8 array of shape (h, w, 3), at full size."""
+    return decode_photo(data, name, max_pixels).image
+
+
+def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_side: int = 0) -> Photo:
+    """Decode image bytes to an upright BGR photo, a JPEG reduced in the DCT domain while its longer side stays
+    at least `min_side` (0: full size). Reducing there skips most of the decoding work and memory.
 
     Handles JPEG/JFIF, PNG, GIF (first frame), WebP, BMP and TIFF; grayscale, palette, alpha, CMYK and
     16-bit images; and EXIF orientation. Dimensions are checked before any pixel is decoded.
@@ -62,9 +88,14 @@ def decode_image(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
             )
         try:
             image.seek(0)  # first frame of an animation
+            size = (height, width) if image.getexif().get(0x0112) in TRANSPOSING_ORIENTATIONS else (width, height)
+            if min_side and image.format in ("JPEG", "MPO") and max(width, height) > min_side:
+                factor = min_side / max(width, height)
+                # draft picks the smallest 1/2, 1/4 or 1/8 scale that keeps at least the requested size.
+                image.draft(image.mode, (math.ceil(width * factor), math.ceil(height * factor)))
             image.load()
             upright = ImageOps.exif_transpose(image)
-            return _to_bgr(upright)
+            return Photo(_to_bgr(upright), (int(size[0]), int(size[1])))
         except ImageError:
             raise
         except Exception as err:

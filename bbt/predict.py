@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from bbt import UNKNOWN
-from bbt.faces import Box, DetectorSettings, FaceDetector, crop_face
+from bbt.faces import Box, DetectorSettings, FaceDetector, crop_photo_face
+from bbt.images import Photo
 from bbt.openset import OpenSetClassifier, Timer, untimed
 
 
@@ -62,17 +63,25 @@ class ActorClassifier:
         """Load what the model loads on first use (the embedding network: ~0.2 s) now, not in a request."""
         self.model.decide(np.zeros((1, self.crop_size, self.crop_size, 3), np.uint8))
 
-    def detect(self, image: np.ndarray) -> list[Box]:
-        with self.timed("detect"):
-            return self.detector.detect(image)
+    @property
+    def decode_side(self) -> int:
+        """The smallest longer side a JPEG may be reduced to when decoded (the training setting)."""
+        return self.detector.settings.decode_side
 
-    def classify(self, image: np.ndarray) -> list[FacePrediction]:
-        """Every detected face with its answer, actors first, then by confidence; unknown faces last."""
-        boxes = self.detect(image)
+    def detect(self, photo: Photo) -> list[Box]:
+        with self.timed("detect"):
+            return self.detector.detect_photo(photo)
+
+    def classify(self, photo: Photo | np.ndarray) -> list[FacePrediction]:
+        """Every detected face with its answer (boxes in the photo's own pixels), actors first, then by
+        confidence; unknown faces last."""
+        if isinstance(photo, np.ndarray):
+            photo = Photo(photo, (photo.shape[1], photo.shape[0]))
+        boxes = self.detect(photo)
         if not boxes:
             return []
         with self.timed("crop"):
-            crops = np.stack([crop_face(image, box, self.crop_size) for box in boxes])
+            crops = np.stack([crop_photo_face(photo, box, self.crop_size) for box in boxes])
         decisions = self.model.decide(crops, self.timed)
         faces = [
             FacePrediction(box, str(label), str(closest), round(float(row.max()), 4),

@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 # What loading the pipeline imports; pinning them beats MLflow's slow guess from the whole environment.
 RUNTIME_PACKAGES = ("scikit-learn", "numpy", "scipy", "opencv-python-headless", "pywavelets", "skops", "dlib-bin",
-                    "face-recognition-models", "onnx", "onnxruntime")
+                    "face-recognition-models", "onnx", "onnxruntime", "yuface")
 
 
 def model_requirements() -> list[str]:

@@ -33,7 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bbt.config import ServeParams, load_params
 from bbt.errors import ModelError
-from bbt.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_image
+from bbt.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_photo
 from bbt.predict import ActorClassifier, FacePrediction
 
 log = logging.getLogger("bbt.service")
@@ -282,11 +282,11 @@ class ActorService:
     def classify_bytes(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]]:
         """Decode untrusted bytes and classify every face; ImageError for anything that is not a usable image."""
         with timed("decode"):
-            image = decode_image(data, name, self.max_pixels)
-        faces = self.classifier.classify(image)
+            photo = decode_photo(data, name, self.max_pixels, self.classifier.decode_side)
+        faces = self.classifier.classify(photo)
         for face in faces:
             FACES.labels(label=face.label).inc()
-        return faces, (image.shape[1], image.shape[0])
+        return faces, photo.size
 
     async def run_classifier(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]]:
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.classify_bytes, data, name)
