@@ -108,6 +108,7 @@ class ServeParams(Section):
     section: ClassVar[str] = "serve"
     max_upload_mb: float = 10
     max_megapixels: float = 40
+    max_pending: int = 16
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,8 @@ def _validate(params: Params, source: Path) -> None:
         fail("audit.folds/repeats", "must be at least 2 (folds) and 1 (repeats)")
     if params.serve.max_upload_mb <= 0 or params.serve.max_megapixels <= 0:
         fail("serve.max_upload_mb/max_megapixels", "must be positive")
+    if params.serve.max_pending < 1:
+        fail("serve.max_pending", "must be at least 1 (photos classified or waiting, per worker process)")
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

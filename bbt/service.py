@@ -13,6 +13,7 @@ import base64
 import binascii
 import ctypes
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -60,7 +61,7 @@ STAGE_SECONDS = prometheus_client.Histogram(
 )
 REJECTED = prometheus_client.Counter(
     name="bbt_rejected_requests",
-    documentation="Requests refused with a 4xx, by HTTP status.",
+    documentation="Requests refused with a 4xx or a 503 (busy), by HTTP status.",
     labelnames=["status"],
 )
 FACES = prometheus_client.Counter(
@@ -127,7 +128,9 @@ PhotoUpload = Annotated[UploadFile, File(description=f"A {SUPPORTED_FOR_PEOPLE} 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": why}
     for status, why in ((400, "Missing field or bad image"), (413, "Upload too large"),
-                        (415, "Not multipart/form-data"))
+                        (415, "Not multipart/form-data"),
+                        (503, "Busy: serve.max_pending photos are already in this worker; retry after the "
+                              "Retry-After header's seconds"))
 }
 
 
@@ -141,10 +144,23 @@ class UploadTooLarge(HTTPException):
                               "(resize or re-export it as JPEG)")
 
 
-def error_response(status: int, message: str) -> JSONResponse:
-    if 400 <= status < 500:
+class Busy(Exception):
+    """This worker already holds serve.max_pending photos; the client should come back in `retry_after` s."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__(f"busy: retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if 400 <= status < 500 or status == 503:
         REJECTED.labels(status=str(status)).inc()
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def busy_response(err: Busy) -> JSONResponse:
+    return error_response(503, f"the service is busy: too many photos are being classified; retry in "
+                               f"{err.retry_after} s", {"Retry-After": str(err.retry_after)})
 
 
 def field_missing_message(request: Request) -> tuple[int, str]:
@@ -269,6 +285,10 @@ class ActorService:
         self.legacy_max_bytes = int(self.max_bytes * BASE64_GROWTH) + ENVELOPE_BYTES
         # A fixed pool: each thread keeps its own cascades (and their buffers), so their number stays bounded.
         self.executor = ThreadPoolExecutor(THREADS_PER_WORKER, thread_name_prefix="classify")
+        # Photos in this worker (classified or waiting for a thread), and the recent seconds per photo, for the
+        # Retry-After estimate. Only the event loop's thread touches them.
+        self.pending = 0
+        self.seconds_per_photo = 0.1
         cv2.setNumThreads(1)  # parallelism comes from workers x threads; OpenCV's own threads would oversubscribe
         return_big_frees_to_the_os()
         self.index_html = ((WEB_DIR / "index.html").read_text().replace("{{max_upload_bytes}}", str(self.max_bytes))
@@ -289,7 +309,22 @@ class ActorService:
         return faces, photo.size
 
     async def run_classifier(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]]:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, self.classify_bytes, data, name)
+        """classify_bytes on the worker's thread pool; Busy at once when serve.max_pending photos are in it."""
+        if self.pending >= self.settings.max_pending:
+            # The queue drains THREADS_PER_WORKER photos at a time.
+            raise Busy(max(1, math.ceil(self.pending * self.seconds_per_photo / THREADS_PER_WORKER)))
+        self.pending += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, self.timed_classify, data, name)
+        finally:
+            self.pending -= 1
+
+    def timed_classify(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]]:
+        start = time.perf_counter()
+        try:
+            return self.classify_bytes(data, name)
+        finally:  # a moving average of the work alone (not the wait), for the Retry-After estimate
+            self.seconds_per_photo += 0.1 * (time.perf_counter() - start - self.seconds_per_photo)
 
     @web.get("/", include_in_schema=False)
     async def index(self) -> HTMLResponse:
@@ -308,6 +343,8 @@ class ActorService:
             faces, (width, height) = await self.run_classifier(await image.read(), name)
         except ImageError as err:
             return error_response(400, str(err))
+        except Busy as err:
+            return busy_response(err)
         return Classification(faces=[Face.model_validate(f.as_dict()) for f in faces], model=self.model_info,
                               image=ImageSize(width=width, height=height))
 
@@ -332,6 +369,8 @@ class ActorService:
             faces, _ = await self.run_classifier(data, "the image in 'image_data'")
         except ImageError as err:
             return error_response(400, str(err))
+        except Busy as err:
+            return busy_response(err)
         legacy = [legacy_face(face, self.classifier.classes) for face in faces]
         # The original answered any origin; old pages served from elsewhere depend on it.
         return JSONResponse(legacy, headers={"Access-Control-Allow-Origin": "*"})

@@ -113,6 +113,26 @@ def test_routes_in_process(client: TestClient, trained_project: Project) -> None
     assert page.status_code == 200 and 'content="10485760"' in page.text
 
 
+def test_a_full_worker_answers_503_with_retry_after_and_recovers(service, client: TestClient,
+                                                                 trained_project: Project) -> None:
+    data, label, _ = reviewed_face(trained_project)
+    assert service.settings.max_pending == 16  # params.yaml
+    service.pending = service.settings.max_pending  # as if 16 photos were in this worker
+    service.seconds_per_photo = 0.5
+    try:
+        busy = client.post("/classify", files={"image": ("a.jpg", data)})
+        legacy = client.post("/classify_image", data={"image_data": base64.b64encode(data).decode()})
+    finally:
+        service.pending = 0
+    # 16 photos at 0.5 s each, two at a time: 4 s.
+    assert busy.status_code == legacy.status_code == 503
+    assert busy.headers["retry-after"] == legacy.headers["retry-after"] == "4"
+    assert busy.json()["error"] == "the service is busy: too many photos are being classified; retry in 4 s"
+    again = client.post("/classify", files={"image": ("a.jpg", data)})
+    assert again.status_code == 200 and label in [face["label"] for face in again.json()["faces"]]
+    assert service.pending == 0
+
+
 def test_the_learned_threshold_travels_with_the_model(service, trained_project: Project) -> None:
     """The service applies the threshold the search learned (model.json), read from the registered model."""
     import json
