@@ -3,6 +3,8 @@
     python benchmarks/load.py --project .                      # starts `bbt serve` there on a free port
     python benchmarks/load.py --url http://127.0.0.1:3000      # an already running server (RSS needs --pid)
     python benchmarks/load.py --project . --server reference   # the original Flask-style server, same photos
+    python benchmarks/load.py --project . --server both        # both, one after the other, and their ratios
+    python benchmarks/load.py --project . --largest 20 --clients 64   # a burst of the 20 largest photos
 
 `--server reference` re-creates the original system's per-request work in Flask (base64 data URL, both Haar
 cascades loaded on every request, full-resolution detection, pixel+wavelet features and an SVM), so both
@@ -35,16 +37,19 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
 
 @dataclass
 class Results:
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # of the answered requests (200)
     errors: list[str] = field(default_factory=list)
+    busy: list[float] = field(default_factory=list)  # 503 answers with Retry-After: their latency
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def photos(project: Path, limit: int) -> list[tuple[str, bytes]]:
-    """The dataset's photos (name, bytes), in a fixed shuffled order."""
+def photos(project: Path, limit: int, largest: int = 0) -> list[tuple[str, bytes]]:
+    """The dataset's photos (name, bytes), in a fixed shuffled order; or only the `largest` biggest files."""
     files = sorted(p for p in (project / "data" / "raw").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         sys.exit(f"no photos under {project / 'data/raw'}: run `dvc pull` in {project} first")
+    if largest:
+        files = sorted(files, key=lambda p: (-p.stat().st_size, p))[:largest]
     random.Random(0).shuffle(files)
     return [(p.name, p.read_bytes()) for p in files[:limit or None]]
 
@@ -106,17 +111,24 @@ def client(kind: str, url: str, images: list[tuple[str, bytes]], seed: int, stop
             name, data = images[order[i % len(order)]]
             i += 1
             start = time.perf_counter()
+            busy = False
             try:
                 response = http.post(**request_for(kind, url, name, data))
                 ok = response.status_code == 200
+                busy = response.status_code == 503 and "retry-after" in response.headers
                 why = f"{response.status_code} {response.text[:120]}"
             except httpx.HTTPError as err:
                 ok, why = False, f"{type(err).__name__}: {err}"
             elapsed = time.perf_counter() - start
             with results.lock:
-                results.latencies.append(elapsed)
-                if not ok:
+                if ok:
+                    results.latencies.append(elapsed)
+                elif busy:
+                    results.busy.append(elapsed)
+                else:
                     results.errors.append(f"{name}: {why}")
+            if busy:  # as a well-behaved client does
+                time.sleep(float(response.headers["retry-after"]))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -125,7 +137,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_load(kind: str, url: str, images: list[tuple[str, bytes]], clients: int, seconds: float,
-             pid: int | None) -> None:
+             pid: int | None) -> dict[str, float]:
     # Warm-up: every worker thread loads its cascades and the first requests pay for lazy imports.
     warm = Results()
     warm_threads = [threading.Thread(target=client, args=(kind, url, images, 100 + c, time.monotonic() + 3, warm))
@@ -150,15 +162,20 @@ def run_load(kind: str, url: str, images: list[tuple[str, bytes]], clients: int,
     print(f"server: {kind} at {url}; {clients} closed-loop clients for {seconds:.0f} s over {len(images)} photos")
     print(f"machine: {os.cpu_count()} cores, load average {load_start:.1f} at start, "
           f"{os.getloadavg()[0]:.1f} at end (shared: other work on this machine slows every figure)")
-    print(f"requests: {n} in {wall:.1f} s = {n / wall:.1f} requests/s")
+    print(f"answered (200): {n} in {wall:.1f} s = {n / wall:.1f} requests/s")
+    stats = {"rps": n / wall, "p50": 0.0, "p99": 0.0, "errors": len(results.errors), "busy": len(results.busy)}
     if n:
-        print(f"latency: p50 {percentile(results.latencies, 50) * 1000:.0f} ms, "
-              f"p99 {percentile(results.latencies, 99) * 1000:.0f} ms, "
+        stats["p50"], stats["p99"] = percentile(results.latencies, 50), percentile(results.latencies, 99)
+        print(f"latency: p50 {stats['p50'] * 1000:.0f} ms, p99 {stats['p99'] * 1000:.0f} ms, "
               f"mean {statistics.mean(results.latencies) * 1000:.0f} ms")
+    if results.busy:
+        print(f"busy (503 + Retry-After): {len(results.busy)}, answered in p99 "
+              f"{percentile(results.busy, 99) * 1000:.0f} ms")
     print(f"errors: {len(results.errors)}" + (f" (first: {results.errors[0]})" if results.errors else ""))
     if pid:
         print(f"server RSS (all processes): {rss_start / 2**20:.0f} MiB after warm-up, "
               f"{rss_end / 2**20:.0f} MiB at end")
+    return stats
 
 
 def serve_reference(port: int) -> None:
@@ -214,12 +231,13 @@ def serve_reference(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project", type=Path, default=Path("."), help="Project with data/raw and a champion.")
-    parser.add_argument("--server", choices=("bentoml", "reference"), default="bentoml")
+    parser.add_argument("--server", choices=("bentoml", "reference", "both"), default="bentoml")
     parser.add_argument("--url", help="Target a running server instead of starting one.")
     parser.add_argument("--pid", type=int, help="With --url: the server's process id, for RSS.")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--photos", type=int, default=0, help="Use only the first N shuffled photos (0 = all).")
+    parser.add_argument("--largest", type=int, default=0, help="Use only the N largest photo files (0 = all).")
     parser.add_argument("--run-reference", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -227,16 +245,28 @@ def main() -> None:
         return serve_reference(args.port)
 
     project = args.project.resolve()
-    images = photos(project, args.photos)
+    images = photos(project, args.photos, args.largest)
+    if args.server == "both":
+        if args.url:
+            sys.exit("--server both starts both servers itself: drop --url")
+        ours, reference = (measure(kind, project, images, args) for kind in ("bentoml", "reference"))
+        print(f"bentoml vs reference: {ours['rps'] / reference['rps']:.1f}x the throughput, "
+              f"{ours['p99'] / reference['p99']:.2f}x the p99")
+        return
+    measure(args.server, project, images, args)
+
+
+def measure(kind: str, project: Path, images: list[tuple[str, bytes]], args: argparse.Namespace) -> dict[str, float]:
+    """Start the server (unless --url), run the load, stop it; the figures."""
     server = None
     url, pid = args.url, args.pid
     if url is None:
         port = free_port()
-        server = start_server(args.server, project, port)
+        server = start_server(kind, project, port)
         url, pid = f"http://127.0.0.1:{port}", server.pid
-        wait_ready(url, "/readyz" if args.server == "bentoml" else "/ready")
+        wait_ready(url, "/readyz" if kind == "bentoml" else "/ready")
     try:
-        run_load(args.server, url.rstrip("/"), images, args.clients, args.seconds, pid)
+        return run_load(kind, url.rstrip("/"), images, args.clients, args.seconds, pid)
     finally:
         if server is not None:
             os.killpg(server.pid, signal.SIGTERM)
