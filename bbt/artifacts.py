@@ -5,6 +5,8 @@ from pathlib import Path
 ARTIFACTS = Path("artifacts")
 FACES = ARTIFACTS / "faces" / "faces.npz"
 DETECTIONS = ARTIFACTS / "faces" / "detections.csv"
+# Per-photo detections kept between clean runs (bbt/detection_cache.py); not a stage product, DVC never sees it.
+CLEAN_CACHE = ARTIFACTS / "cache" / "clean"
 FEATURES_DIR = ARTIFACTS / "features"
 SPLIT = FEATURES_DIR / "split.npz"
 MODEL = ARTIFACTS / "model" / "model.joblib"

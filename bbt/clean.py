@@ -1,8 +1,10 @@
 """Stage `clean`: decode every raw photo, detect faces, keep the ones a person accepted.
 
-Per image the work is pure (`process_image`), so it can be mapped over processes, Prefect tasks or a
-Dask cluster; `run_clean` maps it over a local process pool, or over batches with the `map_batches` it is
-given (the Prefect flow's), and writes the stage products.
+Per photo the expensive work is pure (`detect_job`: decode, detect, crop), so it can be mapped over processes,
+Prefect tasks or a Dask cluster, and its result is kept in a cache by the photo's content hash
+(bbt/detection_cache.py): a run detects only the photos it has not seen with these settings. `run_clean` maps
+the rest over a local process pool, or over batches with the `map_batches` it is given (the Prefect flow's),
+sorts every face by its reviews (`sort_faces`, cheap) and writes the stage products.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from bbt.annotations import (
     match,
 )
 from bbt.config import CleanParams, DataParams
+from bbt.detection_cache import DetectionCache, Detected
 from bbt.errors import DataError
 from bbt.faces import Box, DetectorSettings, FaceDetector, crop_photo_face
 from bbt.images import ImageError, decode_photo
@@ -40,10 +43,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ImageJob:
-    """One distinct photo: its paths (byte-identical copies share one job) and their reviews."""
+    """One distinct photo: its paths (byte-identical copies share one job), their reviews, its content hash."""
 
     paths: tuple[str, ...]
     annotations: tuple[Annotation, ...]
+    digest: str = ""
 
 
 @dataclass
@@ -93,39 +97,54 @@ def plan_jobs(raw_dir: Path, paths: Sequence[str], annotations: Sequence[Annotat
     reviews: dict[str, list[Annotation]] = defaultdict(list)
     for annotation in annotations:
         reviews[annotation.image].append(annotation)
-    return [
-        ImageJob(tuple(group), tuple(a for p in group for a in reviews[p]))
-        for group in sorted(by_hash.values())
-    ]
+    return sorted(
+        (ImageJob(tuple(group), tuple(a for p in group for a in reviews[p]), digest)
+         for digest, group in by_hash.items()),
+        key=lambda job: job.paths,
+    )
 
 
-def process_image(
-    job: ImageJob, raw_dir: Path, settings: DetectorSettings, iou_threshold: float, crop_size: int,
-    detector: FaceDetector | None = None,
-) -> ImageResult:
-    """Decode one photo, detect its faces, and sort each face by its human review."""
-    result = ImageResult(job.paths)
+def detect_job(job: ImageJob, raw_dir: Path, settings: DetectorSettings, crop_size: int,
+               detector: FaceDetector | None = None) -> Detected:
+    """Decode one photo, detect its faces and crop each one: the expensive, review-free part of clean."""
     try:
         photo = decode_photo((raw_dir / job.paths[0]).read_bytes(), name=job.paths[0], min_side=settings.decode_side)
     except (ImageError, OSError) as err:
-        result.error = str(err)
-        return result
+        return Detected(error=str(err))
     detector = detector or _process_detector(settings)
-    boxes = detector.detect_photo(photo)
-    for box in boxes:
+    boxes = tuple(detector.detect_photo(photo))
+    crops = np.stack([crop_photo_face(photo, box, crop_size) for box in boxes]) if boxes else \
+        np.zeros((0, crop_size, crop_size, 3), np.uint8)
+    return Detected(boxes, crops)
+
+
+def sort_faces(job: ImageJob, detected: Detected, iou_threshold: float) -> ImageResult:
+    """Sort each detected face by its human review; list the accepted faces the detector missed."""
+    result = ImageResult(job.paths, error=detected.error)
+    if detected.error:
+        return result
+    for box, crop in zip(detected.boxes, detected.crops if detected.crops is not None else []):
         review = match(box, list(job.annotations), iou_threshold)
         if review is None:
             result.faces.append(Face(job.paths[0], box, "unreviewed", None))
         else:
             # Every reviewed face keeps its crop: actors train, strangers teach "unknown", the audit proposes
             # verdicts for the rejected ones.
-            result.faces.append(Face(job.paths[0], box, review.review, review.label, crop_photo_face(photo, box, crop_size),
+            result.faces.append(Face(job.paths[0], box, review.review, review.label, crop,
                                      review.source, review.first_review or review.review))
     result.missed = [
         a for a in job.annotations
-        if a.review == "accepted" and not any(a.box.iou(b) >= iou_threshold for b in boxes)
+        if a.review == "accepted" and not any(a.box.iou(b) >= iou_threshold for b in detected.boxes)
     ]
     return result
+
+
+def process_image(
+    job: ImageJob, raw_dir: Path, settings: DetectorSettings, iou_threshold: float, crop_size: int,
+    detector: FaceDetector | None = None,
+) -> ImageResult:
+    """Decode one photo, detect its faces, and sort each face by its human review (no cache)."""
+    return sort_faces(job, detect_job(job, raw_dir, settings, crop_size, detector), iou_threshold)
 
 
 _DETECTORS: dict[DetectorSettings, FaceDetector] = {}
@@ -138,28 +157,31 @@ def _process_detector(settings: DetectorSettings) -> FaceDetector:
     return _DETECTORS[settings]
 
 
-def process_batch(
-    jobs: Sequence[ImageJob], raw_dir: Path, settings: DetectorSettings, iou_threshold: float, crop_size: int
-) -> list[ImageResult]:
-    """The per-image work over a batch: the unit that Prefect and Dask map over."""
-    return [process_image(job, raw_dir, settings, iou_threshold, crop_size) for job in jobs]
+def detect_batch(
+    jobs: Sequence[ImageJob], raw_dir: Path, settings: DetectorSettings, crop_size: int
+) -> list[Detected]:
+    """The per-photo work over a batch: the unit that Prefect and Dask map over."""
+    return [detect_job(job, raw_dir, settings, crop_size) for job in jobs]
 
 
-def map_images(
+# Below this many photos to detect, a process pool costs more to start than it saves.
+POOL_MIN_PHOTOS = 16
+
+
+def detect_jobs(
     jobs: Sequence[ImageJob], raw_dir: Path, params: CleanParams, on_result: Callable[[], None] | None = None
-) -> list[ImageResult]:
-    """Run process_image over every job on `params.workers` processes, in job order."""
-    settings = detector_settings(params)
-    args = (raw_dir, settings, params.iou_threshold, params.crop_size)
-    if params.workers == 1:
+) -> list[Detected]:
+    """Run detect_job over every job on `params.workers` processes, in job order."""
+    args = (raw_dir, detector_settings(params), params.crop_size)
+    if params.workers == 1 or len(jobs) < POOL_MIN_PHOTOS:
         results = []
         for job in jobs:
-            results.append(process_image(job, *args))
+            results.append(detect_job(job, *args))
             if on_result:
                 on_result()
         return results
     with ProcessPoolExecutor(max_workers=params.workers) as pool:
-        futures = [pool.submit(process_image, job, *args) for job in jobs]
+        futures = [pool.submit(detect_job, job, *args) for job in jobs]
         results = []
         for future in futures:
             results.append(future.result())
@@ -168,20 +190,50 @@ def map_images(
         return results
 
 
-BatchWork = Callable[[Sequence[ImageJob]], list[ImageResult]]
+def map_images(
+    jobs: Sequence[ImageJob], raw_dir: Path, params: CleanParams, on_result: Callable[[], None] | None = None
+) -> list[ImageResult]:
+    """process_image over every job on `params.workers` processes, in job order (no cache)."""
+    return [sort_faces(job, detected, params.iou_threshold)
+            for job, detected in zip(jobs, detect_jobs(jobs, raw_dir, params, on_result))]
+
+
+BatchWork = Callable[[Sequence[ImageJob]], list[Detected]]
 # Given the batches and the work for one batch, return each batch's results in batch order.
-BatchMapper = Callable[[list[list[ImageJob]], BatchWork], Iterable[list[ImageResult]]]
+BatchMapper = Callable[[list[list[ImageJob]], BatchWork], Iterable[list[Detected]]]
 
 
 def map_batches_with(
     map_batches: BatchMapper, jobs: Sequence[ImageJob], raw_dir: Path, params: CleanParams, batch_size: int
-) -> list[ImageResult]:
-    """Run process_batch over batches of jobs with a caller's mapper (Prefect tasks, Dask), in job order."""
+) -> list[Detected]:
+    """Run detect_batch over batches of jobs with a caller's mapper (Prefect tasks, Dask), in job order."""
+    if not jobs:
+        return []
     # An absolute folder, since the work may run in another process or on another machine with the same mount.
-    work = partial(process_batch, raw_dir=raw_dir.resolve(), settings=detector_settings(params),
-                   iou_threshold=params.iou_threshold, crop_size=params.crop_size)
+    work = partial(detect_batch, raw_dir=raw_dir.resolve(), settings=detector_settings(params),
+                   crop_size=params.crop_size)
     batches = [list(jobs[i:i + batch_size]) for i in range(0, len(jobs), batch_size)]
     return [result for batch in map_batches(batches, work) for result in batch]
+
+
+def detect_with_cache(
+    jobs: Sequence[ImageJob], raw_dir: Path, params: CleanParams, cache: DetectionCache,
+    map_batches: BatchMapper | None, batch_size: int,
+) -> list[Detected]:
+    """Every job's detections: from the cache where it has them, else detected now (and then cached)."""
+    found = {job.digest: cache.load(job.digest) for job in jobs}
+    todo = [job for job in jobs if found[job.digest] is None]
+    log.info("clean: %d of %d photos detected before with these settings (%s); detecting %d",
+             len(jobs) - len(todo), len(jobs), cache.folder, len(todo))
+    if map_batches is not None:
+        fresh = map_batches_with(map_batches, todo, raw_dir, params, batch_size)
+    else:
+        with progress("clean: detecting faces", total=len(todo)) as advance:
+            fresh = detect_jobs(todo, raw_dir, params, on_result=advance)
+    for job, detected in zip(todo, fresh):
+        cache.save(job.digest, detected)
+        found[job.digest] = detected
+    return [found[job.digest] for job in jobs]
 
 
 def summarize(jobs: Sequence[ImageJob], results: Sequence[ImageResult]) -> dict:
@@ -263,7 +315,8 @@ def reviewed_annotations(data: DataParams) -> tuple[list[Annotation], list[Corre
 def run_clean(
     data: DataParams, params: CleanParams, map_batches: BatchMapper | None = None, batch_size: int = 32
 ) -> dict:
-    """The whole stage: list, dedupe, detect in parallel, match reviews, write products; returns the report.
+    """The whole stage: list, dedupe, detect in parallel what the cache lacks, match reviews, write products;
+    returns the report.
 
     Detection runs on a local process pool, or over batches of `batch_size` images with `map_batches`.
     """
@@ -280,11 +333,9 @@ def run_clean(
     for job in jobs:
         if len(job.paths) > 1:
             log.warning("byte-identical files, processed once: %s", " = ".join(job.paths))
-    if map_batches is not None:
-        results = map_batches_with(map_batches, jobs, data.raw, params, batch_size)
-    else:
-        with progress("clean: detecting faces", total=len(jobs)) as advance:
-            results = map_images(jobs, data.raw, params, on_result=advance)
+    cache = DetectionCache(artifacts.CLEAN_CACHE, detector_settings(params), params.crop_size)
+    detected = detect_with_cache(jobs, data.raw, params, cache, map_batches, batch_size)
+    results = [sort_faces(job, found, params.iou_threshold) for job, found in zip(jobs, detected)]
     for result in results:
         if result.error:
             log.warning("skipped unreadable file: %s", result.error)

@@ -232,6 +232,17 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return error_response(exc.status_code, detail)
 
 
+def keep_uploads_in_memory(limit_bytes: int) -> None:
+    """Let the multipart parser keep a file part up to the upload limit in memory.
+
+    Starlette spools parts over 1 MB to a temporary file on disk, which the route then reads back: a disk write
+    and read per typical 2-5 MB photo. The upload limit and serve.max_pending already bound what a worker holds.
+    """
+    from starlette.formparsers import MultiPartParser
+
+    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limit_bytes)
+
+
 def return_big_frees_to_the_os() -> None:
     """Allocate big blocks (decoded photos) with mmap, so freeing them shrinks the process again.
 
@@ -291,6 +302,7 @@ class ActorService:
         self.seconds_per_photo = 0.1
         cv2.setNumThreads(1)  # parallelism comes from workers x threads; OpenCV's own threads would oversubscribe
         return_big_frees_to_the_os()
+        keep_uploads_in_memory(self.max_bytes)
         self.index_html = ((WEB_DIR / "index.html").read_text().replace("{{max_upload_bytes}}", str(self.max_bytes))
                            .replace("{{supported_formats}}", SUPPORTED_FOR_PEOPLE))
         self.upload_limits = {"/classify": self.max_bytes, "/classify_image": self.legacy_max_bytes}

@@ -65,7 +65,8 @@ def main() -> None:
     from bbt.clean import list_images
     from bbt.embeddings import FaceEmbeddings, resnet
     from bbt.images import ImageError, decode_photo
-    from bbt.service import Classification, Face, ImageSize, ModelInfo
+    from bbt.config import load_params
+    from bbt.service import MB, Classification, Face, ImageSize, ModelInfo, keep_uploads_in_memory
 
     cv2.setNumThreads(1)
     times: dict[str, list[float]] = defaultdict(list)
@@ -80,6 +81,7 @@ def main() -> None:
 
     classifier = served_classifier(root)
     classifier.timed = timed
+    keep_uploads_in_memory(int(load_params(root / "params.yaml").serve.max_upload_mb * MB))  # as the service does
     embedder = FaceEmbeddings()
     info = ModelInfo(name="bbt-actor-classifier", version="profile", open_set_rule=classifier.model.rule)
     raw = root / "data/raw"

@@ -27,7 +27,8 @@ from prefect.tasks import exponential_backoff
 from bbt import artifacts
 from bbt.audit import run_audit
 from bbt.candidates import FAMILIES
-from bbt.clean import BatchWork, ImageJob, ImageResult, run_clean
+from bbt.clean import BatchWork, ImageJob, run_clean
+from bbt.detection_cache import Detected
 from bbt.config import FEATURE_SETS, ConfigError, Params, load_params
 from bbt.errors import BbtError
 from bbt.evaluate import run_evaluate
@@ -107,14 +108,14 @@ def pull_data() -> str:
 
 # No timeout here: on Dask it runs in a worker thread, where Prefect cannot interrupt it (clean has one).
 @task(name="detect-faces", cache_policy=NO_CACHE)
-def detect_faces(batch: list[ImageJob], work: BatchWork) -> list[ImageResult]:
-    """The per-image work (decode, detect, match, crop) of one batch, wherever the task runner puts it."""
+def detect_faces(batch: list[ImageJob], work: BatchWork) -> list[Detected]:
+    """The per-photo work (decode, detect, crop) of one batch, wherever the task runner puts it."""
     results = work(batch)
-    get_run_logger().info("%d images, %d faces", len(batch), sum(len(r.faces) for r in results))
+    get_run_logger().info("%d images, %d faces", len(batch), sum(len(r.boxes) for r in results))
     return results
 
 
-def map_over_task_runner(batches: list[list[ImageJob]], work: BatchWork) -> list[list[ImageResult]]:
+def map_over_task_runner(batches: list[list[ImageJob]], work: BatchWork) -> list[list[Detected]]:
     """bbt.clean's BatchMapper: one detect-faces task per batch, on the flow's task runner."""
     futures = detect_faces.map(batches, work=unmapped(work))
     with progress("clean: detecting faces, batches", total=len(futures)) as advance:

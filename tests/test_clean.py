@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bbt import artifacts
-from bbt.clean import run_clean
+from PIL import Image
+
+from bbt import artifacts, clean
+from bbt.clean import POOL_MIN_PHOTOS, detect_jobs, list_images, plan_jobs, reviewed_annotations, run_clean
 from bbt.config import CleanParams, DataParams
 from bbt.errors import DataError
 from tests.conftest import Project
@@ -95,7 +97,59 @@ def test_a_stranger_verdict_makes_an_unknown_face_and_a_bad_one_names_its_row(sm
 
 @pytest.mark.integration
 def test_one_worker_gives_the_same_result(small_dataset: DataParams) -> None:
-    assert run_clean(small_dataset, CleanParams(workers=1)) == run_clean(small_dataset, CleanParams(workers=2))
+    first = run_clean(small_dataset, CleanParams(workers=1))
+    shutil.rmtree(artifacts.CLEAN_CACHE)
+    assert run_clean(small_dataset, CleanParams(workers=2)) == first
+    # Enough photos for the process pool: the same detections as one process.
+    annotations = reviewed_annotations(small_dataset)[0]
+    jobs = plan_jobs(small_dataset.raw, list_images(small_dataset.raw), annotations) * 5
+    assert len(jobs) >= POOL_MIN_PHOTOS
+    pooled, alone = (detect_jobs(jobs, small_dataset.raw, CleanParams(workers=n)) for n in (2, 1))
+    assert [d.boxes for d in pooled] == [d.boxes for d in alone]
+    assert all(np.array_equal(a.crops, b.crops) for a, b in zip(pooled, alone) if a.crops is not None)
+
+
+def products() -> dict[str, bytes]:
+    return {str(path): path.read_bytes() for path in (artifacts.FACES, artifacts.DETECTIONS, artifacts.CLEAN_METRICS)}
+
+
+@pytest.mark.integration
+def test_a_second_run_detects_nothing_and_writes_the_same_products(small_dataset: DataParams,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    run_clean(small_dataset, CleanParams(workers=1))
+    first = products()
+
+    def must_not_run(*args: object, **kwargs: object) -> None:
+        raise AssertionError("detect_job ran although every photo is in the cache")
+
+    monkeypatch.setattr(clean, "detect_job", must_not_run)
+    run_clean(small_dataset, CleanParams(workers=1))
+    assert products() == first
+
+
+@pytest.mark.integration
+def test_an_added_photo_is_the_only_one_detected_and_the_products_equal_a_full_run(
+        small_dataset: DataParams, monkeypatch: pytest.MonkeyPatch) -> None:
+    run_clean(small_dataset, CleanParams(workers=1))
+    source = next(p for p in sorted(small_dataset.raw.rglob("*.jpg")) if "broken" not in p.name)
+    with Image.open(source) as image:
+        image.save(source.parent / "re-encoded.jpg", quality=80)
+    detected: list[str] = []
+    real = clean.detect_job
+
+    def counted(job: clean.ImageJob, *args: object, **kwargs: object) -> object:
+        detected.append(job.paths[0])
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(clean, "detect_job", counted)
+    incremental = run_clean(small_dataset, CleanParams(workers=1))
+    assert detected == [str((source.parent / "re-encoded.jpg").relative_to(small_dataset.raw))]
+    assert incremental["total"]["images"] == 5
+    after_adding = products()
+    shutil.rmtree(artifacts.CLEAN_CACHE)
+    assert run_clean(small_dataset, CleanParams(workers=1)) == incremental
+    assert products() == after_adding
+    assert len(detected) == 1 + 4  # the full run detected all four distinct photos again
 
 
 def test_missing_data_says_dvc_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

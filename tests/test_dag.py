@@ -27,6 +27,9 @@ UNDECLARABLE = {"data.dvc"}
 # The MLflow, BentoML and Prefect stores (in the project in these tests): where register's side effect goes, and
 # what it reads back (its own logged model), not inputs of the pipeline.
 STORES = ("mlruns/", "bentoml/", "prefect/")
+# clean's per-photo detection cache: found by the photo's content hash, the settings and the detection code's
+# own hash (bbt/detection_cache.py), so it can save work but never change a product (tests/test_clean.py).
+CACHES = ("artifacts/cache/",)
 
 
 def declared(stage: dict, params: dict) -> tuple[set[str], set[str]]:
@@ -87,7 +90,7 @@ def test_every_stage_declares_what_it_reads(trained_project: Project, tmp_path: 
         declared_code = {d for d in deps if d.startswith("bbt/")}
         if not modules <= declared_code:
             problems.append(f"{name}: code run but not declared {sorted(modules - declared_code)}")
-        files = {f for f in read["files"] if not f.startswith((".venv/", ".git/", ".dvc/", *STORES)) and
+        files = {f for f in read["files"] if not f.startswith((".venv/", ".git/", ".dvc/", *STORES, *CACHES)) and
                  not f.endswith(".py") and f != "params.yaml" and f not in UNDECLARABLE}
         data_deps = deps - declared_code
         unread = {d for d in data_deps if not any(covered(f, {d}) for f in files)}

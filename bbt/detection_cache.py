@@ -1,0 +1,90 @@
+"""Per-photo detections (boxes and face crops) kept between `clean` runs, so a run redoes only the new photos.
+
+An entry is found by the photo's content hash and everything else that decides its detections: the detector
+settings, the crop size, the source of the modules that detect and crop, and the versions of the libraries
+they call. Reviews are not part of it: they are matched to the cached boxes on every run. Entries are written
+atomically (a temporary file, then a rename), so a crash or a parallel run never leaves a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bbt.faces import Box, DetectorSettings
+
+# The code whose changes change detections; the cache key covers its source.
+DETECTION_MODULES = ("faces.py", "yunet.py", "images.py")
+DETECTION_PACKAGES = ("opencv-python-headless", "pillow", "numpy", "yuface", "onnxruntime", "dlib-bin")
+
+
+@dataclass(frozen=True)
+class Detected:
+    """What detection found in one photo: boxes in the photo's pixels and their crops, or why it failed."""
+
+    boxes: tuple[Box, ...] = ()
+    crops: np.ndarray | None = None  # (len(boxes), crop_size, crop_size, 3) uint8
+    error: str | None = None
+
+
+def code_fingerprint(package: Path = Path(__file__).parent) -> str:
+    """A hash of the detection code (in `package`) and the versions of the libraries it runs on."""
+    digest = hashlib.sha256()
+    for name in DETECTION_MODULES:
+        digest.update(name.encode() + b"\0" + (package / name).read_bytes())
+    for name in DETECTION_PACKAGES:
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            version = "-"
+        digest.update(f"{name}=={version}\0".encode())
+    return digest.hexdigest()
+
+
+class DetectionCache:
+    """The entries of one detector setting and crop size under `folder` (entries of others are left alone)."""
+
+    def __init__(self, folder: Path, settings: DetectorSettings, crop_size: int) -> None:
+        self.folder = folder
+        self.context = json.dumps({"settings": asdict(settings), "crop_size": crop_size,
+                                   "code": code_fingerprint()}, sort_keys=True)
+
+    def path(self, photo_digest: str) -> Path:
+        key = hashlib.sha256(f"{photo_digest}\0{self.context}".encode()).hexdigest()
+        return self.folder / key[:2] / f"{key}.npz"
+
+    def load(self, photo_digest: str) -> Detected | None:
+        """The photo's cached detections, or None (never cached, or an entry that cannot be read)."""
+        path = self.path(photo_digest)
+        try:
+            with np.load(path, allow_pickle=False) as entry:
+                if str(entry["context"]) != self.context:  # a hash collision, however unlikely
+                    return None
+                error = str(entry["error"])
+                if error:
+                    return Detected(error=error)
+                return Detected(tuple(Box(*map(int, b)) for b in entry["boxes"]), entry["crops"])
+        except (OSError, KeyError, ValueError, EOFError):
+            return None
+
+    def save(self, photo_digest: str, detected: Detected) -> None:
+        path = self.path(photo_digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        boxes = np.array([[b.x, b.y, b.w, b.h] for b in detected.boxes], dtype=np.int64).reshape(-1, 4)
+        crops = detected.crops if detected.crops is not None else np.zeros((0, 1, 1, 3), np.uint8)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                np.savez_compressed(out, boxes=boxes, crops=crops, error=np.array(detected.error or ""),
+                         context=np.array(self.context))
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
