@@ -102,7 +102,7 @@ def test_one_worker_gives_the_same_result(small_dataset: DataParams) -> None:
     assert run_clean(small_dataset, CleanParams(workers=2)) == first
     # Enough photos for the process pool: the same detections as one process.
     annotations = reviewed_annotations(small_dataset)[0]
-    jobs = plan_jobs(small_dataset.raw, list_images(small_dataset.raw), annotations) * 5
+    jobs = plan_jobs(small_dataset.raw, list_images(small_dataset.raw), annotations) * 6
     assert len(jobs) >= POOL_MIN_PHOTOS
     pooled, alone = (detect_jobs(jobs, small_dataset.raw, CleanParams(workers=n)) for n in (2, 1))
     assert [d.boxes for d in pooled] == [d.boxes for d in alone]
