@@ -175,7 +175,8 @@ def field_missing_message(request: Request) -> tuple[int, str]:
 # ---- the upload limit, enforced before the body is read ----------------------------------------------------
 
 class UploadLimit:
-    """ASGI middleware refusing request bodies over the route's limit with a 413, without buffering them.
+    """ASGI middleware refusing request bodies over the route's limit with a 413, without buffering them, and
+    photos a full worker cannot take with a 503 before their body is parsed.
 
     The limits belong to the running service (they come from params.yaml when it starts).
     """
@@ -194,6 +195,10 @@ class UploadLimit:
             if int(declared) <= DRAIN_LIMIT_BYTES:
                 await self._drain(receive)
             return await error_response(413, UploadTooLarge(limit).detail)(scope, receive, send)
+        busy = bentoml.get_current_service().busy()
+        if busy is not None:
+            await self._drain(receive)
+            return await busy_response(busy)(scope, receive, send)
         received = 0
 
         async def counted() -> dict:
@@ -208,8 +213,11 @@ class UploadLimit:
 
     @staticmethod
     async def _drain(receive: Any) -> None:
-        while True:
+        """Read and drop the body (so the client reads the answer), up to DRAIN_LIMIT_BYTES."""
+        drained = 0
+        while drained <= DRAIN_LIMIT_BYTES:
             message = await receive()
+            drained += len(message.get("body", b""))
             if message["type"] != "http.request" or not message.get("more_body"):
                 return
 
@@ -320,11 +328,18 @@ class ActorService:
             FACES.labels(label=face.label).inc()
         return faces, photo.size
 
+    def busy(self) -> Busy | None:
+        """Busy (with a Retry-After estimate) when serve.max_pending photos are already in this worker."""
+        if self.pending < self.settings.max_pending:
+            return None
+        # The queue drains THREADS_PER_WORKER photos at a time.
+        return Busy(max(1, math.ceil(self.pending * self.seconds_per_photo / THREADS_PER_WORKER)))
+
     async def run_classifier(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]]:
         """classify_bytes on the worker's thread pool; Busy at once when serve.max_pending photos are in it."""
-        if self.pending >= self.settings.max_pending:
-            # The queue drains THREADS_PER_WORKER photos at a time.
-            raise Busy(max(1, math.ceil(self.pending * self.seconds_per_photo / THREADS_PER_WORKER)))
+        busy = self.busy()  # photos may have arrived while this one's body was read
+        if busy is not None:
+            raise busy
         self.pending += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self.executor, self.timed_classify, data, name)

@@ -94,7 +94,7 @@ def main() -> None:
         print("| run | photos | time |\n|---|---|---|")
         for copy in range(args.copies):
             for path in originals:
-                (path.parent / f"{path.stem} copy {copy}.jpg").write_bytes(reencoded(path, 90 - copy))
+                (path.parent / f"{path.name} copy {copy}.jpg").write_bytes(reencoded(path, 90 - copy))
         shutil.rmtree(artifacts.CLEAN_CACHE)
         big = timed_clean(f"{args.copies + 1}x dataset from scratch, process pool", params)
         for i, path in enumerate(originals[5:10]):

@@ -33,6 +33,7 @@ CANVAS = (1920, 1280)
 GREY = 114
 IOU = 0.5
 OTHER_DETECTORS = {
+    "yunet, 480 px": DetectorSettings(method="yunet", yunet_side=480, decode_side=1280),
     "yunet, 960 px": DetectorSettings(method="yunet", yunet_side=960, decode_side=1280),
     "hog, 800 px (before)": DetectorSettings(method="hog", hog_side=800, decode_side=0),
 }
