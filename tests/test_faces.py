@@ -53,3 +53,17 @@ def test_detector_is_safe_to_share_between_threads() -> None:
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_a_box_in_photo_pixels_is_cut_from_the_reduced_pixels() -> None:
+    from bbt.faces import crop_photo_face
+    from bbt.images import Photo
+
+    rng = np.random.default_rng(1)
+    reduced = rng.integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    photo = Photo(reduced, (300, 200))  # decoded at half size
+    assert np.array_equal(crop_photo_face(photo, Box(60, 40, 80, 80), 32), crop_face(reduced, Box(30, 20, 40, 40), 32))
+    full = Photo(reduced, (150, 100))
+    assert np.array_equal(crop_photo_face(full, Box(30, 20, 41, 41), 32), crop_face(reduced, Box(30, 20, 41, 41), 32))
+    edge = crop_photo_face(photo, Box(298, 198, 2, 2), 32)  # one reduced pixel, not an empty crop
+    assert edge.shape == (32, 32, 3)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bbt.images import ImageError, decode_image
+from bbt.images import ImageError, decode_image, decode_photo
 
 
 def encode(image: Image.Image, fmt: str, **options) -> bytes:
@@ -100,3 +100,26 @@ def test_pixel_limit_is_checked_before_decoding() -> None:
     assert len(bomb) < 100_000
     with pytest.raises(ImageError, match="megapixel"):
         decode_image(bomb, "bomb.png", max_pixels=40_000_000)
+
+
+@pytest.mark.parametrize(("min_side", "expected"), [(0, (2000, 3000)), (1280, (1000, 1500)), (700, (500, 750)),
+                                                    (300, (250, 375)), (3000, (2000, 3000))])
+def test_large_jpegs_are_decoded_reduced_but_never_below_min_side(min_side: int, expected: tuple[int, int]) -> None:
+    photo = decode_photo(encode(gradient(3000, 2000), "JPEG"), "photo", min_side=min_side)
+    assert photo.image.shape[:2] == expected  # DCT scaling: 1/1, 1/2, 1/4 or 1/8
+    assert photo.size == (3000, 2000)
+    assert photo.scale == (expected[1] / 3000, expected[0] / 2000)
+    assert max(photo.image.shape[:2]) >= min(min_side, 3000)
+
+
+def test_a_reduced_rotated_jpeg_keeps_its_upright_size() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = decode_photo(encode(gradient(3000, 2000), "JPEG", exif=exif.tobytes()), "photo", min_side=1280)
+    assert photo.size == (2000, 3000) and photo.image.shape[:2] == (1500, 1000)
+    assert photo.scale == (0.5, 0.5)
+
+
+def test_other_formats_are_decoded_at_full_size() -> None:
+    photo = decode_photo(encode(gradient(3000, 2000), "PNG"), "photo", min_side=1280)
+    assert photo.image.shape[:2] == (2000, 3000) and photo.scale == (1.0, 1.0)
