@@ -304,8 +304,8 @@ class ActorService:
         self.legacy_max_bytes = int(self.max_bytes * BASE64_GROWTH) + ENVELOPE_BYTES
         # A fixed pool: each thread keeps its own cascades (and their buffers), so their number stays bounded.
         self.executor = ThreadPoolExecutor(THREADS_PER_WORKER, thread_name_prefix="classify")
-        # Photos in this worker (classified or waiting for a thread), and the recent seconds per photo, for the
-        # Retry-After estimate. Only the event loop's thread touches them.
+        # Photos in this worker (classified or waiting for a thread; only the event loop's thread counts them),
+        # and the recent seconds per photo (updated by the classify threads: a hint for Retry-After only).
         self.pending = 0
         self.seconds_per_photo = 0.1
         cv2.setNumThreads(1)  # parallelism comes from workers x threads; OpenCV's own threads would oversubscribe

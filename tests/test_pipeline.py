@@ -26,18 +26,19 @@ def test_the_detector_recovers_the_accepted_faces(trained_project: Project) -> N
     # box a verdict: 56 are one of the four (accepted), 58 strangers, 8 unusable.
     assert report["second_review"]["total"] == {"accepted": 56, "confirmed": 1, "relabelled": 3, "stranger": 58,
                                                 "unusable": 8}
-    assert report["faces_per_label"] == {"howard": 59, "leonard": 15, "raj": 52, "sheldon": 53}
-    assert report["stranger_faces"] == 52
-    # The re-accepted faces include small ones the HOG detector at 800 px misses (issue 13 is about them).
-    assert report["total"]["missed_annotations"] == 11
-    assert report["detector_recall"] >= 0.94
+    assert report["faces_per_label"] == {"howard": 61, "leonard": 16, "raj": 55, "sheldon": 55}
+    assert report["stranger_faces"] == 56
+    # YuNet finds the small faces of group photos the second review accepted (HOG at 800 px missed 11 boxes);
+    # its 3 misses are faces it finds with a box much larger than the tight accepted one.
+    assert report["total"]["missed_annotations"] == 3
+    assert report["detector_recall"] >= 0.97
     assert report["total"]["images"] == 419
     assert report["total"]["duplicates"] == 6
 
 
 def test_the_audit_finds_no_open_suspect_after_the_second_review(trained_project: Project) -> None:
     audit = metrics(trained_project, "audit")
-    assert audit["faces"] == 179 and audit["unreviewed_suspects"] == 0
+    assert audit["faces"] == 187 and audit["unreviewed_suspects"] == 0
     # Every box the first review rejected has a second verdict, and each agrees with the audit's proposal.
     assert audit["rejected_unreviewed"] == 0 and audit["rejected_disagreements"] == 0
     assert (trained_project.root / "reports/label_audit.png").is_file()
