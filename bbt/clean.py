@@ -32,7 +32,7 @@ from bbt.annotations import (
     match,
 )
 from bbt.config import CleanParams, DataParams
-from bbt.detection_cache import DetectionCache, Detected
+from bbt.detection_cache import Detected, DetectionCache
 from bbt.errors import DataError
 from bbt.faces import Box, DetectorSettings, FaceDetector, crop_photo_face
 from bbt.images import ImageError, decode_photo

@@ -129,8 +129,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": why}
     for status, why in ((400, "Missing field or bad image"), (413, "Upload too large"),
                         (415, "Not multipart/form-data"),
-                        (503, "Busy: serve.max_pending photos are already in this worker; retry after the "
-                              "Retry-After header's seconds"))
+                        (503, ("Busy: serve.max_pending photos are already in this worker; retry after the "
+                               "Retry-After header's seconds")))
 }
 
 

@@ -29,9 +29,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bbt import artifacts  # noqa: E402
-from bbt.clean import run_clean  # noqa: E402
-from bbt.config import load_params  # noqa: E402
+from bbt import artifacts
+from bbt.clean import run_clean
+from bbt.config import load_params
 
 
 def reencoded(path: Path, quality: int) -> bytes:
@@ -48,7 +48,7 @@ def products_digest() -> str:
     return digest.hexdigest()[:16]
 
 
-def timed_clean(label: str, params, **kwargs) -> float:  # noqa: ANN001
+def timed_clean(label: str, params, **kwargs) -> float:
     start = time.perf_counter()
     report = run_clean(params.data, params.clean, **kwargs)
     seconds = time.perf_counter() - start
@@ -56,8 +56,8 @@ def timed_clean(label: str, params, **kwargs) -> float:  # noqa: ANN001
     return seconds
 
 
-def dask_mapper(client):  # noqa: ANN001, ANN201
-    def map_batches(batches, work):  # noqa: ANN001, ANN202
+def dask_mapper(client):
+    def map_batches(batches, work):
         return client.gather(client.map(work, batches, pure=False))
     return map_batches
 

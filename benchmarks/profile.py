@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.small_faces import served_classifier  # noqa: E402
+from benchmarks.small_faces import served_classifier
 
 STAGES = ("multipart", "decode", "detect", "crop", "align", "embed", "classify", "json")
 BOUNDARY = "bbtprofileboundary"
@@ -63,9 +63,9 @@ def main() -> None:
     import cv2
 
     from bbt.clean import list_images
+    from bbt.config import load_params
     from bbt.embeddings import FaceEmbeddings, resnet
     from bbt.images import ImageError, decode_photo
-    from bbt.config import load_params
     from bbt.service import MB, Classification, Face, ImageSize, ModelInfo, keep_uploads_in_memory
 
     cv2.setNumThreads(1)
@@ -102,8 +102,8 @@ def main() -> None:
             with timed("decode"):
                 photo = decode_photo(body, path, min_side=classifier.decode_side)
         except ImageError:
-            for stage in times:
-                times[stage].pop()
+            for values in times.values():
+                values.pop()
             continue
         faces = classifier.classify(photo)  # times detect, crop, features, classify
         faces_per_photo.append(len(faces))

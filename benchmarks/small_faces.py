@@ -25,9 +25,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bbt import ACTORS  # noqa: E402
-from bbt.faces import Box, DetectorSettings, FaceDetector  # noqa: E402
-from bbt.images import decode_photo  # noqa: E402
+from bbt import ACTORS
+from bbt.faces import Box, DetectorSettings, FaceDetector
+from bbt.images import decode_photo
 
 CANVAS = (1920, 1280)
 GREY = 114

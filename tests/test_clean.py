@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from PIL import Image
 
 from bbt import artifacts, clean

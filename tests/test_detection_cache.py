@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bbt.detection_cache import DETECTION_MODULES, DetectionCache, Detected, code_fingerprint
+from bbt.detection_cache import DETECTION_MODULES, Detected, DetectionCache, code_fingerprint
 from bbt.faces import Box, DetectorSettings
 
 SETTINGS = DetectorSettings(method="yunet", decode_side=1280)

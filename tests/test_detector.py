@@ -12,6 +12,7 @@ from bbt.annotations import load_annotations
 from bbt.clean import detector_settings, list_images, map_images, plan_jobs, reviewed_annotations, summarize
 from bbt.config import CleanParams, DataParams, load_params
 from bbt.faces import DetectorSettings, FaceDetector, _clip
+from bbt.images import decode_image
 from tests.conftest import Project
 
 HOG = DetectorSettings(method="hog")
@@ -49,11 +50,14 @@ def test_boxes_are_clipped_to_the_image() -> None:
     assert _clip(97, 0, 50, 50, width=100, height=100) is None
 
 
-def test_hog_detector_is_safe_to_share_between_threads() -> None:
-    detector = FaceDetector(HOG)
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (300, 400, 3), dtype=np.uint8) for _ in range(3)]
+@pytest.mark.integration
+@pytest.mark.parametrize("settings", [HOG, YUNET], ids=["hog", "yunet"])
+def test_one_detector_serves_many_threads_with_the_same_answers(settings: DetectorSettings,
+                                                                 pulled_project: Project) -> None:
+    detector = FaceDetector(settings)
+    images = [decode_image(path.read_bytes()) for path in sorted((pulled_project.root / "data/raw/raj").iterdir())[:4]]
     expected = [detector.detect(image) for image in images]
+    assert sum(map(len, expected)) >= 4  # real faces, so a wrong answer would show
     errors: list[BaseException] = []
 
     def work(image: np.ndarray, boxes: list) -> None:

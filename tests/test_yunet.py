@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 
 from bbt.errors import ModelError
-from bbt.faces import DetectorSettings, FaceDetector
 from bbt.images import decode_image
 from bbt.yunet import LAYERS, YuNet, library_path, load_layers
 from tests.conftest import Project
@@ -58,26 +56,3 @@ def test_the_onnx_network_finds_the_faces_the_wheel_finds(pulled_project: Projec
             assert np.abs(np.array(face.box) - box).max() <= 1
         faces += len(ours)
     assert faces >= 12
-
-
-@pytest.mark.integration
-def test_one_detector_serves_many_threads_with_the_same_answers(pulled_project: Project) -> None:
-    detector = FaceDetector(DetectorSettings(method="yunet"))
-    images = photos(pulled_project, 4)
-    expected = [detector.detect(image) for image in images]
-    assert sum(map(len, expected)) >= 4  # real faces, so a wrong answer would show
-    errors: list[BaseException] = []
-
-    def work(image: np.ndarray, boxes: list) -> None:
-        try:
-            for _ in range(3):
-                assert detector.detect(image) == boxes
-        except BaseException as err:  # noqa: BLE001 - any failure in a thread fails the test
-            errors.append(err)
-
-    threads = [threading.Thread(target=work, args=pair) for pair in zip(images * 2, expected * 2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
