@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,11 +30,30 @@ class Annotation:
     first_review: str = ""  # what annotations.csv said, when the second review changed it
 
 
+WHOLE_NUMBER = re.compile(r"[0-9]+")
+
+
 def _read_rows(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
+    """Every cell as text (boxes are checked row by row); a file that is not a readable UTF-8 CSV is a DataError."""
     if not path.exists():
         raise DataError(f"{path} not found: {fix}")
-    frame = pd.read_csv(path, dtype={"label": "string", "image": "string", "review": "string",
-                                     "reason": "string"})
+    header = ",".join(columns)
+    try:
+        frame = pd.read_csv(path, dtype=str, encoding="utf-8")
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path} is empty: it needs at least the header line `{header}`") from None
+    except UnicodeDecodeError:
+        data = path.read_bytes()
+        try:  # pandas decodes in chunks: find the byte's place in the whole file
+            data.decode("utf-8")
+            at = 0
+        except UnicodeDecodeError as err:
+            at = err.start
+        line = data[:at].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: byte {data[at:at + 1]!r} is not UTF-8 text: save the file as UTF-8") from None
+    except pd.errors.ParserError as err:
+        raise DataError(f"{path} is not a well-formed CSV ({str(err).strip()}): check that every quoted field "
+                        f"is closed and every row has the columns `{header}`") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks column(s) {missing}; expected columns {columns}")
@@ -48,6 +68,9 @@ def _parse(
     annotations: list[tuple[int, Annotation]] = []
     for row_number, row in enumerate(frame.itertuples(index=False), start=2):
         where = f"{path}:{row_number}"
+        if not isinstance(row.image, str) or not row.image.strip():
+            problems.append(f"{where}: the image column is empty; give the photo's path under data/raw")
+            continue
         review = row.review if isinstance(row.review, str) else ""
         label = row.label if isinstance(row.label, str) and row.label else None
         if review not in REVIEWS:
@@ -60,12 +83,12 @@ def _parse(
             problems.append(f"{where}: a {review} face must have an empty label, got {label!r} "
                             "(a face of one of the four actors is `accepted` with its label)")
             continue
-        try:
-            box = Box(int(row.x), int(row.y), int(row.w), int(row.h))
-        except (TypeError, ValueError):
-            problems.append(f"{where}: x, y, w, h must be whole numbers")
+        values = [v.strip() if isinstance(v, str) else "" for v in (row.x, row.y, row.w, row.h)]
+        if not all(WHOLE_NUMBER.fullmatch(v) and len(v) <= 9 for v in values):
+            problems.append(f"{where}: x, y, w, h must be whole numbers of pixels, got {', '.join(map(repr, values))}")
             continue
-        if box.w <= 0 or box.h <= 0 or box.x < 0 or box.y < 0:
+        box = Box(*map(int, values))
+        if box.w <= 0 or box.h <= 0:
             problems.append(f"{where}: box {box} must have x, y >= 0 and w, h > 0")
             continue
         if raw_dir is not None and not (raw_dir / row.image).is_file():

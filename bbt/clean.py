@@ -84,6 +84,13 @@ def list_images(raw_dir: Path) -> list[str]:
             "(the remote 'store' must be reachable: `dvc remote list`)"
         )
     paths = sorted(str(p.relative_to(raw_dir)) for p in raw_dir.rglob("*") if p.is_file())
+    for path in paths:
+        try:
+            path.encode("utf-8")
+        except UnicodeEncodeError:
+            shown = path.encode("utf-8", "surrogateescape")  # the bytes as they are on disk
+            raise DataError(f"{raw_dir}: the file name {shown!r} is not valid UTF-8: rename it (names are written "
+                            "to CSV files and shown on pages) and run `dvc add data` again") from None
     if not paths:
         raise DataError(f"{raw_dir} has no files: run `dvc pull data.dvc`, or `dvc add data` after adding photos")
     return paths

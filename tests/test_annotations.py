@@ -56,3 +56,38 @@ def test_match_needs_enough_overlap_and_prefers_accepted() -> None:
     assert match(Box(0, 0, 100, 100), [rejected, accepted], 0.5) is accepted
     assert match(Box(0, 0, 100, 100), [rejected], 0.5) is rejected
     assert match(Box(300, 300, 50, 50), [rejected, accepted], 0.5) is None
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", r"annotations.csv is empty: it needs at least the header line `image,x,y,w,h,label,review`"),
+        (HEADER.encode() + b'raj/a.jpg,1,2,30,30,"raj,accepted\n', r"annotations.csv is not a well-formed CSV"),
+        (HEADER.encode() + b"raj/a.jpg,1,2,30,30,raj,accepted\nraj/\xe9.jpg,1,2,30,30,raj,accepted\n",
+         r"annotations.csv:3: byte b'\\xe9' is not UTF-8 text: save the file as UTF-8"),
+        (HEADER.encode() + b"raj/a.jpg,1,2,1e400,30,raj,accepted\n",
+         r"annotations.csv:2: x, y, w, h must be whole numbers of pixels, got '1', '2', '1e400', '30'"),
+        (HEADER.encode() + b"raj/a.jpg,96.7,2,30,30,raj,accepted\n", r"annotations.csv:2: .* got '96.7'"),
+        (HEADER.encode() + b"raj/a.jpg,-4,2,30,30,raj,accepted\n", r"annotations.csv:2: .* got '-4'"),
+        (HEADER.encode() + b",1,2,30,30,raj,accepted\n", r"annotations.csv:2: the image column is empty"),
+    ],
+    ids=["empty", "unbalanced-quote", "not-utf8", "overflow", "fraction", "negative", "no-image"],
+)
+def test_malformed_files_stop_with_the_file_row_and_fix(tmp_path: Path, content: bytes, message: str) -> None:
+    path = tmp_path / "annotations.csv"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        load_annotations(path)
+
+
+def test_a_file_name_that_is_not_utf8_is_refused_by_name_before_any_work(tmp_path: Path) -> None:
+    import os
+
+    from bbt.clean import list_images
+
+    (tmp_path / "raj").mkdir()
+    (tmp_path / "raj/good.jpg").write_bytes(b"x")
+    with open(os.path.join(os.fsencode(tmp_path / "raj"), b"caf\xe9.jpg"), "wb") as out:
+        out.write(b"x")
+    with pytest.raises(DataError, match=r"the file name b'raj/caf\\xe9.jpg' is not valid UTF-8: rename it"):
+        list_images(tmp_path)
