@@ -106,11 +106,17 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
 
 def _to_bgr(image: Image.Image) -> np.ndarray:
     """Convert any Pillow mode to 8-bit BGR, dropping alpha like OpenCV's IMREAD_COLOR does."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        wide = np.asarray(image, dtype=np.uint32 if image.mode == "I" else np.uint16)
-        gray = (wide >> 8).clip(0, 255).astype(np.uint8) if image.mode != "I" else (
-            (wide >> 8).clip(0, 255).astype(np.uint8)
-        )
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        gray = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+    if image.mode == "I":
+        # 32-bit integers carry no bit depth of their own: 8-bit, 16-bit (some PNG and TIFF readers) or wider
+        # data. Shift by what the largest value needs, so none of them comes out black or white.
+        wide = np.asarray(image, dtype=np.int64).clip(0, None)
+        bits = int(wide.max(initial=0)).bit_length()
+        # A 16-bit image keeps its brightness, however dark its brightest pixel.
+        shift = 0 if bits <= 8 else 8 if bits <= 16 else bits - 8
+        gray = (wide >> shift).clip(0, 255).astype(np.uint8)
         return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
     if image.mode == "F":
         gray = np.asarray(image, dtype=np.float32).clip(0, 255).astype(np.uint8)

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import ctypes
+import json
 import logging
 import math
 import os
@@ -43,7 +44,9 @@ MODEL_NAME = "bbt-actor-classifier"
 WEB_DIR = Path(__file__).with_name("web")
 MB = 1024 * 1024
 # A data URL carries base64 (4 bytes per 3) plus its header: the legacy route's body may be this much larger.
-BASE64_GROWTH = 4 / 3
+# Old pages post it URL-encoded, where '+' and '/' (1 in 32 base64 characters) take 3 bytes each: 1.0625x more,
+# and a margin for photos whose base64 has more of them.
+BASE64_GROWTH = 4 / 3 * 1.1
 ENVELOPE_BYTES = 64 * 1024
 # Bodies over the limit are read and thrown away up to this size so the client sees the 413, then closed.
 DRAIN_LIMIT_BYTES = 64 * MB
@@ -220,6 +223,54 @@ class UploadLimit:
             drained += len(message.get("body", b""))
             if message["type"] != "http.request" or not message.get("more_body"):
                 return
+
+
+class JsonErrors:
+    """ASGI middleware for the whole server: a plain-text error BentoML's own router answers (an unknown path,
+    a wrong method on its routes) becomes `{"error": ...}` like every other error of this service."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        held: dict[str, Any] = {}
+
+        async def rewrite(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                if message["status"] >= 400 and headers.get(b"content-type", b"").startswith(b"text/plain"):
+                    held["start"], held["body"] = message, b""
+                    return
+            elif "start" in held and message["type"] == "http.response.body":
+                held["body"] += message.get("body", b"")
+                if message.get("more_body"):
+                    return
+                status = held["start"]["status"]
+                text = held["body"].decode("utf-8", "replace").strip() or "error"
+                why = f"{scope['method']} {scope['path']}: {text.lower()}"
+                if status == 404:
+                    why += "; the routes are /, /classify, /classify_image, /livez, /readyz, /metrics and /docs.json"
+                body = json.dumps({"error": why}).encode()
+                headers = [(k, v) for k, v in held["start"].get("headers", [])
+                           if k.lower() not in (b"content-type", b"content-length")]
+                await send({**held["start"], "headers": [*headers, (b"content-type", b"application/json"),
+                                                         (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+            await send(message)
+
+        await self.app(scope, receive, rewrite)
+
+
+class Assets(StaticFiles):
+    """The page's static files, without the page's template (served, filled in, at /)."""
+
+    async def get_response(self, path: str, scope: dict) -> Any:
+        if Path(path).name == "index.html":
+            raise StarletteHTTPException(404, "not found: the page is at /")
+        return await super().get_response(path, scope)
 
 
 web = FastAPI(title="bbt actor classifier", version="1", docs_url=None, redoc_url=None, openapi_url=None,
@@ -422,4 +473,5 @@ def decode_data_url(value: str) -> bytes:
         raise ImageError("'image_data' is not valid base64: send the photo as data:image/jpeg;base64,...") from None
 
 
-web.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+web.mount("/static", Assets(directory=WEB_DIR), name="static")
+ActorService.add_asgi_middleware(JsonErrors)

@@ -123,3 +123,12 @@ def test_a_reduced_rotated_jpeg_keeps_its_upright_size() -> None:
 def test_other_formats_are_decoded_at_full_size() -> None:
     photo = decode_photo(encode(gradient(3000, 2000), "PNG"), "photo", min_side=1280)
     assert photo.image.shape[:2] == (2000, 3000) and photo.scale == (1.0, 1.0)
+
+
+@pytest.mark.parametrize(("values", "expected"), [((0, 200), 200), ((0, 65535), 255), ((0, 3000), 11),
+                                                  ((0, 2**31 - 1), 255), ((-5, 100), 100)],
+                         ids=["8-bit", "16-bit", "dark-16-bit", "32-bit", "negative"])
+def test_thirty_two_bit_integer_tiffs_are_neither_black_nor_white(values: tuple[int, int], expected: int) -> None:
+    pixels = np.array([[values[0], values[1]]], dtype=np.int32).repeat(4, axis=0)
+    decoded = decode_image(encode(Image.fromarray(pixels, "I"), "TIFF"))
+    assert decoded[0, 0, 0] == 0 and decoded[0, 1, 0] == expected

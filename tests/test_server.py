@@ -153,11 +153,25 @@ def test_legacy_route_answers_in_the_original_format(bento_server: Server) -> No
     assert_error(httpx.post(f"{bento_server.url}/classify_image", data={"image_data": text_url}), 400, "not a")
 
 
+def test_a_photo_just_under_the_limit_is_taken_by_both_routes(bento_server: Server) -> None:
+    # A real photo padded to 9.5 MB (JPEG decoders ignore what follows the image): old pages post it URL-encoded,
+    # where the base64 of random bytes grows by another ~6 %.
+    photo = one_per_actor(bento_server.project)[0]
+    padded = photo.data + np.random.default_rng(0).bytes(int(9.5 * 1024 * 1024) - len(photo.data))
+    data_url = "data:image/jpeg;base64," + base64.b64encode(padded).decode()
+    legacy = httpx.post(f"{bento_server.url}/classify_image", data={"image_data": data_url}, timeout=120)
+    assert legacy.status_code == 200, legacy.text
+    assert legacy.json()[0]["class"] == photo.label
+    assert post(bento_server, padded).status_code == 200
+
+
 def test_probes_metrics_openapi_and_page(bento_server: Server) -> None:
     assert httpx.get(f"{bento_server.url}/livez").status_code == 200
     assert httpx.get(f"{bento_server.url}/readyz").status_code == 200
-    assert httpx.get(f"{bento_server.url}/no/such/page").status_code == 404
+    assert_error(httpx.get(f"{bento_server.url}/no/such/page"), 404, "GET /no/such/page", "/classify")
     assert_error(httpx.put(f"{bento_server.url}/classify"), 405)
+    # The page's template is served filled in at /, not raw under /static.
+    assert_error(httpx.get(f"{bento_server.url}/static/index.html"), 404, "the page is at /")
     post(bento_server, one_per_actor(bento_server.project)[0].data)
     metrics = httpx.get(f"{bento_server.url}/metrics").text
     for stage in ("decode", "detect", "features", "classify"):
