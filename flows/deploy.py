@@ -13,6 +13,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from bbt.errors import BbtError
+from bbt.shutdown import sigterm_as_interrupt
 from flows.retrain import retrain
 
 # The one place the schedule is set: Mondays 03:00 UTC (`bbt prefect serve --cron` overrides it per run).
@@ -79,16 +80,18 @@ def serve_locally(host: str = "127.0.0.1", port: int = 4200, cron: str = WEEKLY_
     from prefect.settings import PREFECT_API_URL, Settings, temporary_settings
 
     configured = Settings().api.url  # what a shell in the project root gives Prefect commands (prefect.toml)
-    server = start_server(host, port)
-    api_url = f"http://{host}:{port}/api"
-    # The served runs are subprocesses: they find the server through the environment.
-    os.environ["PREFECT_API_URL"] = api_url
-    try:
-        with temporary_settings(updates={PREFECT_API_URL: api_url}):
-            print(f"Prefect UI on http://{host}:{port}; serving retrain/{DEPLOYMENT} on cron '{cron}' ({TIMEZONE})")
-            if configured != api_url:
-                print(f"Prefect commands in another shell need: export PREFECT_API_URL={api_url}")
-            serve(weekly_deployment(cron))
-    finally:
-        server.terminate()
-        server.wait(30)
+    with sigterm_as_interrupt():
+        server = start_server(host, port)
+        api_url = f"http://{host}:{port}/api"
+        # The served runs are subprocesses: they find the server through the environment.
+        os.environ["PREFECT_API_URL"] = api_url
+        try:
+            with temporary_settings(updates={PREFECT_API_URL: api_url}):
+                print(f"Prefect UI on http://{host}:{port}; serving retrain/{DEPLOYMENT} on cron '{cron}' "
+                      f"({TIMEZONE})")
+                if configured != api_url:
+                    print(f"Prefect commands in another shell need: export PREFECT_API_URL={api_url}")
+                serve(weekly_deployment(cron))
+        finally:
+            server.terminate()
+            server.wait(30)

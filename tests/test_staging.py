@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -195,8 +196,11 @@ def test_uploads_under_the_limit_reach_the_service(staging: Staging, client: htt
 
 
 @pytest.mark.integration
-def test_bbt_deploy_staging_command_serves_until_interrupted(staging: Staging, trained_project: Project) -> None:
-    """The documented command (`bbt deploy staging`, run by `make staging`), on the bento built above."""
+def test_bbt_deploy_staging_command_serves_until_sigterm_and_leaves_nothing(staging: Staging,
+                                                                           trained_project: Project) -> None:
+    """The documented command (`bbt deploy staging`, run by `make staging`), on the bento built above, stopped the
+    way systemd, Docker and CI stop things: SIGTERM stops nginx and the service and removes the work folder,
+    as Ctrl-C does."""
     port = free_port()
     command = subprocess.Popen(["bbt", "deploy", "staging", "--port", str(port), "--bento", staging.bento_tag],
                                cwd=trained_project.root, env=trained_project.env, stdout=subprocess.PIPE,
@@ -206,21 +210,26 @@ def test_bbt_deploy_staging_command_serves_until_interrupted(staging: Staging, t
         wait_until_ready(f"http://127.0.0.1:{port}/readyz", timeout_s=240, interval_s=0.5,
                          alive=lambda: command.poll() is None, what="`bbt deploy staging`")
         assert httpx.get(f"http://127.0.0.1:{port}/", trust_env=False).headers["server"] == "nginx"
-        # Interrupt only once the command has said where it serves, as a user would (nginx answers a moment earlier).
+        # Stop it only once the command has said where it serves, as a user would (nginx answers a moment earlier).
         assert command.stdout is not None
         for line in command.stdout:
             announced.append(line)
-            if "Ctrl-C stops it" in line:
+            if "stops it" in line:
                 break
     finally:
-        command.send_signal(signal.SIGINT)
+        command.send_signal(signal.SIGTERM)
         rest, _ = command.communicate(timeout=60)
     output = "".join(announced) + rest
     assert command.returncode == 0, output
     assert f"on http://127.0.0.1:{port}/" in output and "stopped" in output
+    workdir = re.search(r"the bento in (\S+) \.\.\.", output)
+    assert workdir is not None, output
+    assert not Path(workdir.group(1)).exists()
     time.sleep(0.5)
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/readyz", trust_env=False, timeout=2)
+    left = subprocess.run(["pgrep", "-f", workdir.group(1)], capture_output=True, text=True, check=False)
+    assert left.stdout == "", f"processes left running: {left.stdout}"
 
 
 @pytest.mark.integration

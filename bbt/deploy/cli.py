@@ -124,13 +124,15 @@ def staging(
 
     from bbt.config import load_params
     from bbt.deploy.staging import run_staging
+    from bbt.shutdown import sigterm_as_interrupt
 
     workdir = Path(tempfile.mkdtemp(prefix="bbt-staging-"))
     typer.echo(f"building, exporting and importing the bento in {workdir} ...")
     try:
-        with run_staging(Path.cwd(), workdir, port=port, bento_tag=bento, serve=load_params().serve) as running:
+        with sigterm_as_interrupt(), run_staging(Path.cwd(), workdir, port=port, bento_tag=bento,
+                                                 serve=load_params().serve) as running:
             typer.echo(f"staging {running.bento_tag} on {running.url}/ (nginx -> {running.service_url}); "
-                       "Ctrl-C stops it")
+                       "Ctrl-C (or SIGTERM) stops it")
             threading.Event().wait()
     except KeyboardInterrupt:
         typer.echo("stopped")
