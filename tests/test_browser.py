@@ -105,6 +105,58 @@ def test_a_photo_without_a_face_says_so(page, tmp_path: Path) -> None:
     assert "No face found" in page.inner_text("#message")
 
 
+def group_photo(server: Server, path: Path) -> list[str]:
+    """A 1920x1280 photo of one held-out face per actor and one stranger, each ~90 px wide and side by side;
+    returns the labels, left to right."""
+    import cv2
+
+    from bbt.faces import Box
+    from bbt.images import decode_image
+
+    root = server.project.root
+    faces = np.load(root / "artifacts/faces/faces.npz")
+    chosen: dict[str, int] = {}
+    for i in np.load(root / "artifacts/features/split.npz")["test"]:
+        chosen.setdefault(str(faces["labels"][i]), int(i))
+    canvas = np.full((1280, 1920, 3), 150, np.uint8)
+    left = 40
+    for label in sorted(chosen):
+        i = chosen[label]
+        image = decode_image((root / "data/raw" / str(faces["images"][i])).read_bytes())
+        box = Box(*map(int, faces["boxes"][i]))
+        scale = 90 / box.w
+        small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        cx, cy = round((box.x + box.w / 2) * scale), round((box.y + box.h / 2) * scale)
+        piece = small[max(0, cy - 120):cy + 200, max(0, cx - 100):cx + 100]
+        canvas[300:300 + piece.shape[0], left:left + piece.shape[1]] = piece
+        left += piece.shape[1] + 20
+    cv2.imwrite(str(path), canvas)
+    return sorted(chosen)
+
+
+def test_a_group_photo_of_small_faces_numbers_its_tags_so_none_hides_another(page, bento_server: Server,
+                                                                             tmp_path: Path) -> None:
+    labels = group_photo(bento_server, tmp_path / "group.png")
+    page.set_input_files("#file", str(tmp_path / "group.png"))
+    page.wait_for_selector(".box", timeout=60_000)
+    page.wait_for_timeout(500)  # the photo's load event lays the tags out again
+    tags = page.locator(".box .tag")
+    assert tags.count() >= len(labels)
+    rects = [tags.nth(i).bounding_box() for i in range(tags.count())]
+    for i, a in enumerate(rects):
+        for b in rects[i + 1:]:
+            assert not (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"] and
+                        a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]), (a, b)
+    numbers = [tags.nth(i).inner_text() for i in range(tags.count())]
+    assert numbers == [str(n) for n in range(1, len(numbers) + 1)]
+    # Each number leads to the table row with the full answer, and the tag's title says it too.
+    rows = page.locator("#probabilities tbody tr td:nth-child(2)").all_inner_texts()
+    for n, answer in enumerate(rows, start=1):
+        assert tags.nth(n - 1).get_attribute("title").startswith(f"{n}. {answer}")
+    answers = set(page.locator("#probabilities tbody tr td:nth-child(2)").all_inner_texts())
+    assert {"Howard", "Leonard", "Raj", "Sheldon", "not one of the four"} <= answers
+
+
 def test_a_stranger_is_not_one_of_the_four(page, bento_server: Server) -> None:
     """A held-out stranger's face: a neutral dashed box, 'not one of the four', and no actor card lit."""
     page.set_input_files("#file", str(single_face_photo(bento_server, "unknown", "test")))

@@ -48,11 +48,41 @@ function drawBoxes(faces, size) {
     box.style.height = `${(100 * face.box.h) / size.height}%`;
     const tag = document.createElement("span");
     tag.className = "tag";
-    tag.textContent = face.label === UNKNOWN
+    tag.dataset.full = face.label === UNKNOWN
       ? `${i + 1}. ${displayName(face.label)}`
       : `${i + 1}. ${displayName(face.label)} ${percent(face.confidence)}`;
+    tag.dataset.short = `${i + 1}`;
+    tag.title = tag.dataset.full;
+    tag.textContent = tag.dataset.full;
     box.appendChild(tag);
     stage.appendChild(box);
+  });
+  declutterTags();
+}
+
+// Small faces close together (a group photo) would hide each other's tags: when any two full tags overlap,
+// every tag shows only its number, which leads to its row in the table (the full answer is the tag's title),
+// and a number that would still cover another is lifted above it.
+function declutterTags() {
+  const tags = [...stage.querySelectorAll(".box .tag")];
+  tags.forEach((tag) => {
+    tag.textContent = tag.dataset.full;
+    tag.classList.remove("short");
+    tag.style.transform = "";
+  });
+  const overlap = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+  const rects = tags.map((tag) => tag.getBoundingClientRect());
+  if (!rects.some((a, i) => rects.slice(i + 1).some((b) => overlap(a, b)))) return;
+  const placed = [];
+  tags.forEach((tag) => {
+    tag.textContent = tag.dataset.short;
+    tag.classList.add("short");
+    const rect = tag.getBoundingClientRect();
+    let lift = 0;
+    const at = () => ({ left: rect.left, right: rect.right, top: rect.top - lift, bottom: rect.bottom - lift });
+    while (placed.some((p) => overlap(at(), p))) lift += rect.height + 1;
+    tag.style.transform = lift ? `translateY(-${lift}px)` : "";
+    placed.push(at());
   });
 }
 
@@ -159,6 +189,8 @@ async function classify(file) {
   showResult(answer);
 }
 
+photo.addEventListener("load", declutterTags);
+window.addEventListener("resize", declutterTags);
 photo.addEventListener("error", () => {
   if (!result.hidden) showMessage(`${message.textContent} (Your browser cannot display this format.)`, "ok");
 });
