@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -264,11 +265,27 @@ def test_exif_rotation_gives_upright_coordinates(bento_server: Server) -> None:
 # ---- concurrency and fuzzing ----------------------------------------------------------------------------------
 
 def test_32_parallel_requests_all_succeed(bento_server: Server) -> None:
+    """32 clients at once, each retrying after Retry-After when a worker is full (serve.max_pending per worker,
+    and the connections do not split evenly between the workers): every one gets its answer."""
     held_out = accepted_photos(bento_server.project, "test")
     batch = [held_out[i % len(held_out)] for i in range(32)]
+    busy: list[httpx.Response] = []
+
+    def patient(photo: Photo) -> httpx.Response:
+        for _ in range(30):
+            response = post(bento_server, photo.data, photo.path.name, timeout=300)
+            if response.status_code != 503:
+                return response
+            busy.append(response)
+            time.sleep(float(response.headers["retry-after"]))
+        return response
+
     with ThreadPoolExecutor(32) as pool:
-        responses = list(pool.map(lambda p: post(bento_server, p.data, p.path.name, timeout=300), batch))
+        responses = list(pool.map(patient, batch))
     assert [r.status_code for r in responses] == [200] * 32, [r.text for r in responses if r.status_code != 200]
+    for response in busy:  # a full worker says so, in JSON, with when to come back
+        assert_error(response, 503, "busy", "retry in")
+        assert int(response.headers["retry-after"]) >= 1
     right = 0
     for photo, response in zip(batch[: len(held_out)], responses):
         matches = [f for f in response.json()["faces"] if box_of(f).iou(photo.box) >= 0.5]
