@@ -240,6 +240,7 @@ def detect_with_cache(
     for job, detected in zip(todo, fresh):
         cache.save(job.digest, detected)
         found[job.digest] = detected
+    cache.prune()
     return [found[job.digest] for job in jobs]
 
 

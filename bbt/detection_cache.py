@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,16 +53,33 @@ def code_fingerprint(package: Path = Path(__file__).parent) -> str:
 
 
 class DetectionCache:
-    """The entries of one detector setting and crop size under `folder` (entries of others are left alone)."""
+    """The entries of one detector setting and crop size under `folder`, in a folder per version of the
+    detection code: `folder/<code>/<settings>/<key[:2]>/<key>`. Other settings' entries are kept (switching
+    back finds them); other code versions' can never be found again, and `prune` removes them."""
 
-    def __init__(self, folder: Path, settings: DetectorSettings, crop_size: int) -> None:
+    def __init__(self, folder: Path, settings: DetectorSettings, crop_size: int,
+                 code: str | None = None) -> None:
         self.folder = folder
-        self.context = json.dumps({"settings": asdict(settings), "crop_size": crop_size,
-                                   "code": code_fingerprint()}, sort_keys=True)
+        self.code = code or code_fingerprint()
+        self.context = json.dumps({"settings": asdict(settings), "crop_size": crop_size, "code": self.code},
+                                  sort_keys=True)
+        self.entries = folder / self.code[:16] / hashlib.sha256(self.context.encode()).hexdigest()[:16]
 
     def path(self, photo_digest: str) -> Path:
         key = hashlib.sha256(f"{photo_digest}\0{self.context}".encode()).hexdigest()
-        return self.folder / key[:2] / key
+        return self.entries / key[:2] / key
+
+    def prune(self) -> None:
+        """Remove the entries of other versions of the detection code (and anything else) under `folder`."""
+        if not self.folder.is_dir():
+            return
+        for child in self.folder.iterdir():
+            if child.name == self.code[:16]:
+                continue
+            if child.is_dir():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
 
     def load(self, photo_digest: str) -> Detected | None:
         """The photo's cached detections, or None (never cached, or an entry that cannot be read)."""

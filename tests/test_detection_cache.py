@@ -61,3 +61,17 @@ def test_the_key_covers_the_detection_code(tmp_path: Path) -> None:
     with (tmp_path / "faces.py").open("a") as faces:
         faces.write("\nHOG_BOX_SCALE = 1.2\n")
     assert code_fingerprint(tmp_path) != code_fingerprint()
+
+
+def test_prune_drops_other_code_versions_and_keeps_other_settings(tmp_path: Path) -> None:
+    old_code = DetectionCache(tmp_path, SETTINGS, 16, code="0" * 64)
+    old_code.save("photo-md5", detected())
+    other_settings = DetectionCache(tmp_path, DetectorSettings(method="hog"), 16)
+    other_settings.save("photo-md5", detected())
+    current = DetectionCache(tmp_path, SETTINGS, 16)
+    current.save("photo-md5", detected())
+    (tmp_path / "stray.txt").write_text("left by hand")
+    current.prune()
+    assert old_code.load("photo-md5") is None
+    assert other_settings.load("photo-md5") is not None and current.load("photo-md5") is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == [current.code[:16]]
