@@ -146,14 +146,6 @@ def sort_faces(job: ImageJob, detected: Detected, iou_threshold: float) -> Image
     return result
 
 
-def process_image(
-    job: ImageJob, raw_dir: Path, settings: DetectorSettings, iou_threshold: float, crop_size: int,
-    detector: FaceDetector | None = None,
-) -> ImageResult:
-    """Decode one photo, detect its faces, and sort each face by its human review (no cache)."""
-    return sort_faces(job, detect_job(job, raw_dir, settings, crop_size, detector), iou_threshold)
-
-
 _DETECTORS: dict[DetectorSettings, FaceDetector] = {}
 
 
@@ -200,7 +192,7 @@ def detect_jobs(
 def map_images(
     jobs: Sequence[ImageJob], raw_dir: Path, params: CleanParams, on_result: Callable[[], None] | None = None
 ) -> list[ImageResult]:
-    """process_image over every job on `params.workers` processes, in job order (no cache)."""
+    """Detect and sort the faces of every job on `params.workers` processes, in job order (no cache)."""
     return [sort_faces(job, detected, params.iou_threshold)
             for job, detected in zip(jobs, detect_jobs(jobs, raw_dir, params, on_result))]
 
