@@ -16,6 +16,10 @@ SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
 # The same list as people read it: every error message and the page's upload hint say this.
 SUPPORTED_FOR_PEOPLE = "JPEG, PNG, GIF, WebP, BMP or TIFF"
 DEFAULT_MAX_PIXELS = 40_000_000
+# A progressive JPEG is decoded scan by scan; cameras and encoders write about 10. A file that repeats a scan
+# thousands of times costs a minute of CPU in a few hundred KB: refuse it before decoding.
+MAX_JPEG_SCANS = 100
+START_OF_SCAN = b"\xff\xda"  # entropy-coded data stuffs every 0xFF with 0x00, so this only marks a scan
 
 # We enforce our own pixel limit before decoding; Pillow's bomb check is a second line of defence.
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
@@ -79,6 +83,9 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
                 f"convert it to JPEG or PNG (supported: {SUPPORTED_FOR_PEOPLE})"
             )
         width, height = image.size
+        if image.format in ("JPEG", "MPO") and (scans := data.count(START_OF_SCAN)) > MAX_JPEG_SCANS:
+            raise ImageError(f"{name} is a JPEG of {scans} scans (at most {MAX_JPEG_SCANS} are decoded; photos have "
+                             "about 10): re-save it as an ordinary JPEG")
         if width < 1 or height < 1:
             raise ImageError(f"{name} has no pixels ({width}x{height})")
         if width * height > max_pixels:

@@ -132,3 +132,16 @@ def test_thirty_two_bit_integer_tiffs_are_neither_black_nor_white(values: tuple[
     pixels = np.array([[values[0], values[1]]], dtype=np.int32).repeat(4, axis=0)
     decoded = decode_image(encode(Image.fromarray(pixels, "I"), "TIFF"))
     assert decoded[0, 0, 0] == 0 and decoded[0, 1, 0] == expected
+
+
+def test_a_jpeg_repeating_its_last_scan_is_refused_before_decoding() -> None:
+    """The decode bomb of issue 12: a progressive JPEG whose final scan is repeated; each repeat costs a pass."""
+    from bbt.images import MAX_JPEG_SCANS, START_OF_SCAN
+
+    progressive = encode(gradient(200, 150), "JPEG", progressive=True)
+    scans = progressive.count(START_OF_SCAN)
+    assert 2 <= scans <= 20 and decode_image(progressive).shape == (150, 200, 3)  # an ordinary one decodes
+    last = progressive.rindex(START_OF_SCAN)
+    bomb = progressive[:last] + progressive[last:-2] * (MAX_JPEG_SCANS + 1) + progressive[-2:]
+    with pytest.raises(ImageError, match=rf"is a JPEG of {scans + MAX_JPEG_SCANS} scans \(at most 100"):
+        decode_image(bomb, "bomb.jpg")
