@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -19,7 +20,8 @@ DEFAULT_MAX_PIXELS = 40_000_000
 # A progressive JPEG is decoded scan by scan; cameras and encoders write about 10. A file that repeats a scan
 # thousands of times costs a minute of CPU in a few hundred KB: refuse it before decoding.
 MAX_JPEG_SCANS = 100
-START_OF_SCAN = b"\xff\xda"  # entropy-coded data stuffs every 0xFF with 0x00, so this only marks a scan
+# In entropy-coded data a 0xFF byte is followed by 0x00 (stuffing) or a restart marker; anything else is a marker.
+NEXT_MARKER = re.compile(rb"\xff(?![\x00\xd0-\xd7\xff])")
 
 # We enforce our own pixel limit before decoding; Pillow's bomb check is a second line of defence.
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
@@ -83,9 +85,9 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
                 f"convert it to JPEG or PNG (supported: {SUPPORTED_FOR_PEOPLE})"
             )
         width, height = image.size
-        if image.format in ("JPEG", "MPO") and (scans := data.count(START_OF_SCAN)) > MAX_JPEG_SCANS:
-            raise ImageError(f"{name} is a JPEG of {scans} scans (at most {MAX_JPEG_SCANS} are decoded; photos have "
-                             "about 10): re-save it as an ordinary JPEG")
+        if image.format in ("JPEG", "MPO") and jpeg_scans(data) > MAX_JPEG_SCANS:
+            raise ImageError(f"{name} is a JPEG of more than {MAX_JPEG_SCANS} scans (photos have about 10): "
+                             "re-save it as an ordinary JPEG")
         if width < 1 or height < 1:
             raise ImageError(f"{name} has no pixels ({width}x{height})")
         if width * height > max_pixels:
@@ -109,6 +111,32 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
             raise ImageError(
                 f"{name} is a damaged or truncated {image.format} file ({err}): re-export or re-download it"
             ) from None
+
+
+def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
+    """The scans of a JPEG's first image, counted by walking its markers (segment payloads such as an EXIF
+    thumbnail, and bytes after the end of the image, are not counted); stops counting past `stop_after`."""
+    scans, i, end = 0, 2, len(data)
+    while i + 4 <= end and scans <= stop_after:
+        if data[i] != 0xFF:
+            break  # not a marker where one must be: the decoder will say what is wrong
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker == 0xD9:  # end of image
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+            continue
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next marker
+            scans += 1
+            found = NEXT_MARKER.search(data, i)
+            if found is None:
+                break
+            i = found.start()
+    return scans
 
 
 def _to_bgr(image: Image.Image) -> np.ndarray:
