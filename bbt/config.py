@@ -109,6 +109,7 @@ class ServeParams(Section):
     max_upload_mb: float = 10
     max_megapixels: float = 40
     max_pending: int = 16
+    timeout_s: float = 30
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,8 @@ def _validate(params: Params, source: Path) -> None:
         fail("serve.max_upload_mb/max_megapixels", "must be positive")
     if params.serve.max_pending < 1:
         fail("serve.max_pending", "must be at least 1 (photos classified or waiting, per worker process)")
+    if not 1 <= params.serve.timeout_s <= 600:
+        fail("serve.timeout_s", "must be between 1 and 600 seconds (a photo's wait plus its classification)")
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
