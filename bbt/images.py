@@ -6,8 +6,10 @@ import io
 import math
 import re
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -22,6 +24,13 @@ DEFAULT_MAX_PIXELS = 40_000_000
 MAX_JPEG_SCANS = 100
 # In entropy-coded data a 0xFF byte is followed by 0x00 (stuffing) or a restart marker; anything else is a marker.
 NEXT_MARKER = re.compile(rb"\xff(?![\x00\xd0-\xd7\xff])")
+
+# The most memory decoding takes per decoded pixel, in any mode (benchmarks/memory.py measures it): Pillow's
+# 4-byte pixels (twice while a mode is converted), the 3-byte array and the BGR copy.
+PEAK_BYTES_PER_PIXEL = {"WEBP": 19}  # libwebp decodes into a buffer of its own first
+DEFAULT_PEAK_BYTES_PER_PIXEL = 14
+# Rows narrowed at a time when a wide (16/32-bit, float) image becomes 8-bit.
+BAND_ROWS = 256
 
 # We enforce our own pixel limit before decoding; Pillow's bomb check is a second line of defence.
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
@@ -90,6 +99,10 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
                              "re-save it as an ordinary JPEG")
         if width < 1 or height < 1:
             raise ImageError(f"{name} has no pixels ({width}x{height})")
+        if image.format in ("JPEG", "MPO") and jpeg_too_short(data, width, height) \
+                and not jpeg_arithmetic(data):
+            raise ImageError(f"{name} declares {width}x{height} pixels but its {len(data)} bytes cannot hold "
+                             "them: the file is truncated or forged; re-export or re-download it")
         if width * height > max_pixels:
             raise ImageError(
                 f"{name} is {width}x{height} ({width * height / 1e6:.1f} megapixels), over the "
@@ -98,13 +111,10 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
         try:
             image.seek(0)  # first frame of an animation
             size = (height, width) if image.getexif().get(0x0112) in TRANSPOSING_ORIENTATIONS else (width, height)
-            if min_side and image.format in ("JPEG", "MPO") and max(width, height) > min_side:
-                factor = min_side / max(width, height)
-                # draft picks the smallest 1/2, 1/4 or 1/8 scale that keeps at least the requested size.
-                image.draft(image.mode, (math.ceil(width * factor), math.ceil(height * factor)))
+            _reduce_jpeg(image, min_side)
             image.load()
-            upright = ImageOps.exif_transpose(image)
-            return Photo(_to_bgr(upright), (int(size[0]), int(size[1])))
+            ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double the photo's memory
+            return Photo(_to_bgr(image), (int(size[0]), int(size[1])))
         except ImageError:
             raise
         except Exception as err:
@@ -113,48 +123,103 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
             ) from None
 
 
+def decode_cost(data: bytes, min_side: int = 0) -> int:
+    """The most memory (bytes) decode_photo can take for `data`, from its header alone; 0 when the header
+    cannot be read (decoding then fails before allocating anything)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as image:
+                _reduce_jpeg(image, min_side)
+                width, height = image.size
+                per_pixel = PEAK_BYTES_PER_PIXEL.get(image.format or "", DEFAULT_PEAK_BYTES_PER_PIXEL)
+    except Exception:  # noqa: BLE001 - any header Pillow cannot read is refused by decode_photo at once
+        return 0
+    return width * height * per_pixel
+
+
+def _reduce_jpeg(image: Image.Image, min_side: int) -> None:
+    """Let a JPEG decode at 1/2, 1/4 or 1/8 scale while its longer side stays at least `min_side` (0: full)."""
+    width, height = image.size
+    if min_side and image.format in ("JPEG", "MPO") and max(width, height) > min_side:
+        factor = min_side / max(width, height)
+        # draft picks the smallest scale that keeps at least the requested size.
+        image.draft(image.mode, (math.ceil(width * factor), math.ceil(height * factor)))
+
+
+def jpeg_too_short(data: bytes, width: int, height: int) -> bool:
+    """Whether a Huffman-coded JPEG is too short for the size its header declares: every 8x8 luminance block
+    takes at least one bit (its DC code), so a few hundred bytes cannot hold a 6000x6000 photo."""
+    return len(data) * 8 < math.ceil(width / 8) * math.ceil(height / 8)
+
+
 def jpeg_scans(data: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
     """The scans of a JPEG's first image, counted by walking its markers (segment payloads such as an EXIF
     thumbnail, and bytes after the end of the image, are not counted); stops counting past `stop_after`."""
-    scans, i, end = 0, 2, len(data)
-    while i + 4 <= end and scans <= stop_after:
+    scans = 0
+    for marker in _jpeg_markers(data):
+        scans += marker == 0xDA
+        if scans > stop_after:
+            break
+    return scans
+
+
+def jpeg_arithmetic(data: bytes) -> bool:
+    """Whether a JPEG's frame is arithmetic-coded (SOF9-SOF15), which can take less than a bit per block."""
+    for marker in _jpeg_markers(data):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+            return marker >= 0xC9
+    return False
+
+
+def _jpeg_markers(data: bytes) -> Iterator[int]:
+    """The markers of a JPEG's first image, in order, up to its end (EOI) or the first byte out of place."""
+    i, end = 2, len(data)
+    while i + 4 <= end:
         if data[i] != 0xFF:
-            break  # not a marker where one must be: the decoder will say what is wrong
+            return  # not a marker where one must be: the decoder will say what is wrong
         marker = data[i + 1]
         if marker == 0xFF:  # fill byte
             i += 1
             continue
         if marker == 0xD9:  # end of image
-            break
+            return
+        yield marker
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
             i += 2
             continue
         i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
         if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next marker
-            scans += 1
             found = NEXT_MARKER.search(data, i)
             if found is None:
-                break
+                return
             i = found.start()
-    return scans
 
 
 def _to_bgr(image: Image.Image) -> np.ndarray:
-    """Convert any Pillow mode to 8-bit BGR, dropping alpha like OpenCV's IMREAD_COLOR does."""
+    """Convert any Pillow mode to 8-bit BGR, dropping alpha like OpenCV's IMREAD_COLOR does.
+
+    Wide modes are narrowed band by band, so a 40-megapixel photo never has a full-size wide temporary.
+    """
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        gray = (np.asarray(image, dtype=np.uint16) >> 8).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+        return _gray_to_bgr(np.asarray(image, dtype=np.uint16), lambda band: band >> 8)
     if image.mode == "I":
         # 32-bit integers carry no bit depth of their own: 8-bit, 16-bit (some PNG and TIFF readers) or wider
         # data. Shift by what the largest value needs, so none of them comes out black or white.
-        wide = np.asarray(image, dtype=np.int64).clip(0, None)
-        bits = int(wide.max(initial=0)).bit_length()
+        wide = np.asarray(image)
+        bits = max(int(wide.max(initial=0)), 0).bit_length()
         # A 16-bit image keeps its brightness, however dark its brightest pixel.
         shift = 0 if bits <= 8 else 8 if bits <= 16 else bits - 8
-        gray = (wide >> shift).clip(0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
+        return _gray_to_bgr(wide, lambda band: band.clip(0, None) >> shift)
     if image.mode == "F":
-        gray = np.asarray(image, dtype=np.float32).clip(0, 255).astype(np.uint8)
-        return np.ascontiguousarray(np.repeat(gray[:, :, None], 3, axis=2))
-    rgb = np.asarray(image.convert("RGB"))
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+        return _gray_to_bgr(np.asarray(image), lambda band: band)
+    rgb = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+
+
+def _gray_to_bgr(values: np.ndarray, narrow: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Gray values of any type, narrowed to 0..255 by `narrow` a band of rows at a time, as 3-channel BGR."""
+    gray = np.empty(values.shape, np.uint8)
+    for start in range(0, values.shape[0], BAND_ROWS):
+        gray[start:start + BAND_ROWS] = narrow(values[start:start + BAND_ROWS]).clip(0, 255)
+    return cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR)

@@ -151,3 +151,48 @@ def test_a_jpeg_repeating_its_last_scan_is_refused_before_decoding() -> None:
     bomb = progressive[:last] + progressive[last:-2] * (MAX_JPEG_SCANS + 1) + progressive[-2:]
     with pytest.raises(ImageError, match=r"bomb.jpg is a JPEG of more than 100 scans \(photos have about 10\)"):
         decode_image(bomb, "bomb.jpg")
+
+
+def with_declared_size(jpeg: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its frame header (SOF0/SOF2) claiming another size: a forged or truncated file."""
+    sof = max(jpeg.find(b"\xff\xc0"), jpeg.find(b"\xff\xc2"))
+    return jpeg[:sof + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + jpeg[sof + 9:]
+
+
+def test_a_tiny_jpeg_claiming_a_huge_size_is_refused_before_decoding() -> None:
+    """Issue 12: 334 bytes whose header says 6000x6000 decoded to 36 MP; each 8x8 block needs a bit at least."""
+    small = encode(Image.new("L", (16, 16), 128), "JPEG")
+    forged = with_declared_size(small, 6000, 6000)
+    with pytest.raises(ImageError, match=r"forged.jpg declares 6000x6000 pixels but its \d+ bytes cannot hold"):
+        decode_image(forged, "forged.jpg")
+    # The floor is one bit per block: the flattest real JPEG of that size (grey, optimised tables) is above it.
+    flat = encode(Image.new("L", (6000, 6000), 128), "JPEG", optimize=True)
+    assert decode_photo(flat, min_side=1280).size == (6000, 6000)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I", "F"])
+def test_every_mode_converts_as_pillow_does(mode: str) -> None:
+    """The memory-lean conversion (in place, band by band: 700 rows are several bands) gives the pixels of
+    Pillow's own conversion, for values an 8-bit image can hold."""
+    image = gradient(300, 700).convert(mode) if mode not in ("I", "F") else \
+        Image.fromarray(np.asarray(gradient(300, 700).convert("L")).astype(np.int32), "I").convert(mode)
+    expected = np.asarray(image.convert("RGB"))[:, :, ::-1]
+    assert np.array_equal(decode_image(encode(image, "TIFF")), expected)
+
+
+def test_sixteen_bit_bands_keep_their_top_byte() -> None:
+    pixels = np.arange(700 * 3, dtype=np.uint16).reshape(700, 3) * 31
+    decoded = decode_image(encode(Image.fromarray(pixels), "PNG"))
+    assert np.array_equal(decoded[..., 1], (pixels >> 8).astype(np.uint8))
+
+
+def test_decode_cost_bounds_what_decoding_allocates() -> None:
+    from bbt.images import DEFAULT_PEAK_BYTES_PER_PIXEL, decode_cost
+
+    png = encode(Image.new("RGB", (4000, 3000)), "PNG")
+    assert decode_cost(png) == 4000 * 3000 * DEFAULT_PEAK_BYTES_PER_PIXEL
+    # A JPEG is costed at the reduced size it decodes at.
+    jpeg = encode(Image.new("RGB", (4000, 3000)), "JPEG")
+    assert decode_cost(jpeg, min_side=1280) == decode_photo(jpeg, min_side=1280).image.shape[0] * \
+        decode_photo(jpeg, min_side=1280).image.shape[1] * DEFAULT_PEAK_BYTES_PER_PIXEL
+    assert decode_cost(b"not an image") == 0
