@@ -10,8 +10,12 @@ import yaml
 
 from bbt import reads
 from bbt.errors import BbtError
+from bbt.images import peak_bytes_per_pixel
 
 PARAMS_FILE = Path("params.yaml")
+# BentoML's own cut-off for a whole request (reading the body included); serve.timeout_s stays under it.
+SERVER_TIMEOUT_S = 60
+MIB = 1024 * 1024
 DETECTORS = ("yunet", "hog", "haar")
 # Fewest features first (128 vs 4096): the search's tie-break prefers the earlier one (bbt/candidates.py).
 FEATURE_SETS = ("face_embedding", "pixel_wavelet")
@@ -109,7 +113,13 @@ class ServeParams(Section):
     max_upload_mb: float = 10
     max_megapixels: float = 40
     max_pending: int = 16
+    worker_memory_mb: float = 768
     timeout_s: float = 30
+
+
+def largest_photo_mb(serve: ServeParams) -> float:
+    """The memory (MiB) the largest photo the service admits can take: its upload and its decoding."""
+    return serve.max_megapixels * 1e6 * peak_bytes_per_pixel() / MIB + serve.max_upload_mb
 
 
 @dataclass(frozen=True)
@@ -216,8 +226,14 @@ def _validate(params: Params, source: Path) -> None:
         fail("serve.max_upload_mb/max_megapixels", "must be positive")
     if params.serve.max_pending < 1:
         fail("serve.max_pending", "must be at least 1 (photos classified or waiting, per worker process)")
-    if not 1 <= params.serve.timeout_s <= 600:
-        fail("serve.timeout_s", "must be between 1 and 600 seconds (a photo's wait plus its classification)")
+    largest = largest_photo_mb(params.serve)
+    if params.serve.worker_memory_mb < largest:
+        fail("serve.worker_memory_mb", f"must hold at least one photo at the limits ({largest:.0f} MB for "
+                                       f"{params.serve.max_megapixels:g} megapixels and a "
+                                       f"{params.serve.max_upload_mb:g} MB upload): raise it or lower them")
+    if not 1 <= params.serve.timeout_s <= SERVER_TIMEOUT_S - 10:
+        fail("serve.timeout_s", f"must be between 1 and {SERVER_TIMEOUT_S - 10} seconds (a photo's wait plus its "
+                                f"classification; the server cuts any request at {SERVER_TIMEOUT_S} s)")
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

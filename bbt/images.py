@@ -132,10 +132,17 @@ def decode_cost(data: bytes, min_side: int = 0) -> int:
             with Image.open(io.BytesIO(data)) as image:
                 _reduce_jpeg(image, min_side)
                 width, height = image.size
-                per_pixel = PEAK_BYTES_PER_PIXEL.get(image.format or "", DEFAULT_PEAK_BYTES_PER_PIXEL)
+                per_pixel = peak_bytes_per_pixel(image.format)
     except Exception:  # noqa: BLE001 - any header Pillow cannot read is refused by decode_photo at once
         return 0
     return width * height * per_pixel
+
+
+def peak_bytes_per_pixel(image_format: str | None = None) -> int:
+    """The most bytes decoding takes per decoded pixel of a format (None: of any format)."""
+    if image_format is None:
+        return max(DEFAULT_PEAK_BYTES_PER_PIXEL, *PEAK_BYTES_PER_PIXEL.values())
+    return PEAK_BYTES_PER_PIXEL.get(image_format, DEFAULT_PEAK_BYTES_PER_PIXEL)
 
 
 def _reduce_jpeg(image: Image.Image, min_side: int) -> None:

@@ -33,11 +33,11 @@ class FacePrediction:
 class ActorClassifier:
     """Detect faces with the training detector settings, then answer each with the model's open-set rule.
 
-    `timed(stage)` (a context manager factory) wraps each stage: detect, crop, features, classify.
+    `classify(photo, timed)`: `timed(stage)` (a context manager factory) wraps each stage: detect, crop,
+    features, classify. The service passes one that measures each stage and stops a photo past its deadline.
     """
 
-    def __init__(self, model: OpenSetClassifier, detector: DetectorSettings, crop_size: int,
-                 timed: Timer = untimed) -> None:
+    def __init__(self, model: OpenSetClassifier, detector: DetectorSettings, crop_size: int) -> None:
         if not isinstance(model, OpenSetClassifier):
             raise TypeError(f"expected an open-set model (bbt.openset.OpenSetClassifier), got "
                             f"{type(model).__name__}: retrain it with `dvc repro`")
@@ -45,10 +45,9 @@ class ActorClassifier:
         self.detector = FaceDetector(detector)
         self.crop_size = crop_size
         self.classes = [str(c) for c in model.classes_]
-        self.timed = timed
 
     @classmethod
-    def from_mlflow(cls, model_path: str | Path, timed: Timer = untimed) -> ActorClassifier:
+    def from_mlflow(cls, model_path: str | Path) -> ActorClassifier:
         """Load an MLflow model directory (or models:/ URI) logged by `bbt register`."""
         import mlflow.sklearn
         from mlflow.models import Model
@@ -57,7 +56,7 @@ class ActorClassifier:
             else Path(model_path)
         meta = Model.load(local / "MLmodel").metadata or {}
         return cls(mlflow.sklearn.load_model(str(local)), DetectorSettings(**meta["detector"]),
-                   int(meta["crop_size"]), timed)
+                   int(meta["crop_size"]))
 
     def warm_up(self) -> None:
         """Load what the model loads on first use (the embedding network: ~0.2 s) now, not in a request."""
@@ -68,21 +67,21 @@ class ActorClassifier:
         """The smallest longer side a JPEG may be reduced to when decoded (the training setting)."""
         return self.detector.settings.decode_side
 
-    def detect(self, photo: Photo) -> list[Box]:
-        with self.timed("detect"):
+    def detect(self, photo: Photo, timed: Timer = untimed) -> list[Box]:
+        with timed("detect"):
             return self.detector.detect_photo(photo)
 
-    def classify(self, photo: Photo | np.ndarray) -> list[FacePrediction]:
+    def classify(self, photo: Photo | np.ndarray, timed: Timer = untimed) -> list[FacePrediction]:
         """Every detected face with its answer (boxes in the photo's own pixels), actors first, then by
         confidence; unknown faces last."""
         if isinstance(photo, np.ndarray):
             photo = Photo(photo, (photo.shape[1], photo.shape[0]))
-        boxes = self.detect(photo)
+        boxes = self.detect(photo, timed)
         if not boxes:
             return []
-        with self.timed("crop"):
+        with timed("crop"):
             crops = np.stack([crop_photo_face(photo, box, self.crop_size) for box in boxes])
-        decisions = self.model.decide(crops, self.timed)
+        decisions = self.model.decide(crops, timed)
         faces = [
             FacePrediction(box, str(label), str(closest), round(float(row.max()), 4),
                            {c: round(float(p), 4) for c, p in zip(self.classes, row)},

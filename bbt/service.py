@@ -19,7 +19,7 @@ import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,21 +33,25 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bbt.config import ServeParams, load_params
+from bbt.admission import MB, Admission, Busy, Ticket
+from bbt.config import SERVER_TIMEOUT_S, ServeParams, load_params
 from bbt.errors import ModelError
-from bbt.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_photo
+from bbt.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_cost, decode_photo
+from bbt.openset import Timer
 from bbt.predict import ActorClassifier, FacePrediction
 
 log = logging.getLogger("bbt.service")
 
 MODEL_NAME = "bbt-actor-classifier"
 WEB_DIR = Path(__file__).with_name("web")
-MB = 1024 * 1024
 # A data URL carries base64 (4 bytes per 3) plus its header: the legacy route's body may be this much larger.
 # Old pages post it URL-encoded, where '+' and '/' (1 in 32 base64 characters) take 3 bytes each: 1.0625x more,
 # and a margin for photos whose base64 has more of them.
 BASE64_GROWTH = 4 / 3 * 1.1
 ENVELOPE_BYTES = 64 * 1024
+# An upload is in memory as the body's chunks, the parsed form part and the bytes read from it.
+UPLOAD_COPIES = 3
+TICKET = "bbt.admission_ticket"  # the ASGI scope key of a request's admission ticket
 # Bodies over the limit are read and thrown away up to this size so the client sees the 413, then closed.
 DRAIN_LIMIT_BYTES = 64 * MB
 # Requests classified at once per worker process: OpenCV and Pillow release the GIL, so two keep a core busy
@@ -64,7 +68,7 @@ STAGE_SECONDS = prometheus_client.Histogram(
 )
 REJECTED = prometheus_client.Counter(
     name="bbt_rejected_requests",
-    documentation="Requests refused with a 4xx or a 503 (busy), by HTTP status.",
+    documentation="Requests refused with a 4xx, a 503 (busy) or a 504 (timed out), by HTTP status.",
     labelnames=["status"],
 )
 FACES = prometheus_client.Counter(
@@ -132,8 +136,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": why}
     for status, why in ((400, "Missing field or bad image"), (413, "Upload too large"),
                         (415, "Not multipart/form-data"),
-                        (503, ("Busy: serve.max_pending photos are already in this worker; retry after the "
-                               "Retry-After header's seconds")))
+                        (503, ("Busy: this worker holds serve.max_pending photos, or photos filling its "
+                               "serve.worker_memory_mb; retry after the Retry-After header's seconds")),
+                        (504, "The photo took longer than serve.timeout_s; its work was stopped"))
 }
 
 
@@ -147,23 +152,24 @@ class UploadTooLarge(HTTPException):
                               "(resize or re-export it as JPEG)")
 
 
-class Busy(Exception):
-    """This worker already holds serve.max_pending photos; the client should come back in `retry_after` s."""
-
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"busy: retry after {retry_after} s")
-        self.retry_after = retry_after
+class TimedOut(Exception):
+    """The photo's deadline (serve.timeout_s after its upload was read) passed; its work stops at the next stage."""
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    if 400 <= status < 500 or status == 503:
+    if 400 <= status < 500 or status in (503, 504):
         REJECTED.labels(status=str(status)).inc()
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def busy_response(err: Busy) -> JSONResponse:
-    return error_response(503, f"the service is busy: too many photos are being classified; retry in "
-                               f"{err.retry_after} s", {"Retry-After": str(err.retry_after)})
+    return error_response(503, f"the service is busy ({err.why}); retry in {err.retry_after} s",
+                          {"Retry-After": str(err.retry_after)})
+
+
+def timed_out_response(timeout_s: float) -> JSONResponse:
+    return error_response(504, f"classifying the photo took longer than the service's {timeout_s:g} s limit, "
+                               "so it was stopped: retry later, or send a smaller photo")
 
 
 def field_missing_message(request: Request) -> tuple[int, str]:
@@ -179,7 +185,8 @@ def field_missing_message(request: Request) -> tuple[int, str]:
 
 class UploadLimit:
     """ASGI middleware refusing request bodies over the route's limit with a 413, without buffering them, and
-    photos a full worker cannot take with a 503 before their body is parsed.
+    uploads a full worker cannot take (by count, or by memory for the body) with a 503 before reading them.
+    An admitted upload's ticket (bbt.admission) is in the scope, for the route to grow by the decoding's cost.
 
     The limits belong to the running service (they come from params.yaml when it starts).
     """
@@ -198,10 +205,14 @@ class UploadLimit:
             if int(declared) <= DRAIN_LIMIT_BYTES:
                 await self._drain(receive)
             return await error_response(413, UploadTooLarge(limit).detail)(scope, receive, send)
-        busy = bentoml.get_current_service().busy()
-        if busy is not None:
+        admission = bentoml.get_current_service().admission
+        body_bytes = int(declared) if declared is not None and declared.isdigit() else limit
+        try:
+            ticket = admission.admit(UPLOAD_COPIES * body_bytes)
+        except Busy as busy:
             await self._drain(receive)
             return await busy_response(busy)(scope, receive, send)
+        scope[TICKET] = ticket
         received = 0
 
         async def counted() -> dict:
@@ -212,7 +223,10 @@ class UploadLimit:
                 raise UploadTooLarge(limit)
             return message
 
-        await self.app(scope, counted, send)
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            admission.release(ticket)
 
     @staticmethod
     async def _drain(receive: Any) -> None:
@@ -327,9 +341,18 @@ def timed(stage: str) -> Iterator[None]:
         STAGE_SECONDS.labels(stage=stage).observe(time.perf_counter() - start)
 
 
+def stage_timer(deadline: float) -> Timer:
+    """`timed` for one photo, which stops it (TimedOut) at the start of a stage once `deadline` has passed."""
+    def stage(name: str) -> AbstractContextManager[None]:
+        if time.monotonic() > deadline:
+            raise TimedOut
+        return timed(name)
+    return stage
+
+
 @bentoml.service(
     workers="cpu_count",
-    traffic={"timeout": 60, "max_concurrency": 256},
+    traffic={"timeout": SERVER_TIMEOUT_S, "max_concurrency": 256},
     metrics={"enabled": True},
 )
 @bentoml.asgi_app(web, path="/")
@@ -345,7 +368,7 @@ class ActorService:
             raise ModelError(f"the BentoML store in {store} has no {model_ref.tag}: run `bbt import-champion` "
                              "(or `dvc repro`) first, or serve with `bbt serve`, which imports the champion")
         self.settings: ServeParams = load_params().serve
-        self.classifier = ActorClassifier.from_mlflow(self.bento_model.path_of("mlflow_model"), timed)
+        self.classifier = ActorClassifier.from_mlflow(self.bento_model.path_of("mlflow_model"))
         self.classifier.warm_up()
         labels = self.bento_model.info.labels
         self.model_info = ModelInfo(name=MODEL_NAME, version=labels.get("registry_version", "unknown"),
@@ -355,10 +378,8 @@ class ActorService:
         self.legacy_max_bytes = int(self.max_bytes * BASE64_GROWTH) + ENVELOPE_BYTES
         # A fixed pool: each thread keeps its own cascades (and their buffers), so their number stays bounded.
         self.executor = ThreadPoolExecutor(THREADS_PER_WORKER, thread_name_prefix="classify")
-        # Photos in this worker (classified or waiting for a thread; only the event loop's thread counts them),
-        # and the recent seconds per photo (updated by the classify threads: a hint for Retry-After only).
-        self.pending = 0
-        self.seconds_per_photo = 0.1
+        self.admission = Admission(self.settings.max_pending, int(self.settings.worker_memory_mb * MB),
+                                   THREADS_PER_WORKER)
         cv2.setNumThreads(1)  # parallelism comes from workers x threads; OpenCV's own threads would oversubscribe
         return_big_frees_to_the_os()
         keep_uploads_in_memory(self.max_bytes)
@@ -370,39 +391,41 @@ class ActorService:
     def __is_ready__(self) -> bool:
         return self.classifier is not None
 
-    def classify_bytes(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]]:
-        """Decode untrusted bytes and classify every face; ImageError for anything that is not a usable image."""
-        with timed("decode"):
+    def classify_bytes(self, data: bytes, name: str, deadline: float = math.inf,
+                       ) -> tuple[list[FacePrediction], tuple[int, int]]:
+        """Decode untrusted bytes and classify every face; ImageError for anything that is not a usable image,
+        TimedOut when `deadline` (time.monotonic) passes before one of the stages starts."""
+        stage = stage_timer(deadline)
+        with stage("decode"):
             photo = decode_photo(data, name, self.max_pixels, self.classifier.decode_side)
-        faces = self.classifier.classify(photo)
+        faces = self.classifier.classify(photo, stage)
         for face in faces:
             FACES.labels(label=face.label).inc()
         return faces, photo.size
 
-    def busy(self) -> Busy | None:
-        """Busy (with a Retry-After estimate) when serve.max_pending photos are already in this worker."""
-        if self.pending < self.settings.max_pending:
-            return None
-        # The queue drains THREADS_PER_WORKER photos at a time.
-        return Busy(max(1, math.ceil(self.pending * self.seconds_per_photo / THREADS_PER_WORKER)))
-
-    async def run_classifier(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]]:
-        """classify_bytes on the worker's thread pool; Busy at once when serve.max_pending photos are in it."""
-        busy = self.busy()  # photos may have arrived while this one's body was read
-        if busy is not None:
-            raise busy
-        self.pending += 1
+    async def run_classifier(self, data: bytes, name: str, ticket: Ticket,
+                             ) -> tuple[list[FacePrediction], tuple[int, int]]:
+        """classify_bytes on the worker's thread pool, within serve.timeout_s. Busy at once when the photo's
+        decoding does not fit in the worker's memory budget beside the photos in it; TimedOut past the deadline.
+        `ticket`: the request's admission (its upload), held until the work has ended, even after a timeout."""
+        self.admission.grow(ticket, decode_cost(data, self.classifier.decode_side))
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + self.settings.timeout_s
+        work = self.executor.submit(self.timed_classify, data, name, deadline)
+        self.admission.hold(ticket)
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self.admission.release, ticket))
         try:
-            return await asyncio.get_running_loop().run_in_executor(self.executor, self.timed_classify, data, name)
-        finally:
-            self.pending -= 1
+            return await asyncio.wait_for(asyncio.wrap_future(work), self.settings.timeout_s)
+        except TimeoutError:
+            raise TimedOut from None  # wait_for cancelled the work if no thread had started it
 
-    def timed_classify(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]]:
+    def timed_classify(self, data: bytes, name: str, deadline: float,
+                       ) -> tuple[list[FacePrediction], tuple[int, int]]:
         start = time.perf_counter()
         try:
-            return self.classify_bytes(data, name)
-        finally:  # a moving average of the work alone (not the wait), for the Retry-After estimate
-            self.seconds_per_photo += 0.1 * (time.perf_counter() - start - self.seconds_per_photo)
+            return self.classify_bytes(data, name, deadline)
+        finally:  # the work alone (not the wait), for the Retry-After estimate
+            self.admission.observe(time.perf_counter() - start)
 
     @web.get("/", include_in_schema=False)
     async def index(self) -> HTMLResponse:
@@ -415,14 +438,16 @@ class ActorService:
 
     @web.post("/classify", response_model=Classification, responses=ERRORS,
               summary="Find every face in a photo and name the actor")
-    async def classify(self, image: PhotoUpload) -> Classification | JSONResponse:
+    async def classify(self, image: PhotoUpload, request: Request) -> Classification | JSONResponse:
         name = f"the uploaded file {image.filename!r}" if image.filename else "the uploaded file"
         try:
-            faces, (width, height) = await self.run_classifier(await image.read(), name)
+            faces, (width, height) = await self.run_classifier(await image.read(), name, request.scope[TICKET])
         except ImageError as err:
             return error_response(400, str(err))
         except Busy as err:
             return busy_response(err)
+        except TimedOut:
+            return timed_out_response(self.settings.timeout_s)
         return Classification(faces=[Face.model_validate(f.as_dict()) for f in faces], model=self.model_info,
                               image=ImageSize(width=width, height=height))
 
@@ -444,11 +469,13 @@ class ActorService:
             data = decode_data_url(field)
             if len(data) > self.max_bytes:
                 return error_response(413, UploadTooLarge(self.max_bytes).detail)
-            faces, _ = await self.run_classifier(data, "the image in 'image_data'")
+            faces, _ = await self.run_classifier(data, "the image in 'image_data'", request.scope[TICKET])
         except ImageError as err:
             return error_response(400, str(err))
         except Busy as err:
             return busy_response(err)
+        except TimedOut:
+            return timed_out_response(self.settings.timeout_s)
         legacy = [legacy_face(face, self.classifier.classes) for face in faces]
         # The original answered any origin; old pages served from elsewhere depend on it.
         return JSONResponse(legacy, headers={"Access-Control-Allow-Origin": "*"})

@@ -66,7 +66,8 @@ def main() -> None:
     from bbt.config import load_params
     from bbt.embeddings import FaceEmbeddings, resnet
     from bbt.images import ImageError, decode_photo
-    from bbt.service import MB, Classification, Face, ImageSize, ModelInfo, keep_uploads_in_memory
+    from bbt.admission import MB
+    from bbt.service import Classification, Face, ImageSize, ModelInfo, keep_uploads_in_memory
 
     cv2.setNumThreads(1)
     times: dict[str, list[float]] = defaultdict(list)
@@ -80,7 +81,6 @@ def main() -> None:
             times[stage][-1] += time.thread_time() - start
 
     classifier = served_classifier(root)
-    classifier.timed = timed
     keep_uploads_in_memory(int(load_params(root / "params.yaml").serve.max_upload_mb * MB))  # as the service does
     embedder = FaceEmbeddings()
     info = ModelInfo(name="bbt-actor-classifier", version="profile", open_set_rule=classifier.model.rule)
@@ -105,7 +105,7 @@ def main() -> None:
             for values in times.values():
                 values.pop()
             continue
-        faces = classifier.classify(photo)  # times detect, crop, features, classify
+        faces = classifier.classify(photo, timed)  # times detect, crop, features, classify
         faces_per_photo.append(len(faces))
         if faces:
             from bbt.faces import crop_photo_face

@@ -4,9 +4,14 @@ through the ASGI app without a server."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import os
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -116,21 +121,93 @@ def test_routes_in_process(client: TestClient, trained_project: Project) -> None
 def test_a_full_worker_answers_503_with_retry_after_and_recovers(service, client: TestClient,
                                                                  trained_project: Project) -> None:
     data, label, _ = reviewed_face(trained_project)
-    assert service.settings.max_pending == 16  # params.yaml
-    service.pending = service.settings.max_pending  # as if 16 photos were in this worker
-    service.seconds_per_photo = 0.5
+    admission = service.admission
+    assert admission.max_pending == 16  # params.yaml
+    admission.pending = admission.max_pending  # as if 16 photos were in this worker
+    admission.seconds_per_photo = 0.5
     try:
         busy = client.post("/classify", files={"image": ("a.jpg", data)})
         legacy = client.post("/classify_image", data={"image_data": base64.b64encode(data).decode()})
     finally:
-        service.pending = 0
+        admission.pending = 0
     # 16 photos at 0.5 s each, two at a time: 4 s.
     assert busy.status_code == legacy.status_code == 503
     assert busy.headers["retry-after"] == legacy.headers["retry-after"] == "4"
-    assert busy.json()["error"] == "the service is busy: too many photos are being classified; retry in 4 s"
+    assert busy.json()["error"] == ("the service is busy (16 photos are already in this worker); retry in 4 s")
     again = client.post("/classify", files={"image": ("a.jpg", data)})
     assert again.status_code == 200 and label in [face["label"] for face in again.json()["faces"]]
-    assert service.pending == 0
+    assert admission.pending == 0 and admission.reserved == 0
+
+
+@contextmanager
+def held_in_detect(service: object) -> Iterator[threading.Event]:
+    """Photos wait at the start of face detection until the yielded event is set (then go on as usual)."""
+    release = threading.Event()
+    original = service.classifier.detect
+
+    def detect(photo, timed):
+        release.wait(60)
+        return original(photo, timed)
+
+    service.classifier.detect = detect
+    try:
+        yield release
+    finally:
+        release.set()
+        del service.classifier.detect
+        deadline = time.monotonic() + 60
+        while service.admission.pending and time.monotonic() < deadline:  # the held photos finish
+            time.sleep(0.05)
+
+
+def test_photos_past_the_worker_memory_budget_get_503(service, client: TestClient,
+                                                      trained_project: Project) -> None:
+    """Each photo reserves its upload (before the body is read) and its decoding's most memory (once its header
+    is read); one that does not fit beside the photos in the worker is refused, and nothing stays reserved."""
+    from bbt.images import decode_cost
+    from bbt.service import UPLOAD_COPIES
+
+    data, _, _ = reviewed_face(trained_project)
+    budget = service.admission.memory_bytes
+    try:
+        with held_in_detect(service) as release, ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.post, "/classify", files={"image": ("a.jpg", data)})
+            while service.admission.pending == 0:
+                time.sleep(0.01)
+            held = service.admission.reserved
+            assert held > UPLOAD_COPIES * len(data) + decode_cost(data, service.classifier.decode_side)
+            # Room for the second photo's upload, not for its decoding: refused once its header is read.
+            service.admission.memory_bytes = held + UPLOAD_COPIES * (len(data) + 4096)
+            decoding = client.post("/classify", files={"image": ("b.jpg", data)})
+            # No room even for the upload: refused before its body is read.
+            service.admission.memory_bytes = held
+            upload = client.post("/classify", files={"image": ("c.jpg", data)})
+            release.set()
+            assert first.result().status_code == 200
+    finally:
+        service.admission.memory_bytes = budget
+    for refused in (decoding, upload):
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+        assert refused.json()["error"].startswith("the service is busy (the photos in this worker already hold ")
+    assert service.admission.pending == 0 and service.admission.reserved == 0
+
+
+def test_a_photo_past_its_timeout_gets_504_and_its_work_stops(service, client: TestClient,
+                                                             trained_project: Project, monkeypatch) -> None:
+    """The answer comes at serve.timeout_s; the photo's work, still running then, stops at its next stage and
+    holds its memory until it has."""
+    data, _, _ = reviewed_face(trained_project)
+    monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, timeout_s=1))
+    decided = []
+    monkeypatch.setattr(service.classifier.model, "decide", lambda *args: decided.append(args))
+    with held_in_detect(service) as release:
+        late = client.post("/classify", files={"image": ("a.jpg", data)})
+        assert service.admission.pending == 1  # still detecting
+        release.set()
+    assert late.status_code == 504
+    assert late.json() == {"error": "classifying the photo took longer than the service's 1 s limit, so it was "
+                                    "stopped: retry later, or send a smaller photo"}
+    assert decided == [] and service.admission.reserved == 0
 
 
 def test_the_learned_threshold_travels_with_the_model(service, trained_project: Project) -> None:
