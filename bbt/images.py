@@ -42,6 +42,7 @@ class ImageError(BbtError, ValueError):
 
 # EXIF orientations that turn the stored image by 90 degrees (its width becomes the upright height).
 TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+EXIF_ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True)
@@ -110,10 +111,14 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
             )
         try:
             image.seek(0)  # first frame of an animation
-            size = (height, width) if image.getexif().get(0x0112) in TRANSPOSING_ORIENTATIONS else (width, height)
             _reduce_jpeg(image, min_side)
             image.load()
-            ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double the photo's memory
+            # Read after loading: Pillow turns a TIFF upright as it loads it (its size was upright from the start).
+            orientation = exif_orientation(image)
+            size = (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
+            if orientation != 1:
+                image.info.pop("exif", None)  # else exif_transpose re-writes the block, which may fail to write
+                ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double the photo's memory
             return Photo(_to_bgr(image), (int(size[0]), int(size[1])))
         except ImageError:
             raise
@@ -121,6 +126,16 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
             raise ImageError(
                 f"{name} is a damaged or truncated {image.format} file ({err}): re-export or re-download it"
             ) from None
+
+
+def exif_orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation, 1 (as stored) when it has none, an invalid one or an unreadable EXIF block:
+    its pixels are fine, and viewers show it as stored."""
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - Pillow raises many types for a corrupt block
+        return 1
+    return orientation if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
 
 
 def decode_cost(data: bytes, min_side: int = 0) -> int:

@@ -196,3 +196,35 @@ def test_decode_cost_bounds_what_decoding_allocates() -> None:
     assert decode_cost(jpeg, min_side=1280) == decode_photo(jpeg, min_side=1280).image.shape[0] * \
         decode_photo(jpeg, min_side=1280).image.shape[1] * DEFAULT_PEAK_BYTES_PER_PIXEL
     assert decode_cost(b"not an image") == 0
+
+
+@pytest.mark.parametrize("fmt", ["TIFF", "JPEG", "PNG", "WEBP"])
+def test_a_rotated_photo_reports_its_upright_size_in_every_format(fmt: str) -> None:
+    """Pillow turns a TIFF upright itself as it loads it (and drops the tag): the size must not be turned twice,
+    or the answer's size and every box come out transposed (found by tests/test_fuzz.py)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers turn it a quarter right: the left column becomes the top row
+    options = {"tiffinfo": {0x0112: 6}} if fmt == "TIFF" else {"exif": exif.tobytes()}
+    photo = decode_photo(encode(gradient(40, 30), fmt, **options))
+    assert photo.size == (30, 40) and photo.image.shape == (40, 30, 3) and photo.scale == (1.0, 1.0)
+    # Red (x in the stored image) runs down the upright one.
+    assert photo.image[2, 15, 2] < 40 and photo.image[37, 15, 2] > 215
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("block", [b"XX\0*\0\0\0\x08", b"II*\0\x08\0"], ids=["byte-order", "truncated-header"])
+def test_a_corrupt_exif_block_leaves_the_photo_as_stored(fmt: str, block: bytes) -> None:
+    """The pixels are fine, only the metadata is broken (as viewers show it): decoded unturned, not refused."""
+    photo = decode_photo(encode(gradient(40, 30), fmt, exif=b"Exif\0\0" + block))
+    assert photo.size == (40, 30) and photo.image.shape == (30, 40, 3)
+
+
+def test_a_rotated_photo_is_turned_even_when_pillow_cannot_rewrite_its_exif_block() -> None:
+    """Pillow's exif_transpose writes the block back without the orientation, which fails for some blocks it
+    reads, e.g. a DOUBLE pointing into the IFD itself: the photo must still be turned, not refused."""
+    block = (b"II*\0\x08\0\0\0\x02\0"
+             b"\x12\x01\x03\0\x01\0\0\0\x06\0\0\0"  # orientation: SHORT 6
+             b"\x00\x90\x0c\0\x01\0\0\0\x08\0\0\0"  # ExifVersion as a DOUBLE at offset 8
+             b"\0\0\0\0")
+    photo = decode_photo(encode(gradient(40, 30), "PNG", exif=b"Exif\0\0" + block))
+    assert photo.size == (30, 40) and photo.image.shape == (40, 30, 3)
