@@ -220,14 +220,13 @@ def serve(
 ) -> None:
     """Serve the champion with the web page: import models:/...@champion into BentoML, then `bentoml serve`."""
     from bbt.bento_store import import_champion as run_import
+    from bbt.bento_store import serve_in_process
     from bbt.config import load_params
 
     params = load_params().register
     tag = run_import(params.model_name, params.alias)
     typer.echo(f"serving {tag} on http://{host}:{port} (page /, API /classify, OpenAPI /docs.json); Ctrl-C stops it")
-    bentoml = os.path.join(os.path.dirname(sys.executable), "bentoml")
-    # Replace this process, so Ctrl-C and SIGTERM reach the BentoML server directly.
-    os.execv(bentoml, [bentoml, "serve", "bbt.service:ActorService", "--host", host, "--port", str(port)])
+    serve_in_process(["bbt.service:ActorService", "--host", host, "--port", str(port)])
 
 
 # Imported last: the sub-app's commands use `friendly` from this module.

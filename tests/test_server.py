@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import signal
 import struct
 import time
 import zlib
@@ -344,3 +345,37 @@ def test_bento_builds_offline_and_serves(trained_project: Project, tmp_path: Pat
         assert any(f["label"] == photo.label for f in response.json()["faces"])
     finally:
         stop_server(server)
+
+
+# ---- one server among others, and its shutdown ----------------------------------------------------------------
+
+def requests_counted(metrics: str, endpoint: str) -> int:
+    """BentoML's request count for one route, summed over status codes and workers, from a /metrics text."""
+    prefix = "bentoml_service_request_duration_seconds_count{"
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in metrics.splitlines()
+               if line.startswith(prefix) and f'endpoint="{endpoint}"' in line)
+
+
+def test_a_second_server_counts_only_its_requests_and_sigterm_stops_it_all(bento_server: Server,
+                                                                           tmp_path: Path) -> None:
+    """Issue 12: every server on one BENTOML_HOME shared (and wiped) one Prometheus folder, so /metrics
+    counted other servers' requests; and SIGTERM (what systemd, Docker and CI send) must stop everything."""
+    import psutil
+
+    post(bento_server, one_per_actor(bento_server.project)[0].data)  # the first server has requests of its own
+    second = start_server(bento_server.project, ["bbt", "serve"], tmp_path / "second.log")
+    try:
+        for photo in one_per_actor(bento_server.project)[:3]:
+            assert post(second, photo.data).status_code == 200
+        assert requests_counted(httpx.get(f"{second.url}/metrics").text, "/classify") == 3
+        assert requests_counted(httpx.get(f"{bento_server.url}/metrics").text, "/classify") >= 1
+        workers = psutil.Process(second.process.pid).children(recursive=True)
+        folders = {w.environ().get("PROMETHEUS_MULTIPROC_DIR") for w in workers} - {None}
+        assert len(folders) == 1, folders
+        second.process.send_signal(signal.SIGTERM)  # the command's process only, as systemd's first signal
+        second.process.wait(timeout=60)
+    finally:
+        stop_server(second)
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    assert not Path(folders.pop()).exists()
+    assert httpx.get(f"{bento_server.url}/readyz").status_code == 200  # the other server is untouched
