@@ -23,8 +23,8 @@ setup: $(UV)  ## the project's environment, exactly as locked
 	@echo "installing the locked environment into $(VENV) (quiet; the first time takes a few minutes)"
 	$(UV) sync --frozen --quiet --compile-bytecode --python $(PYTHON)
 
-data: setup  ## materialise data/ from the DVC remote
-	dvc pull
+data: setup  ## materialise data/ from the DVC remote (bbt pull says so in one line when the remote is missing)
+	bbt pull
 
 train: setup  ## the whole pipeline (a no-op when nothing changed), then the registry: it follows dvc.lock
 	dvc repro

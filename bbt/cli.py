@@ -50,6 +50,15 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
 
 @app.command()
 @friendly
+def pull() -> None:
+    """`dvc pull` of the photos (data/), after checking that a local DVC remote exists."""
+    from bbt.remote import pull as run_pull
+
+    run_pull()
+
+
+@app.command()
+@friendly
 def clean() -> None:
     """Stage 1: decode photos, detect faces, keep the accepted ones (artifacts/faces, metrics/clean.json)."""
     from bbt.clean import run_clean

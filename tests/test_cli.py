@@ -43,3 +43,16 @@ def test_audit_before_featurize_names_the_stage(tmp_path: Path) -> None:
     result = run("audit", cwd=tmp_path)
     assert result.returncode == 2 and "run `dvc repro featurize`" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_pull_without_the_remote_folder_says_so_in_one_line(tmp_path: Path) -> None:
+    """Issue 12: `dvc pull` from a missing local remote buried the reason in its log."""
+    subprocess.run([Path(sys.executable).with_name("dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([Path(sys.executable).with_name("dvc"), "remote", "add", "-d", "store", "../no-such-store"],
+                   cwd=tmp_path, check=True, capture_output=True)
+    result = run("pull", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"error: the DVC remote 'store' is the folder {tmp_path.parent / 'no-such-store'}, which does not exist: "
+        "put the shared dataset store there (../shared/dvc-store beside the project), or point the remote at it "
+        "with `dvc remote modify --local store url <folder>`"]
