@@ -52,7 +52,7 @@ def test_pull_without_the_remote_folder_says_so_in_one_line(tmp_path: Path) -> N
                    cwd=tmp_path, check=True, capture_output=True)
     result = run("pull", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines() == [
+    assert result.stderr.strip().splitlines() == [(
         f"error: the DVC remote 'store' is the folder {tmp_path.parent / 'no-such-store'}, which does not exist: "
         "put the shared dataset store there (../shared/dvc-store beside the project), or point the remote at it "
-        "with `dvc remote modify --local store url <folder>`"]
+        "with `dvc remote modify --local store url <folder>`")]
