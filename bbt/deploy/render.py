@@ -6,30 +6,80 @@ import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jinja2
 
 from bbt.config import ServeParams
+from bbt.deploy.instances import DEFAULT_INSTANCE_TYPE, INSTANCE_MEMORY_MIB, MemoryLimits
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "deploy"
 # Room for the multipart envelope (boundaries, part headers) around a photo at the service's own limit.
 MULTIPART_ROOM_KB = 64
 SERVICE_PORT = 3000
+# nginx waits this much longer than the service's serve.timeout_s, so the service's own JSON 504 is the answer.
+PROXY_TIMEOUT_MARGIN_S = 15
+# Supervisor + 2 workers use ~30 threads under a burst of 48 photos; a runaway gets stopped well before the host.
+TASKS_MAX = 256
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """HTTPS: where nginx listens for it, its certificate files, and the folder Let's Encrypt's challenges use."""
+
+    listen: str = "443"
+    certificate: str = "/etc/bbt/tls/fullchain.pem"
+    key: str = "/etc/bbt/tls/privkey.pem"
+    acme_root: str = "/var/www/letsencrypt"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[-1])
+
+    @property
+    def folder(self) -> str:
+        return str(Path(self.certificate).parent)
 
 
 @dataclass(frozen=True)
 class SiteSettings:
-    """What the nginx site needs: where it listens, where the bento listens, and the upload limit."""
+    """What the nginx site needs: where it listens, where the bento listens, the service's limits, TLS."""
 
     listen: str = "80"
     upstream: str = f"127.0.0.1:{SERVICE_PORT}"
     max_upload_mb: float = ServeParams.max_upload_mb
+    service_timeout_s: float = ServeParams.timeout_s
+    proxy_timeout_margin_s: float = PROXY_TIMEOUT_MARGIN_S
     server_name: str = "_"
     default_server: bool = True
-    proxy_timeout_s: int = 60
     proxy_connect_timeout_s: int = 5
     client_body_timeout_s: int = 60
-    tls: bool = False
+    tls: TlsSettings | None = None
+
+    @classmethod
+    def for_service(cls, serve: ServeParams, **overrides: Any) -> SiteSettings:
+        """The site in front of a service running with `serve` (params.yaml's serve section)."""
+        return cls(**{"max_upload_mb": serve.max_upload_mb, "service_timeout_s": serve.timeout_s, **overrides})
+
+    @property
+    def proxy_timeout_s(self) -> int:
+        return math.ceil(self.service_timeout_s + self.proxy_timeout_margin_s)
+
+    @property
+    def https_origin(self) -> str:
+        """Where plain HTTP redirects to: the domain (or the Host asked for) on the HTTPS port."""
+        host = "$host" if self.server_name == "_" else self.server_name
+        port = "" if self.tls is None or self.tls.port == 443 else f":{self.tls.port}"
+        return f"https://{host}{port}"
+
+
+@dataclass(frozen=True)
+class Archive:
+    """Where the instance fetches the exported bento: one S3 object that its instance role may read."""
+
+    bucket: str
+    key: str
+    region: str
 
 
 @dataclass(frozen=True)
@@ -76,27 +126,41 @@ def bento_source_dir(bentoml_home: str | Path, bento_tag: str) -> str:
 
 
 def render_site(settings: SiteSettings) -> str:
-    """The nginx site config (a `server` block plus its upstream) for the http context."""
+    """The nginx site config (limit zones, upstream and `server` blocks) for the http context."""
     values = {**settings.__dict__, "max_upload_mb": f"{settings.max_upload_mb:g}",
+              "service_timeout_s": f"{settings.service_timeout_s:g}", "proxy_timeout_s": settings.proxy_timeout_s,
+              "https_origin": settings.https_origin,
               "client_max_body_size": client_max_body_size(settings.max_upload_mb),
               "legacy_client_max_body_size": client_max_body_size(settings.max_upload_mb, base64=True)}
     return _environment().get_template("nginx-site.conf.j2").render(**values)
 
 
-def render_unit(bento_tag: str, layout: HostLayout = HostLayout(), port: int = SERVICE_PORT) -> str:
-    """The systemd unit that runs `bentoml serve` as the non-root service user, restarted on failure."""
+def render_unit(bento_tag: str, layout: HostLayout = HostLayout(), port: int = SERVICE_PORT,
+                memory: MemoryLimits | None = None) -> str:
+    """The sandboxed systemd unit that runs `bentoml serve` as the non-root service user, restarted on failure.
+
+    `memory` defaults to the limits for the default instance type.
+    """
+    memory = memory or MemoryLimits.for_instance(INSTANCE_MEMORY_MIB[DEFAULT_INSTANCE_TYPE])
     command = shlex.join(serve_command(f"{layout.venv}/bin/bentoml", bento_tag, port))
     return _environment().get_template("bbt.service.j2").render(
         bento_tag=bento_tag, user=layout.user, home=layout.home, bentoml_home=layout.bentoml_home,
         serve_command=command, working_dir=bento_source_dir(layout.bentoml_home, bento_tag),
+        memory_high_mib=memory.high_mib, memory_max_mib=memory.max_mib, tasks_max=TASKS_MAX,
     )
 
 
-def render_user_data(deployment_id: str, bento_tag: str, bento_url: str, bentoml_version: str,
-                     site: SiteSettings = SiteSettings(), layout: HostLayout = HostLayout()) -> str:
-    """The cloud-config that turns a fresh Debian 12 instance into the service behind nginx."""
+def render_user_data(deployment_id: str, bento_tag: str, archive: Archive, bentoml_version: str,
+                     site: SiteSettings = SiteSettings(), layout: HostLayout = HostLayout(),
+                     memory: MemoryLimits | None = None) -> str:
+    """The cloud-config that turns a fresh Debian 12 instance into the service behind nginx.
+
+    It holds no credentials: the instance reads `archive` with its instance role. With `site.tls`, the
+    instance gets its certificate for `site.server_name` from Let's Encrypt (certbot) once that name reaches it.
+    """
     return _environment().get_template("cloud-init.yaml.j2").render(
-        deployment_id=deployment_id, bento_tag=bento_tag, bento_url=bento_url, bentoml_version=bentoml_version,
+        deployment_id=deployment_id, bento_tag=bento_tag, archive=archive, bentoml_version=bentoml_version,
         user=layout.user, home=layout.home, venv=layout.venv, bentoml_home=layout.bentoml_home,
-        unit=render_unit(bento_tag, layout).rstrip("\n"), site=render_site(site).rstrip("\n"),
+        unit=render_unit(bento_tag, layout, memory=memory).rstrip("\n"), site=render_site(site).rstrip("\n"),
+        tls=site.tls, domain=site.server_name,
     )

@@ -24,7 +24,14 @@ from bbt.config import ServeParams
 from bbt.deploy import DeployError
 from bbt.deploy.bento import bentoml_executable, build_bento, export_bento, import_bento
 from bbt.deploy.ready import wait_until_ready
-from bbt.deploy.render import TEMPLATES, SiteSettings, bento_source_dir, render_site, serve_command
+from bbt.deploy.render import (
+    TEMPLATES,
+    SiteSettings,
+    TlsSettings,
+    bento_source_dir,
+    render_site,
+    serve_command,
+)
 
 log = logging.getLogger(__name__)
 NGINX_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -33,12 +40,17 @@ MIME_TYPES = Path("/etc/nginx/mime.types")
 
 @dataclass(frozen=True)
 class Staging:
-    """A running staging copy: `url` goes through nginx, `service_url` straight to `bentoml serve`."""
+    """A running staging copy: `url` goes through nginx, `service_url` straight to `bentoml serve`.
+
+    With TLS, `url` is HTTPS with the self-signed `certificate`, and `http_url` redirects to it.
+    """
 
     url: str
+    http_url: str
     service_url: str
     bento_tag: str
     workdir: Path
+    certificate: Path | None = None
 
 
 def free_loopback_port() -> int:
@@ -52,6 +64,23 @@ def nginx_executable() -> str:
     if found is None:
         raise DeployError("nginx is not installed: run `make system-deps` (apt-get install nginx)")
     return found
+
+
+def self_signed_certificate(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    """A week-long certificate for `host` and localhost, with its key (openssl); returns (certificate, key)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise DeployError("openssl is not installed: run `make system-deps` (apt-get install openssl)")
+    folder.mkdir(parents=True, exist_ok=True)
+    certificate, key = folder / "certificate.pem", folder / "key.pem"
+    result = subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                             "-nodes", "-days", "7", "-subj", "/CN=bbt staging",
+                             "-addext", f"subjectAltName=IP:{host},DNS:localhost",
+                             "-keyout", str(key), "-out", str(certificate)],
+                            check=False, capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise DeployError(f"openssl could not make the staging certificate:\n{result.stderr.strip()}")
+    return certificate, key
 
 
 def write_nginx_config(prefix: Path, site: SiteSettings) -> Path:
@@ -115,10 +144,11 @@ def _tail(path: Path, lines: int = 30) -> str:
 @contextmanager
 def run_staging(project: Path, workdir: Path, port: int | None = None, bento_tag: str | None = None,
                 serve: ServeParams | None = None, source_home: Path | None = None,
-                ready_timeout_s: float = 180) -> Iterator[Staging]:
+                ready_timeout_s: float = 180, tls: bool = False, https_port: int | None = None) -> Iterator[Staging]:
     """Build (unless `bento_tag`), export, import into `workdir`, serve behind nginx; stop both on exit.
 
-    `source_home` is the BENTOML_HOME holding the model (default: the environment's).
+    `source_home` is the BENTOML_HOME holding the model (default: the environment's). With `tls`, nginx serves
+    HTTPS on `https_port` with a self-signed certificate and redirects HTTP to it, as on EC2 with --https.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     tag = bento_tag or build_bento(project, source_home)
@@ -128,7 +158,7 @@ def run_staging(project: Path, workdir: Path, port: int | None = None, bento_tag
     import_bento(archive, home)
 
     service_port, public_port = free_loopback_port(), port or free_loopback_port()
-    service_url, url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{public_port}"
+    service_url, http_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{public_port}"
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     service_log, nginx_log = workdir / "bentoml-serve.log", workdir / "nginx" / "error.log"
     with ExitStack() as stack:
@@ -139,15 +169,24 @@ def run_staging(project: Path, workdir: Path, port: int | None = None, bento_tag
                              alive=lambda: service.poll() is None, what="`bentoml serve`")
         except DeployError as err:
             raise DeployError(f"{err}\n--- {service_log} ---\n{_tail(service_log)}") from None
-        site = SiteSettings(listen=f"127.0.0.1:{public_port}", upstream=f"127.0.0.1:{service_port}",
-                            max_upload_mb=(serve or ServeParams()).max_upload_mb)
+        certificate, url, site_tls = None, http_url, None
+        if tls:
+            https_port = https_port or free_loopback_port()
+            certificate, key = self_signed_certificate(workdir / "nginx" / "tls")
+            site_tls = TlsSettings(listen=f"127.0.0.1:{https_port}", certificate=str(certificate), key=str(key),
+                                   acme_root=str(workdir / "nginx" / "acme"))
+            url = f"https://127.0.0.1:{https_port}"
+        site = SiteSettings.for_service(serve or ServeParams(), listen=f"127.0.0.1:{public_port}",
+                                        upstream=f"127.0.0.1:{service_port}", tls=site_tls)
         config = write_nginx_config(workdir / "nginx", site)
         check_nginx_config(config)
         nginx = stack.enter_context(_started(
             [nginx_executable(), "-p", str(config.parent), "-c", str(config), "-e", str(nginx_log)],
             workdir / "nginx" / "stdout.log"))
         try:
-            wait_until_ready(f"{url}/readyz", 30, 0.2, alive=lambda: nginx.poll() is None, what="nginx")
+            # /readyz answers on plain HTTP also with TLS (probes are not redirected).
+            wait_until_ready(f"{http_url}/readyz", 30, 0.2, alive=lambda: nginx.poll() is None, what="nginx")
         except DeployError as err:
             raise DeployError(f"{err}\n--- {nginx_log} ---\n{_tail(nginx_log)}") from None
-        yield Staging(url=url, service_url=service_url, bento_tag=tag, workdir=workdir)
+        yield Staging(url=url, http_url=http_url, service_url=service_url, bento_tag=tag, workdir=workdir,
+                      certificate=certificate)
