@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from bbt.cli import friendly
+from bbt.deploy.instances import DEFAULT_INSTANCE_TYPE
 
 deploy_app = typer.Typer(help="Ship the bento to AWS EC2 behind nginx, or run the same setup locally (staging).",
                          no_args_is_help=True)
@@ -22,11 +23,14 @@ RENDER_OUT = typer.Argument(..., help="Folder for the rendered files (e.g. /tmp/
 def ec2(
     region: str = REGION,
     profile: str = PROFILE,
-    instance_type: str = typer.Option("t3.small", help="EC2 instance type (2 GiB RAM is the sensible minimum)."),
+    instance_type: str = typer.Option(DEFAULT_INSTANCE_TYPE,
+                                      help="EC2 instance type; the service may use 85% of its RAM (MemoryMax)."),
     ami: str = typer.Option(None, help="AMI id (default: the latest Debian 12 amd64 image of the region)."),
     key_name: str = typer.Option(None, help="EC2 key pair for SSH (default: none, no SSH login)."),
     ssh_cidr: str = typer.Option(None, help="Open SSH (22) to this CIDR only, e.g. 203.0.113.7/32."),
-    https: bool = typer.Option(False, help="Also open 443 (bring your own certificate on the instance)."),
+    https: bool = typer.Option(False, help="Serve HTTPS on 443 with a Let's Encrypt certificate for --domain; "
+                                           "HTTP redirects to it."),
+    domain: str = typer.Option(None, help="The domain name for --https (point its DNS A record at the instance)."),
     bucket: str = typer.Option(None, help="Existing S3 bucket for the archive (default: a new private one)."),
     subnet_id: str = typer.Option(None, help="Public subnet to launch in (default: the default VPC)."),
     bento: str = typer.Option(None, help="Ship this bento tag (e.g. the one staging ran) instead of building."),
@@ -41,15 +45,15 @@ def ec2(
     from bbt.deploy.ec2 import Ec2Options, aws_session, deploy_ec2
 
     options = Ec2Options(region=region, profile=profile, instance_type=instance_type, ami=ami, key_name=key_name,
-                         ssh_cidr=ssh_cidr, https=https, bucket=bucket, subnet_id=subnet_id,
-                         max_upload_mb=load_params().serve.max_upload_mb, ready_timeout_s=ready_timeout)
+                         ssh_cidr=ssh_cidr, https=https, domain=domain, bucket=bucket, subnet_id=subnet_id,
+                         serve=load_params().serve, ready_timeout_s=ready_timeout)
     session = aws_session(region, profile)  # fail on credentials/region before the slow build
     tag = bento or build_bento(Path.cwd())
     with tempfile.TemporaryDirectory(prefix="bbt-export-") as folder:
         archive = export_bento(tag, Path(folder) / f"{tag.replace(':', '-')}.bento")
         deployment = deploy_ec2(archive, tag, bentoml.__version__, options, session, echo=typer.echo,
                                 wait_ready=None if wait else lambda url, timeout: None)
-    typer.echo(f"{deployment.url}  (deployment {deployment.deployment_id}; "
+    typer.echo(f"{deployment.public_url}  (deployment {deployment.deployment_id}; "
                f"remove it with `bbt deploy destroy {deployment.deployment_id}`)")
 
 
@@ -69,7 +73,7 @@ def status(region: str = REGION, profile: str = PROFILE,
         if probe and deployment.url:
             answer = probe_url(f"{deployment.url}readyz")
             ready = "  ready" if answer == 200 else f"  not ready ({answer or 'no answer'})"
-        typer.echo(f"{deployment.deployment_id}  {deployment.state}  {deployment.url or '-'}{ready}")
+        typer.echo(f"{deployment.deployment_id}  {deployment.state}  {deployment.public_url or '-'}{ready}")
         for instance in deployment.instances:
             typer.echo(f"  instance {instance['InstanceId']} {instance['InstanceType']} {instance['ImageId']}")
         for group in deployment.security_groups:
@@ -78,6 +82,8 @@ def status(region: str = REGION, profile: str = PROFILE,
             typer.echo(f"  archive {archive}")
         for bucket in deployment.buckets:
             typer.echo(f"  bucket s3://{bucket}")
+        for role in deployment.roles:
+            typer.echo(f"  IAM role {role}")
 
 
 @deploy_app.command()
@@ -106,7 +112,7 @@ def destroy(
         raise DeployError(f"no resources tagged bbt:deployment={deployment_id} in {session.region_name}: "
                           "see `bbt deploy status` (and --region)")
     if not yes:
-        typer.confirm(f"Remove deployment {deployment_id} (instance, security group, archive)?", abort=True)
+        typer.confirm(f"Remove deployment {deployment_id} (instance, security group, IAM role, archive)?", abort=True)
     removed = destroy_deployment(session, deployment_id)
     typer.echo(f"removed {deployment_id}: {', '.join(removed)}")
 
@@ -114,7 +120,10 @@ def destroy(
 @deploy_app.command()
 @friendly
 def staging(
-    port: int = typer.Option(8080, help="Loopback port nginx listens on."),
+    port: int = typer.Option(8080, help="Loopback port nginx listens on (plain HTTP)."),
+    https: bool = typer.Option(False, help="Also serve HTTPS with a self-signed certificate, as EC2 with --https; "
+                                           "HTTP then redirects to it."),
+    https_port: int = typer.Option(8443, help="Loopback port for HTTPS (with --https)."),
     bento: str = typer.Option(None, help="Stage this bento tag instead of building one from bentofile.yaml."),
     keep: bool = typer.Option(False, help="Keep the work folder (archive, store, logs) after stopping."),
 ) -> None:
@@ -130,7 +139,11 @@ def staging(
     typer.echo(f"building, exporting and importing the bento in {workdir} ...")
     try:
         with sigterm_as_interrupt(), run_staging(Path.cwd(), workdir, port=port, bento_tag=bento,
-                                                 serve=load_params().serve) as running:
+                                                 serve=load_params().serve, tls=https,
+                                                 https_port=https_port) as running:
+            if running.certificate:
+                typer.echo(f"self-signed certificate {running.certificate} (curl --cacert it); "
+                           f"{running.http_url}/ redirects to HTTPS")
             typer.echo(f"staging {running.bento_tag} on {running.url}/ (nginx -> {running.service_url}); "
                        "Ctrl-C (or SIGTERM) stops it")
             threading.Event().wait()
@@ -146,17 +159,37 @@ def staging(
 def render(
     out: Path = RENDER_OUT,
     bento: str = typer.Option("bbt:<version>", help="Bento tag to write into the unit and user-data."),
+    instance_type: str = typer.Option(DEFAULT_INSTANCE_TYPE, help="Sets the unit's memory limits (85% of RAM)."),
+    https: bool = typer.Option(False, help="Render the HTTPS setup (needs --domain)."),
+    domain: str = typer.Option(None, help="The domain name for --https."),
 ) -> None:
     """Write the nginx site, systemd unit and cloud-init user-data as `bbt deploy ec2` would, for review."""
     import bentoml
 
     from bbt.config import load_params
-    from bbt.deploy.render import SiteSettings, render_site, render_unit, render_user_data
+    from bbt.deploy import DeployError
+    from bbt.deploy.ec2 import Ec2Options
+    from bbt.deploy.instances import INSTANCE_MEMORY_MIB, MemoryLimits
+    from bbt.deploy.render import (
+        Archive,
+        SiteSettings,
+        TlsSettings,
+        render_site,
+        render_unit,
+        render_user_data,
+    )
 
-    site = SiteSettings(max_upload_mb=load_params().serve.max_upload_mb)
+    options = Ec2Options(https=https, domain=domain, instance_type=instance_type)
+    if instance_type not in INSTANCE_MEMORY_MIB:
+        raise DeployError(f"no memory figure for {instance_type} without AWS: use one of "
+                          f"{', '.join(INSTANCE_MEMORY_MIB)} (`bbt deploy ec2` asks AWS for any other type)")
+    memory = MemoryLimits.for_instance(INSTANCE_MEMORY_MIB[instance_type])
+    site = SiteSettings.for_service(load_params().serve, server_name=options.domain or "_",
+                                    tls=TlsSettings() if https else None)
+    archive = Archive("<bucket>", "bbt/<deployment>/<bento>.bento", "<region>")
     out.mkdir(parents=True, exist_ok=True)
     (out / "bbt.conf").write_text(render_site(site))
-    (out / "bbt.service").write_text(render_unit(bento))
-    (out / "user-data.yaml").write_text(render_user_data("bbt-<deployment>", bento, "https://<presigned-s3-url>",
-                                                         bentoml.__version__, site))
+    (out / "bbt.service").write_text(render_unit(bento, memory=memory))
+    (out / "user-data.yaml").write_text(render_user_data("bbt-<deployment>", bento, archive, bentoml.__version__,
+                                                         site, memory=memory))
     typer.echo(f"wrote {out}/bbt.conf, {out}/bbt.service, {out}/user-data.yaml")

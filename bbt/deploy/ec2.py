@@ -7,50 +7,46 @@ never by name patterns alone, so nothing else in the account is touched.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import boto3
-import boto3.exceptions
 import botocore.exceptions
 
+from bbt.config import ServeParams
 from bbt.deploy import DeployError
+from bbt.deploy.aws import ARCHIVE_TAG, TAG_KEY, aws_errors, aws_session, error_code, tag_value, tags
+from bbt.deploy.iam import create_instance_role, delete_instance_role, find_roles
+from bbt.deploy.instances import DEFAULT_INSTANCE_TYPE, INSTANCE_MEMORY_MIB, MemoryLimits
 from bbt.deploy.ready import wait_until_ready
-from bbt.deploy.render import SiteSettings, render_user_data
+from bbt.deploy.render import Archive, SiteSettings, TlsSettings, render_user_data
+from bbt.deploy.s3 import create_bucket, delete_bucket, upload_archive
+
+__all__ = ["TAG_KEY", "Deployment", "Ec2Options", "aws_session", "deploy_ec2", "destroy", "find_deployments"]
 
 log = logging.getLogger(__name__)
 
-TAG_KEY = "bbt:deployment"
-ARCHIVE_TAG = "bbt:archive"
+DOMAIN_TAG = "bbt:domain"
 # Debian 12 matches this machine: Python 3.11 (the bento's interpreter) and the nginx the staging test runs.
 DEFAULT_AMI_PARAMETER = "/aws/service/debian/release/12/latest/amd64"
-DEFAULT_INSTANCE_TYPE = "t3.small"
 ROOT_VOLUME_GB = 16
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
-# What a user can do about the AWS errors they are most likely to meet.
-HINTS = {
-    "AuthFailure": "the credentials are invalid: check `aws sts get-caller-identity`",
-    "InvalidClientTokenId": "the access key is unknown: check `aws sts get-caller-identity`",
-    "ExpiredToken": "the session token expired: log in again (`aws sso login` or new keys)",
-    "UnauthorizedOperation": "the IAM user/role lacks EC2 permissions (ec2:RunInstances, security groups, tags)",
-    "AccessDenied": "the IAM user/role lacks the S3/EC2 permission named above",
-    "InstanceLimitExceeded": "the region's instance quota is used up: terminate instances or request more",
-    "VcpuLimitExceeded": "the region's vCPU quota is used up: pick a smaller --instance-type or request more",
-    "InvalidKeyPair.NotFound": "no key pair of that name in this region: create it or drop --key-name",
-    "InvalidAMIID.NotFound": "no such AMI in this region: AMI ids differ per region; drop --ami for Debian 12",
-    "InvalidAMIID.Malformed": "the --ami value is not an AMI id (ami-...)",
-    "BucketAlreadyExists": "that bucket name belongs to another account: pick another --bucket",
-    "InsufficientInstanceCapacity": "AWS has no capacity for that type now: try another --instance-type",
-}
+DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+# A new instance profile takes seconds to be usable by EC2 (IAM is eventually consistent): retry that long.
+PROFILE_RETRIES, PROFILE_RETRY_S = 12, 5.0
 
 
 @dataclass(frozen=True)
 class Ec2Options:
-    """What `bbt deploy ec2` may be told; every field has a sensible default."""
+    """What `bbt deploy ec2` may be told; every field has a sensible default.
+
+    `memory_max_mib` overrides the unit's MemoryMax (default: 85% of the instance type's RAM).
+    """
 
     region: str | None = None
     profile: str | None = None
@@ -59,12 +55,23 @@ class Ec2Options:
     key_name: str | None = None
     ssh_cidr: str | None = None
     https: bool = False
+    domain: str | None = None
     bucket: str | None = None
     subnet_id: str | None = None
     volume_gb: int = ROOT_VOLUME_GB
-    url_expiry_s: int = 12 * 3600
-    max_upload_mb: float = 10
+    serve: ServeParams = field(default_factory=ServeParams)
+    memory_max_mib: int | None = None
     ready_timeout_s: float = 1200
+
+    def __post_init__(self) -> None:
+        if self.https and not self.domain:
+            raise DeployError("--https needs --domain NAME (e.g. --domain bbt.example.org): Let's Encrypt "
+                              "certifies a domain name, not an IP address; point its DNS A record at the instance")
+        if self.domain and not self.https:
+            raise DeployError(f"--domain {self.domain} is for the HTTPS certificate: add --https")
+        if self.domain and not DOMAIN.match(self.domain):
+            raise DeployError(f"--domain {self.domain!r} is not a domain name: give the bare name, "
+                              "e.g. bbt.example.org (no scheme, port or path)")
 
 
 @dataclass
@@ -76,6 +83,7 @@ class Deployment:
     security_groups: list[str] = field(default_factory=list)
     buckets: list[str] = field(default_factory=list)
     archives: list[str] = field(default_factory=list)
+    roles: list[str] = field(default_factory=list)
 
     @property
     def public_ip(self) -> str | None:
@@ -84,58 +92,24 @@ class Deployment:
 
     @property
     def url(self) -> str | None:
+        """Plain HTTP to the address: the probes answer there also with --https."""
         return f"http://{self.public_ip}/" if self.public_ip else None
+
+    @property
+    def domain(self) -> str | None:
+        return next((d for i in self.instances if (d := tag_value(i.get("Tags", []), DOMAIN_TAG))), None)
+
+    @property
+    def public_url(self) -> str | None:
+        return f"https://{self.domain}/" if self.domain else self.url
 
     @property
     def state(self) -> str:
         return ",".join(i["State"]["Name"] for i in self.instances) or "no instance"
 
 
-def aws_session(region: str | None = None, profile: str | None = None) -> boto3.Session:
-    """A boto3 session with a region and credentials, or a DeployError saying how to provide them."""
-    try:
-        session = boto3.Session(region_name=region, profile_name=profile)
-    except botocore.exceptions.ProfileNotFound:
-        raise DeployError(f"AWS profile {profile!r} is not in ~/.aws/config or ~/.aws/credentials: "
-                          "create it with `aws configure --profile NAME` or drop --profile") from None
-    if not session.region_name:
-        raise DeployError("no AWS region: pass --region (e.g. --region eu-west-1), or set AWS_REGION / "
-                          "AWS_DEFAULT_REGION, or `region` in ~/.aws/config")
-    if session.get_credentials() is None:
-        raise DeployError("no AWS credentials found: run `aws configure` (or `aws sso login`), or set "
-                          "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE / --profile")
-    return session
-
-
-@contextmanager
-def aws_errors(action: str) -> Iterator[None]:
-    """Turn the AWS errors a user can fix into one clear DeployError line."""
-    try:
-        yield
-    except botocore.exceptions.NoCredentialsError:
-        raise DeployError(f"{action}: no AWS credentials found: run `aws configure` or set "
-                          "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY") from None
-    except botocore.exceptions.ClientError as err:
-        code = err.response.get("Error", {}).get("Code", "")
-        message = err.response.get("Error", {}).get("Message", str(err))
-        hint = next((h for c, h in HINTS.items() if code.startswith(c)), "")
-        raise DeployError(f"{action}: {code}: {message}" + (f" ({hint})" if hint else "")) from None
-    except boto3.exceptions.S3UploadFailedError as err:
-        code = next((c for c in HINTS if c in str(err)), "")
-        hint = HINTS.get(code) or ("that bucket does not exist: check --bucket and --region" if "NoSuchBucket"
-                                   in str(err) else "")
-        raise DeployError(f"{action}: {err}" + (f" ({hint})" if hint else "")) from None
-    except botocore.exceptions.EndpointConnectionError as err:
-        raise DeployError(f"{action}: cannot reach AWS ({err}); check the network and --region") from None
-
-
 def new_deployment_id() -> str:
     return f"bbt-{datetime.now(UTC):%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-
-
-def _tags(deployment_id: str, **extra: str) -> list[dict[str, str]]:
-    return [{"Key": "Name", "Value": deployment_id}, {"Key": TAG_KEY, "Value": deployment_id},
-            *({"Key": k, "Value": v} for k, v in extra.items())]
 
 
 def resolve_ami(session: boto3.Session, ami: str | None) -> dict:
@@ -145,13 +119,22 @@ def resolve_ami(session: boto3.Session, ami: str | None) -> dict:
             ami = session.client("ssm").get_parameter(Name=DEFAULT_AMI_PARAMETER)["Parameter"]["Value"]
         except botocore.exceptions.ClientError as err:
             raise DeployError(f"could not look up the Debian 12 AMI ({DEFAULT_AMI_PARAMETER}) in "
-                              f"{session.region_name}: {err.response['Error'].get('Code')}; pass --ami ami-... "
+                              f"{session.region_name}: {error_code(err)}; pass --ami ami-... "
                               "(a Debian 12 amd64 image of that region)") from None
     with aws_errors(f"looking up AMI {ami}"):
         images = session.client("ec2").describe_images(ImageIds=[ami])["Images"]
     if not images:
         raise DeployError(f"AMI {ami} does not exist in {session.region_name}: AMI ids differ per region")
     return images[0]
+
+
+def instance_memory_mib(ec2, instance_type: str) -> int:
+    """The instance type's RAM: from the table of suggested types, else from AWS (which also checks the name)."""
+    if instance_type in INSTANCE_MEMORY_MIB:
+        return INSTANCE_MEMORY_MIB[instance_type]
+    with aws_errors(f"looking up instance type {instance_type}"):
+        [described] = ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
+    return described["MemoryInfo"]["SizeInMiB"]
 
 
 def _vpc_of(ec2, subnet_id: str | None) -> str:
@@ -168,7 +151,7 @@ def create_security_group(ec2, deployment_id: str, vpc_id: str, options: Ec2Opti
     """A security group open on 80 (and 443 with --https) to all, and on 22 only from --ssh-cidr."""
     group_id = ec2.create_security_group(
         GroupName=deployment_id, Description=f"bbt deployment {deployment_id}: HTTP in, SSH from one CIDR",
-        VpcId=vpc_id, TagSpecifications=[{"ResourceType": "security-group", "Tags": _tags(deployment_id)}],
+        VpcId=vpc_id, TagSpecifications=[{"ResourceType": "security-group", "Tags": tags(deployment_id)}],
     )["GroupId"]
     public = {"IpRanges": [{"CidrIp": "0.0.0.0/0"}], "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}
     rules = [{"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, **public}]
@@ -181,47 +164,34 @@ def create_security_group(ec2, deployment_id: str, vpc_id: str, options: Ec2Opti
     return group_id
 
 
-def upload_archive(session: boto3.Session, deployment_id: str, archive: Path, bucket: str | None,
-                   expiry_s: int) -> tuple[str, str, bool, str]:
-    """Put the exported bento in S3 (a new private bucket unless --bucket); returns bucket, key, created, URL."""
-    s3 = session.client("s3")
-    created = bucket is None
-    if bucket is None:
-        account = session.client("sts").get_caller_identity()["Account"]
-        bucket = f"{deployment_id}-{account}"
-        location = {} if session.region_name == "us-east-1" else {
-            "CreateBucketConfiguration": {"LocationConstraint": session.region_name}}
-        s3.create_bucket(Bucket=bucket, **location)
-        s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
-            "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
-            "RestrictPublicBuckets": True})
-        s3.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": _tags(deployment_id)})
-    key = f"bbt/{deployment_id}/{archive.name}"
-    s3.upload_file(str(archive), bucket, key, ExtraArgs={"Tagging": f"{TAG_KEY}={deployment_id}"})
-    # A time-limited link lets the instance download without an IAM role; it expires after setup.
-    url = s3.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=expiry_s)
-    return bucket, key, created, url
-
-
-def launch_instance(ec2, deployment_id: str, image: dict, group_id: str, user_data: str,
-                    options: Ec2Options, archive_uri: str) -> str:
-    """One instance from the image, with the user-data, the group, tags on it and its volume."""
-    instance_tags = _tags(deployment_id, **{ARCHIVE_TAG: archive_uri})
+def launch_instance(ec2, deployment_id: str, image: dict, group_id: str, user_data: str, options: Ec2Options,
+                    archive_uri: str, profile: str, sleep: Callable[[float], None] = time.sleep) -> str:
+    """One instance from the image with the user-data, the group, the role, tags, and an encrypted volume."""
+    extra_tags = {ARCHIVE_TAG: archive_uri, **({DOMAIN_TAG: options.domain} if options.domain else {})}
     request = {
         "ImageId": image["ImageId"], "InstanceType": options.instance_type, "MinCount": 1, "MaxCount": 1,
-        "UserData": user_data, "SecurityGroupIds": [group_id],
+        "UserData": user_data, "SecurityGroupIds": [group_id], "IamInstanceProfile": {"Name": profile},
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
         "BlockDeviceMappings": [{"DeviceName": image.get("RootDeviceName", "/dev/xvda"),
-                              "Ebs": {"VolumeSize": options.volume_gb, "VolumeType": "gp3",
-                                      "DeleteOnTermination": True}}],
-        "TagSpecifications": [{"ResourceType": "instance", "Tags": instance_tags},
-                           {"ResourceType": "volume", "Tags": _tags(deployment_id)}],
+                                 "Ebs": {"VolumeSize": options.volume_gb, "VolumeType": "gp3",
+                                         "Encrypted": True, "DeleteOnTermination": True}}],
+        "TagSpecifications": [{"ResourceType": "instance", "Tags": tags(deployment_id, **extra_tags)},
+                              {"ResourceType": "volume", "Tags": tags(deployment_id)}],
     }
     if options.key_name:
         request["KeyName"] = options.key_name
     if options.subnet_id:
         request["SubnetId"] = options.subnet_id
-    return ec2.run_instances(**request)["Instances"][0]["InstanceId"]
+    attempts = 0
+    while True:
+        try:
+            return ec2.run_instances(**request)["Instances"][0]["InstanceId"]
+        except botocore.exceptions.ClientError as err:
+            attempts += 1
+            profile_not_visible = error_code(err) == "InvalidParameterValue" and "iamInstanceProfile" in str(err)
+            if not profile_not_visible or attempts >= PROFILE_RETRIES:
+                raise
+            sleep(PROFILE_RETRY_S)
 
 
 def deploy_ec2(archive: Path, bento_tag: str, bentoml_version: str, options: Ec2Options,
@@ -241,6 +211,10 @@ def deploy_ec2(archive: Path, bento_tag: str, bentoml_version: str, options: Ec2
     ec2 = session.client("ec2")
     echo(f"deployment {deployment_id} in {session.region_name}")
     image = resolve_ami(session, options.ami)
+    if options.memory_max_mib:
+        memory = MemoryLimits.of_max(options.memory_max_mib)
+    else:
+        memory = MemoryLimits.for_instance(instance_memory_mib(ec2, options.instance_type))
     if options.key_name:
         with aws_errors(f"looking up key pair {options.key_name!r}"):
             ec2.describe_key_pairs(KeyNames=[options.key_name])
@@ -250,16 +224,23 @@ def deploy_ec2(archive: Path, bento_tag: str, bentoml_version: str, options: Ec2
         echo(f"security group {group_id}: port 80" + (", 443" if options.https else "")
              + (f", SSH from {options.ssh_cidr}" if options.ssh_cidr else ""))
         with aws_errors("uploading the bento to S3"):
-            bucket, key, _, url = upload_archive(session, deployment_id, archive, options.bucket,
-                                                 options.url_expiry_s)
+            bucket = options.bucket
+            if bucket is None:
+                bucket = f"{deployment_id}-{session.client('sts').get_caller_identity()['Account']}"
+                create_bucket(session, bucket, deployment_id)
+            key = upload_archive(session, deployment_id, archive, bucket)
             # The group outlives the instance; it remembers where the archive is for `destroy`.
             ec2.create_tags(Resources=[group_id], Tags=[{"Key": ARCHIVE_TAG, "Value": f"s3://{bucket}/{key}"}])
         echo(f"bento {bento_tag} uploaded to s3://{bucket}/{key}")
-        user_data = render_user_data(deployment_id, bento_tag, url, bentoml_version,
-                                     SiteSettings(max_upload_mb=options.max_upload_mb, tls=False))
+        with aws_errors("creating the instance's IAM role (read access to the archive only)"):
+            profile = create_instance_role(session, deployment_id, bucket, key)
+        site = SiteSettings.for_service(options.serve, server_name=options.domain or "_",
+                                        tls=TlsSettings() if options.https else None)
+        user_data = render_user_data(deployment_id, bento_tag, Archive(bucket, key, session.region_name),
+                                     bentoml_version, site, memory=memory)
         with aws_errors("launching the instance"):
             instance_id = launch_instance(ec2, deployment_id, image, group_id, user_data, options,
-                                          f"s3://{bucket}/{key}")
+                                          f"s3://{bucket}/{key}", profile)
             echo(f"instance {instance_id} ({options.instance_type}, {image['ImageId']}) starting")
             ec2.get_waiter("instance_running").wait(InstanceIds=[instance_id],
                                                     WaiterConfig={"Delay": 5, "MaxAttempts": 60})
@@ -277,6 +258,9 @@ def deploy_ec2(archive: Path, bento_tag: str, bentoml_version: str, options: Ec2
         raise DeployError(f"{err}; the instance keeps running (and costing): look at /var/log/cloud-init-output.log "
                           f"over SSH, or remove it with `bbt deploy destroy {deployment_id}`") from None
     echo(f"ready: {deployment.url}")
+    if options.domain:
+        echo(f"point the DNS A record of {options.domain} at {deployment.public_ip}: the instance asks Let's Encrypt "
+             f"for its certificate every 5 minutes until the name reaches it, then serves {deployment.public_url}")
     return deployment
 
 
@@ -297,11 +281,12 @@ def find_deployments(session: boto3.Session, deployment_id: str | None = None) -
                   else {"Name": "tag-key", "Values": [TAG_KEY]})
     found: dict[str, Deployment] = {}
 
-    def entry(tags: list[dict[str, str]]) -> Deployment:
-        values = {t["Key"]: t["Value"] for t in tags}
-        deployment = found.setdefault(values[TAG_KEY], Deployment(values[TAG_KEY]))
-        if ARCHIVE_TAG in values and values[ARCHIVE_TAG] not in deployment.archives:
-            deployment.archives.append(values[ARCHIVE_TAG])
+    def entry(resource_tags: list[dict[str, str]]) -> Deployment:
+        owner = tag_value(resource_tags)
+        deployment = found.setdefault(owner, Deployment(owner))
+        archive_uri = tag_value(resource_tags, ARCHIVE_TAG)
+        if archive_uri and archive_uri not in deployment.archives:
+            deployment.archives.append(archive_uri)
         return deployment
 
     with aws_errors("listing deployments"):
@@ -318,25 +303,18 @@ def find_deployments(session: boto3.Session, deployment_id: str | None = None) -
             if not name.startswith("bbt-") or (deployment_id and not name.startswith(deployment_id)):
                 continue
             try:
-                tags = s3.get_bucket_tagging(Bucket=name)["TagSet"]
+                bucket_tags = s3.get_bucket_tagging(Bucket=name)["TagSet"]
             except botocore.exceptions.ClientError:
                 continue
-            if any(t["Key"] == TAG_KEY and (deployment_id is None or t["Value"] == deployment_id) for t in tags):
-                entry(tags).buckets.append(name)
+            if tag_value(bucket_tags) and deployment_id in (None, tag_value(bucket_tags)):
+                entry(bucket_tags).buckets.append(name)
+        for owner, role in find_roles(session, deployment_id).items():
+            entry([{"Key": TAG_KEY, "Value": owner}]).roles.append(role)
     return found
 
 
-def _delete_bucket(s3, bucket: str) -> None:
-    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
-        objects = [{"Key": o["Key"], "VersionId": o["VersionId"]}
-                   for o in page.get("Versions", []) + page.get("DeleteMarkers", [])]
-        if objects:
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": objects})
-    s3.delete_bucket(Bucket=bucket)
-
-
 def destroy(session: boto3.Session, deployment_id: str) -> list[str]:
-    """Terminate the instance, delete the security group, the archive and the bucket if bbt created it."""
+    """Terminate the instance; delete the security group, the IAM role, the archive and the bucket if bbt made it."""
     deployment = find_deployments(session, deployment_id).get(deployment_id)
     if deployment is None:
         return []
@@ -349,16 +327,19 @@ def destroy(session: boto3.Session, deployment_id: str) -> list[str]:
                 s3.delete_object(Bucket=bucket, Key=key)
                 removed.append(uri)
         for bucket in deployment.buckets:
-            _delete_bucket(s3, bucket)
+            delete_bucket(s3, bucket)
             removed.append(f"s3://{bucket}")
         instance_ids = [i["InstanceId"] for i in deployment.instances]
         if instance_ids:
             ec2.terminate_instances(InstanceIds=instance_ids)
-            # The group stays in use until its instance is gone.
+            # The group and the role stay in use until their instance is gone.
             ec2.get_waiter("instance_terminated").wait(InstanceIds=instance_ids,
                                                        WaiterConfig={"Delay": 5, "MaxAttempts": 120})
             removed.extend(instance_ids)
         for group_id in deployment.security_groups:
             ec2.delete_security_group(GroupId=group_id)
             removed.append(group_id)
+        for role in deployment.roles:
+            delete_instance_role(session, role)
+            removed.append(f"IAM role {role}")
     return removed
