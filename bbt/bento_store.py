@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 
 import bentoml
 
@@ -59,17 +57,3 @@ def import_champion(model_name: str, alias: str) -> bentoml.Tag:
         ) from None
     return import_version(model_name, version)
 
-
-def serve_in_process(arguments: list[str]) -> None:
-    """`bentoml serve <arguments>` in this process (Ctrl-C and SIGTERM reach its supervisor directly), with a
-    Prometheus folder of its own: BentoML's default one, under BENTOML_HOME, is shared by (and wiped by) every
-    server started on that home, so /metrics would count other servers' requests."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
-    from bentoml_cli.cli import cli
-
-    metrics = tempfile.mkdtemp(prefix="bbt-serve-metrics-")
-    BentoMLContainer.prometheus_multiproc_dir.set(metrics)
-    try:
-        cli.main(["serve", *arguments], prog_name="bentoml")
-    finally:
-        shutil.rmtree(metrics, ignore_errors=True)

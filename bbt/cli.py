@@ -229,13 +229,14 @@ def serve(
 ) -> None:
     """Serve the champion with the web page: import models:/...@champion into BentoML, then `bentoml serve`."""
     from bbt.bento_store import import_champion as run_import
-    from bbt.bento_store import serve_in_process
     from bbt.config import load_params
 
     params = load_params().register
     tag = run_import(params.model_name, params.alias)
     typer.echo(f"serving {tag} on http://{host}:{port} (page /, API /classify, OpenAPI /docs.json); Ctrl-C stops it")
-    serve_in_process(["bbt.service:ActorService", "--host", host, "--port", str(port)])
+    # A fresh interpreter (not this one, which imported MLflow to import the champion) runs the server.
+    os.execv(sys.executable, [sys.executable, "-m", "bbt.bento_serve", "bbt.service:ActorService",
+                              "--host", host, "--port", str(port)])
 
 
 # Imported last: the sub-app's commands use `friendly` from this module.
