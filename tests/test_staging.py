@@ -7,15 +7,22 @@ rendered user-data, `systemd-analyze verify` on the rendered unit.
 from __future__ import annotations
 
 import base64
+import http.server
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -25,32 +32,60 @@ import yaml
 
 from bbt import ACTORS
 from bbt.config import load_params
+from bbt.deploy.bento import bentoml_executable
 from bbt.deploy.ready import wait_until_ready
-from bbt.deploy.render import HostLayout, SiteSettings, render_unit, render_user_data
-from bbt.deploy.staging import Staging, check_nginx_config, run_staging, write_nginx_config
+from bbt.deploy.render import (
+    Archive,
+    HostLayout,
+    SiteSettings,
+    TlsSettings,
+    bento_source_dir,
+    render_unit,
+    render_user_data,
+    serve_command,
+)
+from bbt.deploy.staging import (
+    Staging,
+    check_nginx_config,
+    nginx_executable,
+    run_staging,
+    self_signed_certificate,
+    write_nginx_config,
+)
 from tests.conftest import Project, free_port
 
 MB = 1024 * 1024
 SECURITY_HEADERS = ("x-content-type-options", "x-frame-options", "referrer-policy", "content-security-policy")
+SANDBOX = Path(__file__).with_name("systemd_sandbox.py")
 
 
-def user_data() -> str:
+def user_data(tls: bool = False) -> str:
+    site = SiteSettings.for_service(load_params().serve, server_name="bbt.example.org" if tls else "_",
+                                    tls=TlsSettings() if tls else None)
     return render_user_data("bbt-20261125-000000-abcd", "bbt-actor-service:abc123",
-                            "https://bucket.s3.amazonaws.com/bbt/x.bento?X-Amz-Signature=1&X-Amz-Expires=3600",
-                            "1.4.40", SiteSettings(max_upload_mb=load_params().serve.max_upload_mb))
+                            Archive("bbt-20261125-000000-abcd-123456789012", "bbt/bbt-20261125-000000-abcd/x.bento",
+                                    "eu-west-1"), "1.4.40", site)
+
+
+def with_test_certificate(site: str, folder: Path) -> str:
+    """The site with its certificate paths moved to a self-signed pair in `folder` (the instance makes its own)."""
+    certificate, key = self_signed_certificate(folder)
+    return site.replace(TlsSettings.certificate, str(certificate)).replace(TlsSettings.key, str(key))
 
 
 def test_nginx_accepts_the_production_site_config(tmp_path: Path) -> None:
-    config = write_nginx_config(tmp_path, SiteSettings(max_upload_mb=load_params().serve.max_upload_mb))
+    config = write_nginx_config(tmp_path, SiteSettings.for_service(load_params().serve))
     assert "test is successful" in check_nginx_config(config)
 
 
-def test_the_site_config_works_inside_debians_stock_nginx_conf(tmp_path: Path) -> None:
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_the_site_config_works_inside_debians_stock_nginx_conf(tmp_path: Path, tls: bool) -> None:
     """As on the instance: /etc/nginx/nginx.conf including sites-enabled/bbt.conf (paths moved to tmp_path)."""
     stock = Path("/etc/nginx/nginx.conf").read_text()
     site = tmp_path / "sites-enabled" / "bbt.conf"
     site.parent.mkdir()
-    site.write_text(yaml.safe_load(user_data())["write_files"][1]["content"])
+    shipped = yaml.safe_load(user_data(tls))["write_files"][1]["content"]
+    site.write_text(with_test_certificate(shipped, tmp_path / "tls") if tls else shipped)
     moved = (stock.replace("/etc/nginx/sites-enabled/", f"{site.parent}/").replace("/run/nginx.pid", f"{tmp_path}/pid")
              .replace("/var/log/nginx/", f"{tmp_path}/"))
     assert moved.count(str(tmp_path)) >= 4, "the stock nginx.conf changed shape"
@@ -64,15 +99,17 @@ def test_user_data_is_a_valid_cloud_config(tmp_path: Path) -> None:
     text = user_data()
     config = yaml.safe_load(text)
     assert text.startswith("#cloud-config\n")
-    assert {"python3", "python3-venv", "nginx"} <= set(config["packages"])
+    assert {"python3", "python3-venv", "python3-boto3", "nginx"} <= set(config["packages"])
+    assert "certbot" not in config["packages"], "no certificate without --https"
     assert config["users"][1]["name"] == "bbt" and config["users"][1]["system"] is True
     files = {f["path"]: f for f in config["write_files"]}
     assert set(files) == {"/etc/systemd/system/bbt.service", "/etc/nginx/sites-available/bbt.conf",
                           "/usr/local/sbin/bbt-setup"}
     assert files["/etc/systemd/system/bbt.service"]["content"] == render_unit("bbt-actor-service:abc123")
     script = files["/usr/local/sbin/bbt-setup"]["content"]
-    assert "'https://bucket.s3.amazonaws.com/bbt/x.bento?X-Amz-Signature=1&X-Amz-Expires=3600'" in script
-    assert (script.index("bentoml import") < script.index("env/python/requirements.txt")
+    assert ("eu-west-1 bbt-20261125-000000-abcd-123456789012 bbt/bbt-20261125-000000-abcd/x.bento "
+            "/var/lib/bbt/bento.bento") in script, "boto3 fetches the archive with the instance role"
+    assert (script.index("download_file") < script.index("bentoml import") < script.index("env/python/requirements.txt")
             < script.index("enable --now bbt"))
     assert config["runcmd"] == [["/usr/local/sbin/bbt-setup"]]
     # The site the instance runs is the one `nginx -t` and the staging test check here.
@@ -80,12 +117,41 @@ def test_user_data_is_a_valid_cloud_config(tmp_path: Path) -> None:
     config_file = write_nginx_config(prefix, SiteSettings())
     (prefix / "sites" / "bbt.conf").write_text(files["/etc/nginx/sites-available/bbt.conf"]["content"])
     check_nginx_config(config_file)
+    check_cloud_config(text, tmp_path)
 
+
+def check_cloud_config(text: str, folder: Path) -> None:
+    """`cloud-init schema` on the user-data, `bash -n` on each script it writes."""
     assert shutil.which("cloud-init"), "cloud-init is missing: `make system-deps` installs it from Debian"
-    (tmp_path / "user-data").write_text(text)
-    result = subprocess.run(["cloud-init", "schema", "--config-file", str(tmp_path / "user-data")],
+    (folder / "user-data").write_text(text)
+    result = subprocess.run(["cloud-init", "schema", "--config-file", str(folder / "user-data")],
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
+    for written in yaml.safe_load(text)["write_files"]:
+        if written["content"].startswith("#!/bin/bash"):
+            checked = subprocess.run(["bash", "-n"], input=written["content"], capture_output=True, text=True,
+                                     check=False)
+            assert checked.returncode == 0, f"{written['path']}: {checked.stderr}"
+
+
+def test_https_user_data_gets_a_certificate_and_redirects(tmp_path: Path) -> None:
+    text = user_data(tls=True)
+    config = yaml.safe_load(text)
+    assert {"certbot", "openssl"} <= set(config["packages"])
+    files = {f["path"]: f["content"] for f in config["write_files"]}
+    certificate = files["/usr/local/sbin/bbt-certificate"]
+    assert "certbot certonly --webroot -w /var/www/letsencrypt -d bbt.example.org" in certificate
+    assert certificate.index("bbt-probe") < certificate.index("certbot certonly"), "asks Let's Encrypt only once the name reaches it"
+    assert "--deploy-hook \"systemctl reload nginx\"" in certificate, "renewals (certbot.timer) reach nginx"
+    assert "OnUnitInactiveSec=5min" in files["/etc/systemd/system/bbt-certificate.timer"]
+    setup = files["/usr/local/sbin/bbt-setup"]
+    assert setup.index("self-signed") < setup.index("nginx -t") < setup.index("enable --now bbt-certificate.timer")
+    prefix = tmp_path / "nginx"
+    config_file = write_nginx_config(prefix, SiteSettings())
+    (prefix / "sites" / "bbt.conf").write_text(with_test_certificate(files["/etc/nginx/sites-available/bbt.conf"],
+                                                                     tmp_path / "tls"))
+    check_nginx_config(config_file)
+    check_cloud_config(text, tmp_path)
 
 
 def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
@@ -100,20 +166,200 @@ def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+class _StandIn(http.server.BaseHTTPRequestHandler):
+    """The service's stand-in behind nginx: 200 JSON for everything, after `delay_s` on /slow."""
+
+    protocol_version = "HTTP/1.1"
+    delay_s = 3.0
+
+    def _answer(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path == "/slow":
+            time.sleep(self.delay_s)
+        body = json.dumps({"path": self.path}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def stand_in_service() -> Iterator[http.server.ThreadingHTTPServer]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _StandIn)
+    server.daemon_threads = True
+    server.handle_error = lambda request, address: None  # nginx hanging up on a slow answer is the point
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
+def nginx_in_front(prefix: Path, site: SiteSettings) -> Iterator[Path]:
+    """Debian's nginx with the rendered site (and the staging main config) until the block ends; yields the prefix."""
+    config = write_nginx_config(prefix, site)
+    check_nginx_config(config)
+    with (prefix / "stdout.log").open("wb") as log:
+        nginx = subprocess.Popen([nginx_executable(), "-p", str(prefix), "-c", str(config),
+                                  "-e", str(prefix / "error.log")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until_ready(f"http://{site.listen}/livez", 10, 0.05, alive=lambda: nginx.poll() is None, what="nginx")
+        yield prefix
+    finally:
+        nginx.terminate()
+        nginx.wait(timeout=10)
+
+
+@pytest.fixture
+def stand_in() -> Iterator[http.server.ThreadingHTTPServer]:
+    with stand_in_service() as server:
+        yield server
+
+
+def site_for(stand_in: http.server.ThreadingHTTPServer, **overrides: object) -> SiteSettings:
+    return SiteSettings.for_service(load_params().serve, listen=f"127.0.0.1:{free_port()}",
+                                    upstream=f"127.0.0.1:{stand_in.server_port}", **overrides)
+
+
+def assert_json_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert all(h in response.headers for h in SECURITY_HEADERS)
+    return response.json()
+
+
+def test_nginx_answers_json_when_the_service_is_silent_or_down(tmp_path: Path, stand_in) -> None:
+    site = site_for(stand_in, service_timeout_s=0.5, proxy_timeout_margin_s=0.5)
+    with nginx_in_front(tmp_path, site), httpx.Client(base_url=f"http://{site.listen}", trust_env=False) as http:
+        started = time.monotonic()
+        assert "within 1 s" in assert_json_error(http.get("/slow"), 504)["error"]
+        assert time.monotonic() - started < _StandIn.delay_s
+        stand_in.shutdown()
+        stand_in.server_close()
+        down = http.get("/classify")
+        assert "not answering" in assert_json_error(down, 502)["error"]
+        assert down.headers["retry-after"] == "5"
+
+
+def test_nginx_limits_each_client_but_not_a_person_on_the_page(tmp_path: Path, stand_in) -> None:
+    site = site_for(stand_in)
+    with nginx_in_front(tmp_path, site) as prefix, httpx.Client(base_url=f"http://{site.listen}", trust_env=False,
+                                                                limits=httpx.Limits(max_connections=64)) as http:
+        # A person: the page and its files in parallel (a browser opens 6 connections), then photos one by one.
+        with ThreadPoolExecutor(6) as pool:
+            page = list(pool.map(http.get, ["/", "/static/app.js", "/static/app.css", "/static/favicon.svg"] * 3))
+        assert [r.status_code for r in page] == [200] * 12
+        for _ in range(10):
+            assert http.post("/classify", files={"image": ("a.jpg", b"x" * 50_000)}).status_code == 200
+            time.sleep(0.25)
+        # A script firing 60 photos at once: the burst passes, the rest is told to slow down.
+        with ThreadPoolExecutor(16) as pool:
+            burst = list(pool.map(lambda _: http.post("/classify", files={"image": ("a.jpg", b"x")}), range(60)))
+        codes = [r.status_code for r in burst]
+        assert codes.count(200) >= 20 and codes.count(429) >= 20, codes
+        refused = next(r for r in burst if r.status_code == 429)
+        assert "too many requests" in assert_json_error(refused, 429)["error"]
+        assert refused.headers["retry-after"] == "1"
+        time.sleep(1.5)
+
+        # 300 stalled uploads from one address (the attack on the bare service): 16 wait, the rest are refused.
+        stalled = []
+        try:
+            for _ in range(20):
+                conn = socket.create_connection(("127.0.0.1", int(site.listen.rsplit(":", 1)[1])))
+                conn.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+                stalled.append(conn)
+            time.sleep(0.5)
+            answered = []
+            for conn in stalled:
+                conn.settimeout(0.2)
+                try:
+                    answered.append(conn.recv(64))
+                except TimeoutError:
+                    pass
+            assert len(answered) == 4 and all(a.startswith(b"HTTP/1.1 429") for a in answered), answered
+        finally:
+            for conn in stalled:
+                conn.close()
+        assert "limiting connections by zone" in (prefix / "error.log").read_text()
+        time.sleep(0.5)
+        assert http.get("/readyz").status_code == 200, "the limits let go once the connections close"
+
+
+def test_metrics_are_not_served_through_nginx(tmp_path: Path, stand_in) -> None:
+    site = site_for(stand_in)
+    with nginx_in_front(tmp_path, site), httpx.Client(base_url=f"http://{site.listen}", trust_env=False) as http:
+        for path in ("/metrics", "/metrics/", "/metrics?format=text", "/%6detrics"):
+            assert "only on the host" in assert_json_error(http.get(path), 404)["error"], path
+        assert http.get("/readyz").status_code == 200
+    # On the host, straight to the service, it answers.
+    assert httpx.get(f"http://127.0.0.1:{stand_in.server_port}/metrics", trust_env=False).status_code == 200
+
+
+def tls_context(certificate: Path, version: ssl.TLSVersion | None = None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(certificate))
+    if version is not None:
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this client offer old versions: the server must refuse
+        context.minimum_version = context.maximum_version = version
+    return context
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_https_with_the_sites_tls_config(tmp_path: Path, stand_in) -> None:
+    certificate, key = self_signed_certificate(tmp_path / "tls")
+    https_port = free_port()
+    acme = tmp_path / "acme"
+    site = site_for(stand_in, tls=TlsSettings(listen=f"127.0.0.1:{https_port}", certificate=str(certificate),
+                                              key=str(key), acme_root=str(acme)))
+    (acme / ".well-known" / "acme-challenge").mkdir(parents=True)
+    (acme / ".well-known" / "acme-challenge" / "token-1").write_text("token-1.key")
+    with nginx_in_front(tmp_path / "nginx", site), \
+            httpx.Client(trust_env=False, verify=tls_context(certificate)) as http:
+        page = http.get(f"https://127.0.0.1:{https_port}/classify?x=1")
+        assert page.status_code == 200 and page.json() == {"path": "/classify?x=1"}
+        assert page.headers["strict-transport-security"] == "max-age=31536000"
+        assert "only on the host" in assert_json_error(http.get(f"https://127.0.0.1:{https_port}/metrics"), 404)[
+            "error"]
+        moved = http.get(f"http://{site.listen}/classify?x=1")
+        assert (moved.status_code, moved.headers["location"]) == (301, f"https://127.0.0.1:{https_port}/classify?x=1")
+        assert http.get(f"http://{site.listen}/readyz").status_code == 200, "probes answer on plain HTTP"
+        challenge = http.get(f"http://{site.listen}/.well-known/acme-challenge/token-1")
+        assert (challenge.status_code, challenge.text) == (200, "token-1.key"), "Let's Encrypt reads these over HTTP"
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            with socket.create_connection(("127.0.0.1", https_port)) as raw, \
+                    tls_context(certificate, version).wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+                assert tls.version() == version.name.replace("v1_", "v1.")
+        for version in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+            with socket.create_connection(("127.0.0.1", https_port)) as raw, pytest.raises(ssl.SSLError):
+                tls_context(certificate, version).wrap_socket(raw, server_hostname="127.0.0.1")
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            httpx.get(f"https://127.0.0.1:{https_port}/", trust_env=False)
+
+
 @pytest.fixture(scope="module")
 def staging(trained_project: Project, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Staging]:
-    """`bentoml build` in the trained project -> export -> import into a fresh store -> serve behind nginx."""
+    """`bentoml build` in the trained project -> export -> import into a fresh store -> serve behind nginx, with
+    the HTTPS setup of `--https` (a self-signed certificate in place of Let's Encrypt's)."""
     saved = os.environ.get("BENTOML_HOME")
     with run_staging(trained_project.root, tmp_path_factory.mktemp("staging"),
                      serve=load_params(trained_project.root / "params.yaml").serve,
-                     source_home=trained_project.bentoml_home) as running:
+                     source_home=trained_project.bentoml_home, tls=True) as running:
         yield running
     assert os.environ.get("BENTOML_HOME") == saved
 
 
 @pytest.fixture(scope="module")
-def client() -> Iterator[httpx.Client]:
-    with httpx.Client(trust_env=False, timeout=60) as http:
+def client(staging: Staging) -> Iterator[httpx.Client]:
+    assert staging.url.startswith("https://") and staging.certificate is not None
+    with httpx.Client(trust_env=False, timeout=60, verify=tls_context(staging.certificate)) as http:
         yield http
 
 
@@ -196,6 +442,54 @@ def test_uploads_under_the_limit_reach_the_service(staging: Staging, client: htt
 
 
 @pytest.mark.integration
+def test_plain_http_moves_to_https_and_metrics_stay_on_the_host(staging: Staging, client: httpx.Client) -> None:
+    moved = client.get(f"{staging.http_url}/static/app.js")
+    assert moved.status_code == 301 and moved.headers["location"] == f"{staging.url}/static/app.js"
+    assert client.get(f"{staging.http_url}/readyz").status_code == 200, "probes answer on plain HTTP"
+    assert "only on the host" in assert_json_error(client.get(f"{staging.url}/metrics"), 404)["error"]
+    metrics = client.get(f"{staging.service_url}/metrics")
+    assert metrics.status_code == 200 and "# TYPE bentoml_" in metrics.text
+
+
+@pytest.mark.integration
+def test_the_service_serves_inside_the_units_sandbox(staging: Staging, trained_project: Project,
+                                                     tmp_path: Path) -> None:
+    """The staged bento under the unit's sandbox as far as it goes without systemd: the kernel side applied by
+    tests/systemd_sandbox.py (SystemCallFilter, RestrictAddressFamilies, NoNewPrivileges, MemoryDenyWriteExecute)
+    in a private mount namespace where everything but /tmp (its home is there) is read-only, as with
+    ProtectSystem=strict. It starts, names the actors in real photos and serves /metrics."""
+    if os.geteuid() != 0:
+        pytest.skip("a private read-only mount namespace (unshare --mount) needs root")
+    unit = tmp_path / "bbt.service"
+    unit.write_text(render_unit(staging.bento_tag))
+    home, port = staging.workdir, free_port()
+    command = [sys.executable, str(SANDBOX), str(unit), "--",
+               *serve_command(bentoml_executable(), staging.bento_tag, port)]
+    shell = (f"mount --bind /tmp /tmp && mount --bind {shlex.quote(str(home))} {shlex.quote(str(home))} && "
+             f"mount -o remount,bind,ro / && exec {shlex.join(command)}")
+    env = {**os.environ, "HOME": str(home), "BENTOML_HOME": str(home / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    log = tmp_path / "sandboxed.log"
+    with log.open("wb") as sink:
+        service = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c", shell],
+                                   cwd=bento_source_dir(home / "bentoml", staging.bento_tag), env=env,
+                                   stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(f"{url}/readyz", 240, 0.5, alive=lambda: service.poll() is None,
+                         what=f"the sandboxed service (log: {log.read_text()[-3000:]})")
+        for actor, (photo, _) in training_photos(trained_project).items():
+            answer = httpx.post(f"{url}/classify", files={"image": (photo.name, photo.read_bytes(), "image/jpeg")},
+                                trust_env=False, timeout=60)
+            assert answer.status_code == 200, answer.text
+            assert actor in [face["label"] for face in answer.json()["faces"]]
+        assert httpx.get(f"{url}/metrics", trust_env=False).status_code == 200
+    finally:
+        os.killpg(service.pid, signal.SIGTERM)
+        service.wait(timeout=60)
+    assert "Operation not permitted" not in log.read_text() and "Read-only file system" not in log.read_text()
+
+
+@pytest.mark.integration
 def test_bbt_deploy_staging_command_serves_until_sigterm_and_leaves_nothing(staging: Staging,
                                                                            trained_project: Project) -> None:
     """The documented command (`bbt deploy staging`, run by `make staging`), on the bento built above, stopped the
@@ -249,6 +543,11 @@ def test_bbt_deploy_ec2_ships_the_real_exported_bento(staging: Staging, trained_
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
     monkeypatch.setenv("BENTOML_HOME", str(trained_project.bentoml_home))
+    from moto.s3.models import FakeBucket
+
+    from tests.test_deploy import moto_over_https
+
+    monkeypatch.setattr(FakeBucket, "get_permission", moto_over_https(FakeBucket.get_permission))
     with mock_aws():
         import boto3
 
