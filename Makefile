@@ -33,8 +33,8 @@ train: setup  ## the whole pipeline (a no-op when nothing changed), then the reg
 serve: setup  ## the champion over HTTP with the web page
 	bbt serve --host $(HOST) --port $(PORT)
 
-DEBIAN_PACKAGES := nginx chromium cloud-init systemd
-system-deps:  ## Debian packages the tests drive for real: nginx, headless Chromium, cloud-init's schema check
+DEBIAN_PACKAGES := nginx chromium cloud-init systemd openssl
+system-deps:  ## Debian packages the tests drive for real: nginx, headless Chromium, cloud-init's schema check, openssl
 	@if ! dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
 	fi
