@@ -9,10 +9,6 @@ downloads string fields that look like URLs).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import ctypes
-import json
 import logging
 import math
 import os
@@ -21,24 +17,46 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import bentoml
 import cv2
 import prometheus_client
-from fastapi import FastAPI, File, Request, UploadFile
-from fastapi.exceptions import HTTPException, RequestValidationError
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bbt.admission import MB, Admission, Busy, Ticket
+from bbt.allocator import return_big_frees_to_the_os
 from bbt.config import SERVER_TIMEOUT_S, ServeParams, load_params
+from bbt.contract import (
+    ERRORS,
+    Classification,
+    Face,
+    ImageSize,
+    LegacyFace,
+    ModelInfo,
+    PhotoUpload,
+    decode_data_url,
+    legacy_face,
+)
 from bbt.errors import ModelError
 from bbt.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_cost, decode_photo
 from bbt.openset import Timer
 from bbt.predict import ActorClassifier, FacePrediction
+from bbt.upload_limits import (
+    TICKET,
+    JsonErrors,
+    UploadLimit,
+    UploadTooLarge,
+    busy_response,
+    error_response,
+    field_missing_message,
+    keep_uploads_in_memory,
+    timed_out_response,
+)
 
 log = logging.getLogger("bbt.service")
 
@@ -49,15 +67,9 @@ WEB_DIR = Path(__file__).with_name("web")
 # and a margin for photos whose base64 has more of them.
 BASE64_GROWTH = 4 / 3 * 1.1
 ENVELOPE_BYTES = 64 * 1024
-# An upload is in memory as the body's chunks, the parsed form part and the bytes read from it.
-UPLOAD_COPIES = 3
-TICKET = "bbt.admission_ticket"  # the ASGI scope key of a request's admission ticket
-# Bodies over the limit are read and thrown away up to this size so the client sees the 413, then closed.
-DRAIN_LIMIT_BYTES = 64 * MB
 # Requests classified at once per worker process: OpenCV and Pillow release the GIL, so two keep a core busy
 # while one waits on Python; more only multiply the memory of large photos in flight.
 THREADS_PER_WORKER = 2
-M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # glibc mallopt parameters
 
 # BentoML serves these at /metrics, summed over its worker processes.
 STAGE_SECONDS = prometheus_client.Histogram(
@@ -66,11 +78,6 @@ STAGE_SECONDS = prometheus_client.Histogram(
     labelnames=["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-REJECTED = prometheus_client.Counter(
-    name="bbt_rejected_requests",
-    documentation="Requests refused with a 4xx, a 503 (busy) or a 504 (timed out), by HTTP status.",
-    labelnames=["status"],
-)
 FACES = prometheus_client.Counter(
     name="bbt_faces",
     documentation="Faces classified, by label ('unknown': not one of the four).",
@@ -78,204 +85,8 @@ FACES = prometheus_client.Counter(
 )
 
 
-# ---- the HTTP contract, as pydantic models: they are the OpenAPI schema --------------------------------------
-
-class FaceBox(BaseModel):
-    x: int
-    y: int
-    w: int
-    h: int
-
-
-class Face(BaseModel):
-    box: FaceBox = Field(description="In the uploaded image's pixel coordinates (after EXIF rotation).")
-    label: str = Field(description="howard, leonard, raj or sheldon; 'unknown' when the face is not one of the "
-                                   "four (its distance is over the model's learned threshold).")
-    closest_actor: str = Field(description="The actor the face resembles most, even when the label is 'unknown'.")
-    confidence: float = Field(description="The classifier's probability of closest_actor among the four actors. "
-                                          "It assumes the face is one of them: it is not a probability that the "
-                                          "face is that actor rather than anyone else; distance decides that.")
-    probabilities: dict[str, float] = Field(description="The four actors' probabilities (same caveat).")
-    distance: float = Field(description="The open-set rule's distance (nearest_face: Euclidean distance in face-"
-                                        "embedding space to the closest training face of closest_actor).")
-    threshold: float = Field(description="The largest distance the model names an actor at, learned by "
-                                         "cross-validation for a target false-accept rate on strangers.")
-
-
-class ModelInfo(BaseModel):
-    name: str
-    version: str = Field(description="The MLflow registry version being served.")
-    open_set_rule: str = Field(description="When a face is answered 'unknown' (see docs/models.md).")
-
-
-class ImageSize(BaseModel):
-    width: int
-    height: int
-
-
-class Classification(BaseModel):
-    faces: list[Face] = Field(description="Most confident first; empty when no face is found.")
-    model: ModelInfo
-    image: ImageSize
-
-
-class LegacyFace(BaseModel):
-    class_: str = Field(alias="class")
-    class_probability: list[float] = Field(description="Percentages, in class_dictionary order.")
-    class_dictionary: dict[str, int]
-
-
-class ErrorBody(BaseModel):
-    error: str
-
-
-PhotoUpload = Annotated[UploadFile, File(description=f"A {SUPPORTED_FOR_PEOPLE} photo")]
-
-
-ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": why}
-    for status, why in ((400, "Missing field or bad image"), (413, "Upload too large"),
-                        (415, "Not multipart/form-data"),
-                        (503, ("Busy: this worker holds serve.max_pending photos, or photos filling its "
-                               "serve.worker_memory_mb; retry after the Retry-After header's seconds")),
-                        (504, "The photo took longer than serve.timeout_s; its work was stopped"))
-}
-
-
-# ---- errors: every one a JSON {"error": ...} -----------------------------------------------------------------
-
-class UploadTooLarge(HTTPException):
-    """Raised while the body streams in, as soon as it passes the limit."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"the upload is over the {limit / MB:g} MB limit: send a smaller photo "
-                              "(resize or re-export it as JPEG)")
-
-
 class TimedOut(Exception):
     """The photo's deadline (serve.timeout_s after its upload was read) passed; its work stops at the next stage."""
-
-
-def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    if 400 <= status < 500 or status in (503, 504):
-        REJECTED.labels(status=str(status)).inc()
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def busy_response(err: Busy) -> JSONResponse:
-    return error_response(503, f"the service is busy ({err.why}); retry in {err.retry_after} s",
-                          {"Retry-After": str(err.retry_after)})
-
-
-def timed_out_response(timeout_s: float) -> JSONResponse:
-    return error_response(504, f"classifying the photo took longer than the service's {timeout_s:g} s limit, "
-                               "so it was stopped: retry later, or send a smaller photo")
-
-
-def field_missing_message(request: Request) -> tuple[int, str]:
-    content_type = request.headers.get("content-type", "")
-    if not content_type.startswith("multipart/form-data"):
-        return 415, (f"POST {request.url.path} needs multipart/form-data with the photo in the field 'image' "
-                     f"(got {content_type or 'no content type'}), e.g. curl -F image=@photo.jpg URL/classify")
-    return 400, ("the form has no file in the field 'image': send the photo as a file part named 'image', "
-                 "e.g. curl -F image=@photo.jpg URL/classify")
-
-
-# ---- the upload limit, enforced before the body is read ----------------------------------------------------
-
-class UploadLimit:
-    """ASGI middleware refusing request bodies over the route's limit with a 413, without buffering them, and
-    uploads a full worker cannot take (by count, or by memory for the body) with a 503 before reading them.
-    An admitted upload's ticket (bbt.admission) is in the scope, for the route to grow by the decoding's cost.
-
-    The limits belong to the running service (they come from params.yaml when it starts).
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        limit = None
-        if scope["type"] == "http" and scope["method"] == "POST":
-            limit = bentoml.get_current_service().upload_limits.get(scope["path"])
-        if limit is None:
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            if int(declared) <= DRAIN_LIMIT_BYTES:
-                await self._drain(receive)
-            return await error_response(413, UploadTooLarge(limit).detail)(scope, receive, send)
-        admission = bentoml.get_current_service().admission
-        body_bytes = int(declared) if declared is not None and declared.isdigit() else limit
-        try:
-            ticket = admission.admit(UPLOAD_COPIES * body_bytes)
-        except Busy as busy:
-            await self._drain(receive)
-            return await busy_response(busy)(scope, receive, send)
-        scope[TICKET] = ticket
-        received = 0
-
-        async def counted() -> dict:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:  # a chunked body that never declared its length
-                raise UploadTooLarge(limit)
-            return message
-
-        try:
-            await self.app(scope, counted, send)
-        finally:
-            admission.release(ticket)
-
-    @staticmethod
-    async def _drain(receive: Any) -> None:
-        """Read and drop the body (so the client reads the answer), up to DRAIN_LIMIT_BYTES."""
-        drained = 0
-        while drained <= DRAIN_LIMIT_BYTES:
-            message = await receive()
-            drained += len(message.get("body", b""))
-            if message["type"] != "http.request" or not message.get("more_body"):
-                return
-
-
-class JsonErrors:
-    """ASGI middleware for the whole server: a plain-text error BentoML's own router answers (an unknown path,
-    a wrong method on its routes) becomes `{"error": ...}` like every other error of this service."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        held: dict[str, Any] = {}
-
-        async def rewrite(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                headers = dict(message.get("headers", []))
-                if message["status"] >= 400 and headers.get(b"content-type", b"").startswith(b"text/plain"):
-                    held["start"], held["body"] = message, b""
-                    return
-            elif "start" in held and message["type"] == "http.response.body":
-                held["body"] += message.get("body", b"")
-                if message.get("more_body"):
-                    return
-                status = held["start"]["status"]
-                text = held["body"].decode("utf-8", "replace").strip() or "error"
-                why = f"{scope['method']} {scope['path']}: {text.lower()}"
-                if status == 404:
-                    why += "; the routes are /, /classify, /classify_image, /livez, /readyz, /metrics and /docs.json"
-                body = json.dumps({"error": why}).encode()
-                headers = [(k, v) for k, v in held["start"].get("headers", [])
-                           if k.lower() not in (b"content-type", b"content-length")]
-                await send({**held["start"], "headers": [*headers, (b"content-type", b"application/json"),
-                                                         (b"content-length", str(len(body)).encode())]})
-                await send({"type": "http.response.body", "body": body})
-                return
-            await send(message)
-
-        await self.app(scope, receive, rewrite)
 
 
 class Assets(StaticFiles):
@@ -289,7 +100,7 @@ class Assets(StaticFiles):
 
 web = FastAPI(title="bbt actor classifier", version="1", docs_url=None, redoc_url=None, openapi_url=None,
               description="Finds the faces in a photo and names the Big Bang Theory actor of each.")
-web.add_middleware(UploadLimit)
+web.add_middleware(UploadLimit, service=bentoml.get_current_service)
 
 
 @web.exception_handler(RequestValidationError)
@@ -303,31 +114,6 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     if exc.status_code == 400 and detail == "There was an error parsing the body":
         detail = "the request body is not valid multipart/form-data: send the photo as the file field 'image'"
     return error_response(exc.status_code, detail)
-
-
-def keep_uploads_in_memory(limit_bytes: int) -> None:
-    """Let the multipart parser keep a file part up to the upload limit in memory.
-
-    Starlette spools parts over 1 MB to a temporary file on disk, which the route then reads back: a disk write
-    and read per typical 2-5 MB photo. The upload limit and serve.max_pending already bound what a worker holds.
-    """
-    from starlette.formparsers import MultiPartParser
-
-    MultiPartParser.spool_max_size = max(MultiPartParser.spool_max_size, limit_bytes)
-
-
-def return_big_frees_to_the_os() -> None:
-    """Allocate big blocks (decoded photos) with mmap, so freeing them shrinks the process again.
-
-    glibc raises its mmap threshold after the first big free and then keeps such blocks in its heap arenas
-    (one per thread), where photos of different sizes fragment it: resident memory creeps up over a long run.
-    """
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: nothing to tune
-        return
-    libc.mallopt(M_MMAP_THRESHOLD, 1 * MB)
-    libc.mallopt(M_ARENA_MAX, 2)
 
 
 # ---- the service --------------------------------------------------------------------------------------------
@@ -479,25 +265,6 @@ class ActorService:
         legacy = [legacy_face(face, self.classifier.classes) for face in faces]
         # The original answered any origin; old pages served from elsewhere depend on it.
         return JSONResponse(legacy, headers={"Access-Control-Allow-Origin": "*"})
-
-
-def legacy_face(face: FacePrediction, classes: list[str]) -> dict[str, Any]:
-    """The original system's answer for one face: its class ('unknown' for a face that is not one of the four,
-    which the original never said) and the four percentages in class_dictionary order."""
-    return {"class": face.label,
-            "class_probability": [round(face.probabilities[c] * 100, 2) for c in classes],
-            "class_dictionary": {c: i for i, c in enumerate(classes)}}
-
-
-def decode_data_url(value: str) -> bytes:
-    """The bytes of a base64 data URL (or of bare base64, as some old clients sent)."""
-    header, _, payload = value.partition(",") if value.startswith("data:") else ("", "", value)
-    if header and not header.endswith(";base64"):
-        raise ImageError("'image_data' is a data URL without ;base64: send data:image/jpeg;base64,...")
-    try:
-        return base64.b64decode("".join(payload.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise ImageError("'image_data' is not valid base64: send the photo as data:image/jpeg;base64,...") from None
 
 
 web.mount("/static", Assets(directory=WEB_DIR), name="static")

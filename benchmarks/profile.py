@@ -62,12 +62,13 @@ def main() -> None:
 
     import cv2
 
+    from bbt.admission import MB
     from bbt.clean import list_images
     from bbt.config import load_params
+    from bbt.contract import Classification, Face, ImageSize, ModelInfo
     from bbt.embeddings import FaceEmbeddings, resnet
     from bbt.images import ImageError, decode_photo
-    from bbt.admission import MB
-    from bbt.service import Classification, Face, ImageSize, ModelInfo, keep_uploads_in_memory
+    from bbt.upload_limits import keep_uploads_in_memory
 
     cv2.setNumThreads(1)
     times: dict[str, list[float]] = defaultdict(list)

@@ -165,7 +165,7 @@ def test_photos_past_the_worker_memory_budget_get_503(service, client: TestClien
     """Each photo reserves its upload (before the body is read) and its decoding's most memory (once its header
     is read); one that does not fit beside the photos in the worker is refused, and nothing stays reserved."""
     from bbt.images import decode_cost
-    from bbt.service import UPLOAD_COPIES
+    from bbt.upload_limits import UPLOAD_COPIES
 
     data, _, _ = reviewed_face(trained_project)
     budget = service.admission.memory_bytes
@@ -226,8 +226,8 @@ def test_the_learned_threshold_travels_with_the_model(service, trained_project: 
 
 
 def test_legacy_helpers() -> None:
+    from bbt.contract import decode_data_url, legacy_face
     from bbt.predict import FacePrediction
-    from bbt.service import decode_data_url, legacy_face
 
     assert decode_data_url("data:image/png;base64," + base64.b64encode(b"abc").decode()) == b"abc"
     assert decode_data_url(base64.b64encode(b"abc").decode()) == b"abc"
