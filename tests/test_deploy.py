@@ -271,7 +271,7 @@ def test_https_needs_a_domain_name_and_says_so() -> None:
 
 def test_the_units_memory_limits_follow_the_instance_type(aws: boto3.Session, archive: Path) -> None:
     """85% of the RAM for the service: from the table for the usual types, from AWS for any other."""
-    assert "MemoryMax=1740M" in render_unit("bbt:abc"), "t3.small, the default: 2 GiB"
+    assert "MemoryMax=3481M" in render_unit("bbt:abc"), "t3.medium, the default: 4 GiB"
     deployment_id, _ = deploy(aws, archive, instance_type="m5.large")
     unit = user_data_of(aws, deployment_id)
     assert "MemoryMax=6963M" in unit and "MemoryHigh=6266M" in unit, "8 GiB, looked up with DescribeInstanceTypes"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEFAULT_INSTANCE_TYPE = "t3.small"
+# 4 GiB: the service's measured ceiling (idle 1046 MiB + 2 workers x serve.worker_memory_mb 768 MiB = 2582 MiB,
+# docs/serving.md#memory-and-time-limits) fits under its MemoryHigh; a t3.small's 1740 MiB MemoryMax does not.
+DEFAULT_INSTANCE_TYPE = "t3.medium"
 # The types the docs suggest; others are looked up with ec2:DescribeInstanceTypes at deploy time.
 INSTANCE_MEMORY_MIB = {
     "t3.small": 2048, "t3.medium": 4096, "t3.large": 8192, "t3.xlarge": 16384,
