@@ -91,7 +91,7 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
     with image:
         if image.format not in SUPPORTED_FORMATS:
             raise ImageError(
-                f"{name} is a {image.format} image, which is not supported: "
+                f"{name} is in {image.format} format, which is not supported: "
                 f"convert it to JPEG or PNG (supported: {SUPPORTED_FOR_PEOPLE})"
             )
         width, height = image.size

@@ -91,7 +91,7 @@ def test_truncated_file_is_refused() -> None:
 
 
 def test_unsupported_format_is_named() -> None:
-    with pytest.raises(ImageError, match="ICO image, which is not supported"):
+    with pytest.raises(ImageError, match="favicon.ico is in ICO format, which is not supported"):
         decode_image(encode(gradient(16, 16), "ICO"), "favicon.ico")
 
 
