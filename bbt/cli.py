@@ -2,45 +2,40 @@
 
 from __future__ import annotations
 
-import logging
+import importlib
 import os
 import sys
-from collections.abc import Callable
-from functools import wraps
-from typing import Any
+from typing import ClassVar
 
+import click
 import typer
+from typer.core import TyperGroup
 
-from bbt.errors import BbtError
+from bbt.cli_support import friendly, setup_logging
+from bbt.deploy.cli import deploy_app
+
+
+class WithLazyApps(TyperGroup):
+    """The `bbt` group plus sub-apps from outside the library, imported only when they are named or listed.
+
+    The one seam between the library and the orchestration package: `bbt prefect ...` lives in flows/cli.py,
+    and the library never imports `flows` (tests/test_imports.py checks it).
+    """
+
+    lazy_apps: ClassVar[dict[str, str]] = {"prefect": "flows.cli:prefect_app"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *self.lazy_apps]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.lazy_apps:
+            return super().get_command(ctx, cmd_name)
+        module, name = self.lazy_apps[cmd_name].split(":")
+        return typer.main.get_command(getattr(importlib.import_module(module), name))
+
 
 app = typer.Typer(help="Recognise the Big Bang Theory lead actors: pipeline stages, registry and serving.",
-                  no_args_is_help=True, pretty_exceptions_enable=False)
-
-
-def setup_logging(verbose: bool = False) -> None:
-    level = logging.DEBUG if verbose else logging.INFO
-    if sys.stderr.isatty():
-        from rich.logging import RichHandler
-
-        logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(show_path=False)])
-    else:
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("alembic", "mlflow.store", "urllib3", "botocore"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def friendly(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Print a user-fixable error as one clear line and exit 2, instead of a traceback."""
-
-    @wraps(command)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except BbtError as err:
-            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
-
-    return run
+                  no_args_is_help=True, pretty_exceptions_enable=False, cls=WithLazyApps)
 
 
 @app.callback()
@@ -118,8 +113,9 @@ def register() -> None:
     from bbt.config import load_params
     from bbt.register import run_register
 
-    result = run_register(load_params())
-    typer.echo(f"{load_params().register.model_name} version {result['version']}: {result['reason']}")
+    params = load_params()
+    result = run_register(params)
+    typer.echo(f"{params.register.model_name} version {result['version']}: {result['reason']}")
 
 
 @app.command()
@@ -160,65 +156,12 @@ def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1.")) -> None:
 @app.command("import-champion")
 @friendly
 def import_champion() -> None:
-    """Copy models:/bbt-actor-classifier@champion into the BentoML model store (for `bentoml build`)."""
+    """Copy models:/<register.model_name>@<register.alias> into the BentoML model store (for `bentoml build`)."""
     from bbt.bento_store import import_champion as run_import
     from bbt.config import load_params
 
     params = load_params().register
     typer.echo(str(run_import(params.model_name, params.alias)))
-
-
-prefect_app = typer.Typer(help="The Prefect retrain flow: run it once, deploy its weekly schedule, serve it with "
-                               "the Prefect UI (flows/, docs/orchestration.md).", no_args_is_help=True)
-app.add_typer(prefect_app, name="prefect")
-
-
-@prefect_app.callback()
-def prefect_main() -> None:
-    # Prefect's client logs every HTTP request at INFO; the run logs say what matters.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-@prefect_app.command("run")
-@friendly
-def prefect_run(
-    force: bool = typer.Option(False, help="Retrain even when the champion has today's data and params."),
-    family: list[str] = typer.Option(None, help="Model family to search (repeat); default search.families."),
-    feature_set: list[str] = typer.Option(None, help="Feature set (repeat); default featurize.feature_sets."),
-    dask: str = typer.Option(None, help="Dask scheduler address, or 'local' for a 2-worker cluster "
-                                        "(default $BBT_DASK_ADDRESS, else threads on this machine)."),
-    batch_size: int = typer.Option(32, help="Images per detect-faces task."),
-) -> None:
-    """Run the retrain flow once (on PREFECT_API_URL's server, else a temporary one); print its outcome."""
-    import json
-
-    from flows.retrain import run_retrain
-
-    outcome = run_retrain(dask, force=force, families=family or None, feature_sets=feature_set or None,
-                          batch_size=batch_size)
-    typer.echo(json.dumps(outcome))
-
-
-@prefect_app.command("deploy")
-@friendly
-def prefect_deploy(cron: str = typer.Option(None, help="Cron schedule (default flows/deploy.py WEEKLY_CRON).")) -> None:
-    """Create or update the deployment retrain/weekly on the server at PREFECT_API_URL."""
-    from flows.deploy import WEEKLY_CRON, apply_deployment
-
-    typer.echo(f"deployment retrain/weekly: {apply_deployment(cron or WEEKLY_CRON)}")
-
-
-@prefect_app.command("serve")
-@friendly
-def prefect_serve(
-    host: str = typer.Option("127.0.0.1", help="Interface of the Prefect server and UI."),
-    port: int = typer.Option(4200, help="Port of the Prefect server and UI."),
-    cron: str = typer.Option(None, help="Cron schedule (default flows/deploy.py WEEKLY_CRON)."),
-) -> None:
-    """Start the Prefect server (SQLite in PREFECT_HOME) and serve retrain/weekly until Ctrl-C."""
-    from flows.deploy import WEEKLY_CRON, serve_locally
-
-    serve_locally(host, port, cron or WEEKLY_CRON)
 
 
 @app.command()
@@ -238,8 +181,5 @@ def serve(
     os.execv(sys.executable, [sys.executable, "-m", "bbt.bento_serve", "bbt.service:ActorService",
                               "--host", host, "--port", str(port)])
 
-
-# Imported last: the sub-app's commands use `friendly` from this module.
-from bbt.deploy.cli import deploy_app
 
 app.add_typer(deploy_app, name="deploy")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from bbt.cli import friendly
+from bbt.cli_support import friendly
 from bbt.deploy.instances import DEFAULT_INSTANCE_TYPE
 
 deploy_app = typer.Typer(help="Ship the bento to AWS EC2 behind nginx, or run the same setup locally (staging).",
