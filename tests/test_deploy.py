@@ -34,7 +34,6 @@ from bbt.deploy.ec2 import (
     launch_instance,
 )
 from bbt.deploy.instances import MemoryLimits
-from bbt.deploy.ready import wait_until_ready
 from bbt.deploy.render import (
     SiteSettings,
     TlsSettings,
@@ -43,7 +42,7 @@ from bbt.deploy.render import (
     render_unit,
     serve_command,
 )
-from tests.conftest import free_port
+from bbt.ready import NotReady, free_port, wait_until_ready
 
 REGION = "eu-west-1"
 SSH_CIDR = "203.0.113.0/24"
@@ -404,17 +403,17 @@ def test_wait_until_ready_times_out_naming_the_last_answer(readiness_server) -> 
     url, handler = readiness_server
     handler.ready_after = 10**6
     started = time.monotonic()
-    with pytest.raises(DeployError, match=r"did not answer 200 within 0.5 s \(last answer: 503\)"):
+    with pytest.raises(NotReady, match=r"did not answer 200 within 0.5 s \(last answer: 503\)"):
         wait_until_ready(f"{url}/readyz", timeout_s=0.5, interval_s=0.05)
     assert time.monotonic() - started < 5
-    with pytest.raises(DeployError, match="last answer: no connection"):
+    with pytest.raises(NotReady, match="last answer: no connection"):
         wait_until_ready(f"http://127.0.0.1:{free_port()}/readyz", timeout_s=0.3, interval_s=0.05)
 
 
 def test_wait_until_ready_stops_when_the_process_died(readiness_server) -> None:
     url, handler = readiness_server
     handler.ready_after = 10**6
-    with pytest.raises(DeployError, match="nginx stopped before"):
+    with pytest.raises(NotReady, match="nginx stopped before"):
         wait_until_ready(f"{url}/readyz", timeout_s=60, interval_s=0.05, alive=lambda: False, what="nginx")
 
 

@@ -33,7 +33,6 @@ import yaml
 from bbt import ACTORS
 from bbt.config import load_params
 from bbt.deploy.bento import bentoml_executable
-from bbt.deploy.ready import wait_until_ready
 from bbt.deploy.render import (
     Archive,
     HostLayout,
@@ -52,7 +51,8 @@ from bbt.deploy.staging import (
     self_signed_certificate,
     write_nginx_config,
 )
-from tests.conftest import Project, free_port
+from bbt.ready import free_port, wait_until_ready
+from tests.conftest import Project
 
 MB = 1024 * 1024
 SECURITY_HEADERS = ("x-content-type-options", "x-frame-options", "referrer-policy", "content-security-policy")

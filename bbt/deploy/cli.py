@@ -63,7 +63,7 @@ def status(region: str = REGION, profile: str = PROFILE,
            probe: bool = typer.Option(True, help="Ask each instance's /readyz (5 s timeout).")) -> None:
     """List the bbt deployments of the region: instance state, URL, readiness and what they own."""
     from bbt.deploy.ec2 import aws_session, find_deployments
-    from bbt.deploy.ready import probe as probe_url
+    from bbt.ready import probe as probe_url
 
     deployments = find_deployments(aws_session(region, profile))
     if not deployments:

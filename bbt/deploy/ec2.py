@@ -23,9 +23,9 @@ from bbt.deploy import DeployError
 from bbt.deploy.aws import ARCHIVE_TAG, TAG_KEY, aws_errors, aws_session, error_code, tag_value, tags
 from bbt.deploy.iam import create_instance_role, delete_instance_role, find_roles
 from bbt.deploy.instances import DEFAULT_INSTANCE_TYPE, INSTANCE_MEMORY_MIB, MemoryLimits
-from bbt.deploy.ready import wait_until_ready
 from bbt.deploy.render import Archive, SiteSettings, TlsSettings, render_user_data
 from bbt.deploy.s3 import create_bucket, delete_bucket, upload_archive
+from bbt.ready import NotReady, wait_until_ready
 
 __all__ = ["TAG_KEY", "Deployment", "Ec2Options", "aws_session", "deploy_ec2", "destroy", "find_deployments"]
 
@@ -204,7 +204,8 @@ def deploy_ec2(archive: Path, bento_tag: str, bentoml_version: str, options: Ec2
     `wait_ready(url, timeout_s)` defaults to polling the public /readyz.
     """
     session = session or aws_session(options.region, options.profile)
-    wait_ready = wait_ready or (lambda url, timeout: wait_until_ready(url, timeout, 10, what="the instance"))
+    wait_ready = wait_ready or (lambda url, timeout: wait_until_ready(
+        url, timeout, 10, what="the instance", hint="check it with `bbt deploy status`"))
     if not archive.is_file():
         raise DeployError(f"{archive} is not a file: export a bento first (`bentoml export TAG PATH`)")
     deployment_id = new_deployment_id()
@@ -254,7 +255,7 @@ def deploy_ec2(archive: Path, bento_tag: str, bentoml_version: str, options: Ec2
     echo(f"waiting for {deployment.url}readyz (cloud-init installs Python, the bento and nginx: ~5-10 min)")
     try:
         wait_ready(f"{deployment.url}readyz", options.ready_timeout_s)
-    except DeployError as err:
+    except (DeployError, NotReady) as err:
         raise DeployError(f"{err}; the instance keeps running (and costing): look at /var/log/cloud-init-output.log "
                           f"over SSH, or remove it with `bbt deploy destroy {deployment_id}`") from None
     echo(f"ready: {deployment.url}")

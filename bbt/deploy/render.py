@@ -1,4 +1,4 @@
-"""Render the deploy/ templates: nginx site, systemd unit and cloud-init user-data, from one set of settings."""
+"""Render the templates in bbt/deploy/templates: nginx site, systemd unit and cloud-init user-data, from one set of settings."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import jinja2
 from bbt.config import ServeParams
 from bbt.deploy.instances import DEFAULT_INSTANCE_TYPE, INSTANCE_MEMORY_MIB, MemoryLimits
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "deploy"
 # Room for the multipart envelope (boundaries, part headers) around a photo at the service's own limit.
 MULTIPART_ROOM_KB = 64
 SERVICE_PORT = 3000
@@ -98,9 +97,10 @@ class HostLayout:
         return f"{self.home}/bentoml"
 
 
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
+def environment() -> jinja2.Environment:
+    """The one Jinja environment of the deploy templates, read from the installed package (a wheel too)."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("bbt.deploy", "templates"),
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False)
     env.filters["shquote"] = shlex.quote
     return env
 
@@ -132,7 +132,7 @@ def render_site(settings: SiteSettings) -> str:
               "https_origin": settings.https_origin,
               "client_max_body_size": client_max_body_size(settings.max_upload_mb),
               "legacy_client_max_body_size": client_max_body_size(settings.max_upload_mb, base64=True)}
-    return _environment().get_template("nginx-site.conf.j2").render(**values)
+    return environment().get_template("nginx-site.conf.j2").render(**values)
 
 
 def render_unit(bento_tag: str, layout: HostLayout = HostLayout(), port: int = SERVICE_PORT,
@@ -143,7 +143,7 @@ def render_unit(bento_tag: str, layout: HostLayout = HostLayout(), port: int = S
     """
     memory = memory or MemoryLimits.for_instance(INSTANCE_MEMORY_MIB[DEFAULT_INSTANCE_TYPE])
     command = shlex.join(serve_command(f"{layout.venv}/bin/bentoml", bento_tag, port))
-    return _environment().get_template("bbt.service.j2").render(
+    return environment().get_template("bbt.service.j2").render(
         bento_tag=bento_tag, user=layout.user, home=layout.home, bentoml_home=layout.bentoml_home,
         serve_command=command, working_dir=bento_source_dir(layout.bentoml_home, bento_tag),
         memory_high_mib=memory.high_mib, memory_max_mib=memory.max_mib, tasks_max=TASKS_MAX,
@@ -158,7 +158,7 @@ def render_user_data(deployment_id: str, bento_tag: str, archive: Archive, bento
     It holds no credentials: the instance reads `archive` with its instance role. With `site.tls`, the
     instance gets its certificate for `site.server_name` from Let's Encrypt (certbot) once that name reaches it.
     """
-    return _environment().get_template("cloud-init.yaml.j2").render(
+    return environment().get_template("cloud-init.yaml.j2").render(
         deployment_id=deployment_id, bento_tag=bento_tag, archive=archive, bentoml_version=bentoml_version,
         user=layout.user, home=layout.home, venv=layout.venv, bentoml_home=layout.bentoml_home,
         unit=render_unit(bento_tag, layout, memory=memory).rstrip("\n"), site=render_site(site).rstrip("\n"),

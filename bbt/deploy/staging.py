@@ -11,27 +11,24 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
-
 from bbt.config import ServeParams
 from bbt.deploy import DeployError
 from bbt.deploy.bento import bentoml_executable, build_bento, export_bento, import_bento
-from bbt.deploy.ready import wait_until_ready
 from bbt.deploy.render import (
-    TEMPLATES,
     SiteSettings,
     TlsSettings,
     bento_source_dir,
+    environment,
     render_site,
     serve_command,
 )
+from bbt.ready import NotReady, free_port, wait_until_ready
 
 log = logging.getLogger(__name__)
 NGINX_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -51,12 +48,6 @@ class Staging:
     bento_tag: str
     workdir: Path
     certificate: Path | None = None
-
-
-def free_loopback_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def nginx_executable() -> str:
@@ -93,9 +84,8 @@ def write_nginx_config(prefix: Path, site: SiteSettings) -> Path:
     site_file.write_text(render_site(site))
     # A root master hands requests to workers as `nobody` unless told otherwise; they could not reach our files.
     user = getpass.getuser() if os.geteuid() == 0 else None
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), undefined=jinja2.StrictUndefined)
     main = prefix / "nginx.conf"
-    main.write_text(env.get_template("nginx-staging.conf.j2").render(
+    main.write_text(environment().get_template("nginx-staging.conf.j2").render(
         prefix=prefix, site=site_file, mime_types=MIME_TYPES, user=user))
     return main
 
@@ -157,7 +147,7 @@ def run_staging(project: Path, workdir: Path, port: int | None = None, bento_tag
     home = workdir / "bentoml"
     import_bento(archive, home)
 
-    service_port, public_port = free_loopback_port(), port or free_loopback_port()
+    service_port, public_port = free_port(), port or free_port()
     service_url, http_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{public_port}"
     env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
     service_log, nginx_log = workdir / "bentoml-serve.log", workdir / "nginx" / "error.log"
@@ -167,11 +157,11 @@ def run_staging(project: Path, workdir: Path, port: int | None = None, bento_tag
         try:
             wait_until_ready(f"{service_url}/readyz", ready_timeout_s, 0.5,
                              alive=lambda: service.poll() is None, what="`bentoml serve`")
-        except DeployError as err:
+        except NotReady as err:
             raise DeployError(f"{err}\n--- {service_log} ---\n{_tail(service_log)}") from None
         certificate, url, site_tls = None, http_url, None
         if tls:
-            https_port = https_port or free_loopback_port()
+            https_port = https_port or free_port()
             certificate, key = self_signed_certificate(workdir / "nginx" / "tls")
             site_tls = TlsSettings(listen=f"127.0.0.1:{https_port}", certificate=str(certificate), key=str(key),
                                    acme_root=str(workdir / "nginx" / "acme"))
@@ -186,7 +176,7 @@ def run_staging(project: Path, workdir: Path, port: int | None = None, bento_tag
         try:
             # /readyz answers on plain HTTP also with TLS (probes are not redirected).
             wait_until_ready(f"{http_url}/readyz", 30, 0.2, alive=lambda: nginx.poll() is None, what="nginx")
-        except DeployError as err:
+        except NotReady as err:
             raise DeployError(f"{err}\n--- {nginx_log} ---\n{_tail(nginx_log)}") from None
         yield Staging(url=url, http_url=http_url, service_url=service_url, bento_tag=tag, workdir=workdir,
                       certificate=certificate)
