@@ -20,7 +20,6 @@ import importlib
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from bbt.ready import NotReady, free_port, wait_until_ready
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
 
@@ -54,12 +55,6 @@ def photos(project: Path, limit: int, largest: int = 0) -> list[tuple[str, bytes
     return [(p.name, p.read_bytes()) for p in files[:limit or None]]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(kind: str, project: Path, port: int) -> subprocess.Popen:
     """Start a server in its own process group, so it can be stopped with everything it spawned."""
     venv = Path(sys.executable).parent
@@ -73,15 +68,11 @@ def start_server(kind: str, project: Path, port: int) -> subprocess.Popen:
 
 
 def wait_ready(url: str, ready_path: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + ready_path, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    sys.exit(f"{url}{ready_path} did not answer 200 within {timeout:.0f} s")
+    """Wait for the server to answer 200 at `ready_path`; exit with the reason when it does not."""
+    try:
+        wait_until_ready(url + ready_path, timeout, 0.5)
+    except NotReady as err:
+        sys.exit(str(err))
 
 
 def tree_rss(pid: int) -> int:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from uuid import UUID
 
-import httpx
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
 from bbt.errors import BbtError
+from bbt.ready import wait_until_ready
 from bbt.shutdown import sigterm_as_interrupt
 from flows.retrain import retrain
 
@@ -44,21 +43,6 @@ def apply_deployment(cron: str = WEEKLY_CRON) -> UUID:
     return weekly_deployment(cron).apply()
 
 
-def wait_for_server(api_url: str, server: subprocess.Popen, timeout: float = 120) -> None:
-    """Block until the server's health endpoint answers."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise PrefectServerError(f"the Prefect server exited with code {server.returncode}: is the port in use?")
-        try:
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise PrefectServerError(f"the Prefect server did not answer on {api_url} within {timeout:.0f} s")
-
-
 def start_server(host: str, port: int) -> subprocess.Popen:
     """`prefect server start` on host:port, its SQLite database under PREFECT_HOME (default ~/.prefect)."""
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
@@ -66,7 +50,8 @@ def start_server(host: str, port: int) -> subprocess.Popen:
     server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host,
                                "--port", str(port)], env=env)
     try:
-        wait_for_server(f"http://{host}:{port}/api", server)
+        wait_until_ready(f"http://{host}:{port}/api/health", 120, 0.5, alive=lambda: server.poll() is None,
+                         what="the Prefect server", hint=f"is port {port} in use?")
     except BaseException:
         server.terminate()
         server.wait(30)

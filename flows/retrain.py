@@ -26,14 +26,15 @@ from prefect.tasks import exponential_backoff
 
 from bbt import artifacts
 from bbt.audit import run_audit
-from bbt.candidates import FAMILIES
 from bbt.clean import BatchWork, ImageJob, run_clean
+from bbt.config import ConfigError, Params, load_params
+from bbt.config import _validate as validate_params
 from bbt.detection_cache import Detected
-from bbt.config import FEATURE_SETS, ConfigError, Params, load_params
 from bbt.errors import BbtError
 from bbt.evaluate import run_evaluate
 from bbt.featurize import run_featurize
 from bbt.progress import progress
+from bbt.ready import probe
 from bbt.register import run_register, training_params_hash
 from bbt.search import run_search
 from bbt.tracking import corrections_hash, data_hash, setup_tracking
@@ -58,18 +59,14 @@ def inject_fault(stage: str) -> None:
 
 
 def effective_params(families: list[str] | None, feature_sets: list[str] | None) -> Params:
-    """params.yaml with the run's overrides from the UI applied and checked."""
+    """params.yaml with the run's overrides from the UI applied, checked by the same rules as params.yaml."""
     params = load_params()
     if families:
-        unknown = sorted(set(families) - set(FAMILIES))
-        if unknown:
-            raise ConfigError(f"families {unknown} unknown; choose from {list(FAMILIES)}")
         params = replace(params, search=replace(params.search, families=tuple(families)))
     if feature_sets:
-        unknown = sorted(set(feature_sets) - set(FEATURE_SETS))
-        if unknown:
-            raise ConfigError(f"feature sets {unknown} unknown; choose from {list(FEATURE_SETS)}")
         params = replace(params, featurize=replace(params.featurize, feature_sets=tuple(feature_sets)))
+    if families or feature_sets:
+        validate_params(params, "the run's --family/--feature-set")
     return params
 
 
@@ -275,15 +272,6 @@ def retrain(force: bool = False, families: list[str] | None = None, feature_sets
     return {"status": "retrained", **registered, "committed_stages": committed, "flow_run_id": str(flow_run.id)}
 
 
-def server_answers(api_url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{api_url}/health", timeout=3).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def run_retrain(dask_address: str | None = None, **parameters: Any) -> dict[str, Any]:
     """Run the flow once in this process, on the configured task runner: on the server at PREFECT_API_URL
     (prefect.toml names `make prefect`'s), or on a temporary one when no server answers there."""
@@ -291,7 +279,7 @@ def run_retrain(dask_address: str | None = None, **parameters: Any) -> dict[str,
 
     api_url = PREFECT_API_URL.value()
     dask = dask_address or os.environ.get(DASK_ADDRESS_ENV)
-    if api_url and not server_answers(api_url):
+    if api_url and probe(f"{api_url}/health", timeout=3) != 200:
         if dask or os.environ.get("PREFECT_API_URL"):
             raise ConfigError(f"no Prefect server answers at {api_url}: start one with `make prefect`")
         print(f"no Prefect server at {api_url} (prefect.toml): running on a temporary one; `make prefect` "

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+
+from bbt.ready import NotReady, free_port, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BBT_SHARED", REPO.parent / "shared"))
@@ -39,7 +39,7 @@ class Project:
             env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """Run a command in the project, as a user would in a shell with the venv active (plus `env_extra`)."""
         result = subprocess.run(list(args), cwd=self.root, env={**self.env, **(env_extra or {})},
-                                capture_output=True, text=True, timeout=timeout)
+                                capture_output=True, text=True, timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
         return result
@@ -99,13 +99,6 @@ def reads_folder(project: Project) -> Path:
     return project.root.parent / f"{project.root.name}-reads"
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @dataclass
 class Server:
     """A running `bbt serve` (the champion under `bentoml serve`) and the project it serves."""
@@ -119,25 +112,18 @@ class Server:
 def start_server(project: Project, command: list[str], log: Path, cwd: Path | None = None,
                  ready_timeout: float = 240) -> Server:
     """Start a server in its own process group on a free loopback port; return once /readyz answers 200."""
-    import httpx
-
     port = free_port()
     with log.open("w") as out:
         process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd or project.root,
                                    env=project.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", process, project, log)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"{' '.join(command)} exited {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/readyz", timeout=2).status_code == 200:
-                return server
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    stop_server(server)
-    pytest.fail(f"{' '.join(command)} was not ready within {ready_timeout:.0f} s:\n{log.read_text()[-3000:]}")
+    try:
+        wait_until_ready(f"{server.url}/readyz", ready_timeout, 0.5, alive=lambda: process.poll() is None,
+                         what=" ".join(command))
+    except NotReady as err:
+        stop_server(server)
+        pytest.fail(f"{err}:\n{log.read_text()[-3000:]}")
+    return server
 
 
 def stop_server(server: Server) -> None:
