@@ -30,7 +30,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bbt.admission import MB, Admission, Busy, Ticket
 from bbt.allocator import return_big_frees_to_the_os
-from bbt.config import SERVER_TIMEOUT_S, ServeParams, load_params
+from bbt.config import PARAMS_FILE, SERVER_TIMEOUT_S, ConfigError, RegisterParams, ServeParams, load_params
 from bbt.contract import (
     ERRORS,
     Classification,
@@ -60,7 +60,6 @@ from bbt.upload_limits import (
 
 log = logging.getLogger("bbt.service")
 
-MODEL_NAME = "bbt-actor-classifier"
 WEB_DIR = Path(__file__).with_name("web")
 # A data URL carries base64 (4 bytes per 3) plus its header: the legacy route's body may be this much larger.
 # Old pages post it URL-encoded, where '+' and '/' (1 in 32 base64 characters) take 3 bytes each: 1.0625x more,
@@ -118,6 +117,18 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 # ---- the service --------------------------------------------------------------------------------------------
 
+def serve_params(folder: Path | None = None) -> ServeParams:
+    """params.yaml's serve section, from the working directory (`folder`): the project's under `bbt serve` and
+    `bentoml serve bbt.service:ActorService`, the bento's src folder (where bentofile.yaml puts params.yaml) under
+    `bentoml serve TAG`. A missing file is an error at start-up, not silently the defaults."""
+    path = (folder or Path.cwd()) / PARAMS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: the service reads its limits (params.yaml's serve section) from its "
+                          "working directory; serve from the project folder (`bbt serve`), or serve a bento built "
+                          "from bentofile.yaml, which carries params.yaml")
+    return load_params(path).serve
+
+
 @contextmanager
 def timed(stage: str) -> Iterator[None]:
     start = time.perf_counter()
@@ -145,19 +156,20 @@ def stage_timer(deadline: float) -> Timer:
 class ActorService:
     """Detect faces with the training detector settings and name the actor of each, with the champion model."""
 
-    bento_model = bentoml.models.BentoModel(f"{MODEL_NAME}:latest")
+    # The name `bbt register` registers and `bbt import-champion` stores under (register.model_name's default).
+    bento_model = bentoml.models.BentoModel(f"{RegisterParams.model_name}:latest")
 
     def __init__(self) -> None:
+        self.settings: ServeParams = serve_params()
         model_ref = type(self).bento_model
         if model_ref.stored is None:
             store = os.environ.get("BENTOML_HOME", "~/bentoml")
             raise ModelError(f"the BentoML store in {store} has no {model_ref.tag}: run `bbt import-champion` "
                              "(or `dvc repro`) first, or serve with `bbt serve`, which imports the champion")
-        self.settings: ServeParams = load_params().serve
         self.classifier = ActorClassifier.from_mlflow(self.bento_model.path_of("mlflow_model"))
         self.classifier.warm_up()
         labels = self.bento_model.info.labels
-        self.model_info = ModelInfo(name=MODEL_NAME, version=labels.get("registry_version", "unknown"),
+        self.model_info = ModelInfo(name=model_ref.tag.name, version=labels.get("registry_version", "unknown"),
                                     open_set_rule=self.classifier.model.rule)
         self.max_bytes = int(self.settings.max_upload_mb * MB)
         self.max_pixels = int(self.settings.max_megapixels * 1_000_000)
@@ -172,7 +184,7 @@ class ActorService:
         self.index_html = ((WEB_DIR / "index.html").read_text().replace("{{max_upload_bytes}}", str(self.max_bytes))
                            .replace("{{supported_formats}}", SUPPORTED_FOR_PEOPLE))
         self.upload_limits = {"/classify": self.max_bytes, "/classify_image": self.legacy_max_bytes}
-        log.info("serving %s version %s (%s)", MODEL_NAME, self.model_info.version, self.bento_model.tag)
+        log.info("serving %s version %s (%s)", self.model_info.name, self.model_info.version, self.bento_model.tag)
 
     def __is_ready__(self) -> bool:
         return self.classifier is not None

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
+from bbt.config import load_params
 from bbt.faces import Box
 from bbt.images import ImageError
 from tests.conftest import Project
@@ -68,14 +69,27 @@ def reviewed_face(project: Project, status: str = "accepted", split: str = "trai
     raise AssertionError(f"no single-face {status} photo in the {split} split")
 
 
+def test_a_service_without_its_params_says_so_at_start_up(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bbt.config import ConfigError
+    from bbt.service import ActorService, serve_params
+
+    (tmp_path / "bento").mkdir()
+    (tmp_path / "bento" / "params.yaml").write_text("serve:\n  max_upload_mb: 3\n")
+    assert serve_params(tmp_path / "bento").max_upload_mb == 3
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=rf"{tmp_path}/params.yaml is missing: .*\(`bbt serve`\)"):
+        ActorService()
+
+
 def test_loads_the_champion_once_with_its_registry_version(service, trained_project: Project) -> None:
     import mlflow
     from mlflow import MlflowClient
 
     mlflow.set_tracking_uri(trained_project.tracking_uri)
-    champion = MlflowClient(trained_project.tracking_uri, trained_project.tracking_uri).get_model_version_by_alias("bbt-actor-classifier",
-                                                                                    "champion")
-    assert service.model_info.name == "bbt-actor-classifier"
+    register = load_params(trained_project.root / "params.yaml").register
+    client = MlflowClient(trained_project.tracking_uri, trained_project.tracking_uri)
+    champion = client.get_model_version_by_alias(register.model_name, register.alias)
+    assert service.model_info.name == register.model_name
     assert service.model_info.version == str(champion.version)
     assert service.__is_ready__()
     assert service.classifier.classes == ["howard", "leonard", "raj", "sheldon"]
