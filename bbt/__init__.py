@@ -2,8 +2,10 @@
 
 import os
 
+# The most pixels a photo may have: serve.max_megapixels' default, and Pillow's and OpenCV's own bomb checks.
+MAX_PIXELS = 40_000_000
 # OpenCV reads this limit once, when cv2 is first imported; every entry point imports bbt first.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(40_000_000))
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 # Offline machines and privacy: no usage telemetry from the libraries we drive.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")

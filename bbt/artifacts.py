@@ -2,6 +2,10 @@
 
 from pathlib import Path
 
+import numpy as np
+
+from bbt.errors import DataError
+
 ARTIFACTS = Path("artifacts")
 FACES = ARTIFACTS / "faces" / "faces.npz"
 DETECTIONS = ARTIFACTS / "faces" / "detections.csv"
@@ -37,3 +41,13 @@ OPEN_SET_PNG = PLOTS / "open_set_curve.png"
 def features_file(feature_set: str) -> Path:
     """The cached feature matrix of one feature set."""
     return FEATURES_DIR / f"{feature_set}.npz"
+
+
+def load_features(feature_set: str) -> np.ndarray:
+    """The cached feature matrix of one feature set, a row per face of faces.npz; DataError when featurize has not
+    cached it."""
+    path = features_file(feature_set)
+    if not path.exists():
+        raise DataError(f"{path} not found: run `dvc repro featurize` (it caches {feature_set!r})")
+    with np.load(path) as cached:
+        return cached["X"]

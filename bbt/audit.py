@@ -155,12 +155,8 @@ def run_audit(params: AuditParams, featurize: FeaturizeParams, data: DataParams,
         feature_set = featurize.feature_sets[0]
         log.warning("audit: audit.feature_set %r is not in featurize.feature_sets %s; auditing with %r",
                     params.feature_set, list(featurize.feature_sets), feature_set)
-    path = artifacts.features_file(feature_set)
-    if not path.exists():
-        raise DataError(f"{path} not found: run `dvc repro featurize` (or `bbt featurize`) first")
+    X_all = artifacts.load_features(feature_set)
     faces = load_faces()
-    with np.load(path) as features:
-        X_all = features["X"]
     accepted = np.flatnonzero(faces["status"] == "accepted")
     X, y = X_all[accepted], faces["labels"][accepted]
     agreement, predicted = out_of_fold_agreement(X, y, params.folds, params.repeats, params.seed)
@@ -178,8 +174,7 @@ def run_audit(params: AuditParams, featurize: FeaturizeParams, data: DataParams,
     else:
         cv2.imwrite(str(artifacts.AUDIT_PNG), np.full((40, 200, 3), 255, np.uint8))
     open_suspects = suspects[suspects.reviewed_in != "corrections"]
-    with np.load(artifacts.features_file(EMBEDDING_SPACE)) as embedded:
-        proposals, threshold = propose_verdicts(faces, embedded["X"], search)
+    proposals, threshold = propose_verdicts(faces, artifacts.load_features(EMBEDDING_SPACE), search)
     metrics = {"faces": len(y), "suspects": len(suspects), "unreviewed_suspects": len(open_suspects),
                "feature_set": feature_set, **write_rejected_review(faces, proposals, threshold)}
     artifacts.AUDIT_METRICS.parent.mkdir(parents=True, exist_ok=True)
