@@ -35,7 +35,8 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bbt.config import load_params
-from benchmarks.load import free_port, start_server, wait_ready
+from bbt.ready import free_port
+from benchmarks.load import start_server, wait_ready
 from tests.fuzz_strategies import Case, Limits, dataset_photos, error_class, problems, uploads
 
 # Share of the cases per family: the cheap, varied ones most; large images cost a second each.
