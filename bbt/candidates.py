@@ -22,7 +22,8 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from bbt.config import FEATURE_SETS, ConfigError, SearchParams
+from bbt.config import ConfigError, SearchParams
+from bbt.feature_sets import FEATURE_SETS
 from bbt.openset import RULES
 
 
@@ -42,15 +43,18 @@ def _logistic_regression(hp: dict[str, Any], seed: int) -> ClassifierMixin:
 
 @dataclass(frozen=True)
 class Family:
-    """A model family: how to build it, the hyperparameters its grid may set, and how simple a grid point is
-    (smaller sorts first: stronger regularisation, fewer trees)."""
+    """A model family: how to build it, the hyperparameters its grid may set, how simple a grid point is
+    (smaller sorts first: stronger regularisation, fewer trees), and the packages loading it needs besides
+    scikit-learn (the model's pinned requirements and bentofile.yaml; e.g. xgboost)."""
 
     build: Callable[[dict[str, Any], int], ClassifierMixin]
     hyperparameters: frozenset[str]
     simplicity: Callable[[dict[str, Any]], tuple]
+    packages: tuple[str, ...] = ()
 
 
-# The model families, simplest first. Add a family here (and its grid in params.yaml).
+# The model families, simplest first. Adding a family is one entry here (and its grid in params.yaml):
+# docs/models.md#adding-a-model-family.
 FAMILIES: dict[str, Family] = {
     "logistic_regression": Family(_logistic_regression, frozenset({"C"}), lambda hp: (hp.get("C", 1.0),)),
     "svm": Family(_svm, frozenset({"C", "kernel", "gamma"}),
@@ -97,7 +101,7 @@ class Candidate:
     @property
     def simplicity(self) -> tuple:
         """The tie-break order of the module docstring (smaller is simpler)."""
-        return (FEATURE_SETS.index(self.head.feature_set), list(FAMILIES).index(self.head.family),
+        return (list(FEATURE_SETS).index(self.head.feature_set), list(FAMILIES).index(self.head.family),
                 FAMILIES[self.head.family].simplicity(dict(self.head.hyperparameters)), list(RULES).index(self.rule),
                 self.name)
 

@@ -69,13 +69,6 @@ class ImageResult:
     missed: list[Annotation] = field(default_factory=list)
 
 
-def detector_settings(params: CleanParams) -> DetectorSettings:
-    return DetectorSettings(params.scale_factor, params.min_neighbors, params.min_eyes, params.max_side,
-                            method=params.detector, hog_side=params.hog_side, hog_upsample=params.hog_upsample,
-                            yunet_side=params.yunet_side, min_score=params.min_score,
-                            decode_side=params.decode_side)
-
-
 def list_images(raw_dir: Path) -> list[str]:
     """Image paths relative to raw_dir, sorted; a clear error when the data was never pulled."""
     if not raw_dir.is_dir():
@@ -171,7 +164,7 @@ def detect_jobs(
     jobs: Sequence[ImageJob], raw_dir: Path, params: CleanParams, on_result: Callable[[], None] | None = None
 ) -> list[Detected]:
     """Run detect_job over every job on `params.workers` processes, in job order."""
-    args = (raw_dir, detector_settings(params), params.crop_size)
+    args = (raw_dir, DetectorSettings.of(params), params.crop_size)
     if params.workers == 1 or len(jobs) < POOL_MIN_PHOTOS:
         results = []
         for job in jobs:
@@ -209,7 +202,7 @@ def map_batches_with(
     if not jobs:
         return []
     # An absolute folder, since the work may run in another process or on another machine with the same mount.
-    work = partial(detect_batch, raw_dir=raw_dir.resolve(), settings=detector_settings(params),
+    work = partial(detect_batch, raw_dir=raw_dir.resolve(), settings=DetectorSettings.of(params),
                    crop_size=params.crop_size)
     batches = [list(jobs[i:i + batch_size]) for i in range(0, len(jobs), batch_size)]
     return [result for batch in map_batches(batches, work) for result in batch]
@@ -291,7 +284,7 @@ def write_outputs(results: Sequence[ImageResult], report: dict, params: CleanPar
         images=np.array([f.image for f in reviewed]),
         reviewed_in=np.array([f.reviewed_in for f in reviewed]),
         boxes=np.array([[f.box.x, f.box.y, f.box.w, f.box.h] for f in reviewed]),
-        settings=json.dumps({"detector": asdict(detector_settings(params)), "crop_size": params.crop_size}),
+        settings=json.dumps({"detector": asdict(DetectorSettings.of(params)), "crop_size": params.crop_size}),
     )
     rows = [
         {"image": f.image, **f.box.as_dict(), "status": f.status, "label": f.label or ""}
@@ -334,7 +327,7 @@ def run_clean(
     for job in jobs:
         if len(job.paths) > 1:
             log.warning("byte-identical files, processed once: %s", " = ".join(job.paths))
-    cache = DetectionCache(artifacts.CLEAN_CACHE, detector_settings(params), params.crop_size)
+    cache = DetectionCache(artifacts.CLEAN_CACHE, DetectorSettings.of(params), params.crop_size)
     detected = detect_with_cache(jobs, data.raw, params, cache, map_batches, batch_size)
     results = [sort_faces(job, found, params.iou_threshold) for job, found in zip(jobs, detected)]
     for result in results:

@@ -8,17 +8,16 @@ from typing import Any, ClassVar, TypeVar
 
 import yaml
 
-from bbt import reads
+from bbt import MAX_PIXELS, reads
 from bbt.errors import BbtError
+from bbt.faces import DETECTORS, DetectorSettings
+from bbt.feature_sets import FEATURE_SETS
 from bbt.images import peak_bytes_per_pixel
 
 PARAMS_FILE = Path("params.yaml")
 # BentoML's own cut-off for a whole request (reading the body included); serve.timeout_s stays under it.
 SERVER_TIMEOUT_S = 60
 MIB = 1024 * 1024
-DETECTORS = ("yunet", "hog", "haar")
-# Fewest features first (128 vs 4096): the search's tie-break prefers the earlier one (bbt/candidates.py).
-FEATURE_SETS = ("face_embedding", "pixel_wavelet")
 
 
 class ConfigError(BbtError, ValueError):
@@ -46,18 +45,10 @@ class DataParams(Section):
 
 
 @dataclass(frozen=True)
-class CleanParams(Section):
+class CleanParams(Section, DetectorSettings):
+    """The detector's settings (bbt.faces.DetectorSettings, defaults there), and how faces meet reviews."""
+
     section: ClassVar[str] = "clean"
-    detector: str = "yunet"
-    yunet_side: int = 640
-    min_score: float = 0.5
-    decode_side: int = 1280
-    hog_side: int = 800
-    hog_upsample: int = 0
-    scale_factor: float = 1.3
-    min_neighbors: int = 5
-    min_eyes: int = 2
-    max_side: int = 0
     iou_threshold: float = 0.5
     crop_size: int = 128
     workers: int = 2
@@ -66,7 +57,7 @@ class CleanParams(Section):
 @dataclass(frozen=True)
 class FeaturizeParams(Section):
     section: ClassVar[str] = "featurize"
-    feature_sets: tuple[str, ...] = FEATURE_SETS
+    feature_sets: tuple[str, ...] = tuple(FEATURE_SETS)
     wavelet: str = "db1"
     wavelet_level: int = 5
     size: int = 32
@@ -111,7 +102,7 @@ class RegisterParams(Section):
 class ServeParams(Section):
     section: ClassVar[str] = "serve"
     max_upload_mb: float = 10
-    max_megapixels: float = 40
+    max_megapixels: float = MAX_PIXELS / 1e6
     max_pending: int = 16
     worker_memory_mb: float = 768
     timeout_s: float = 30
@@ -174,7 +165,8 @@ def _section(cls: type[T], raw: Any, name: str, source: Path) -> T:
     return cls(**values)
 
 
-def _validate(params: Params, source: Path) -> None:
+def validate(params: Params, source: str | Path) -> None:
+    """A ConfigError naming the key and the fix for the first value params.yaml may not hold."""
     def fail(key: str, why: str) -> None:
         raise ConfigError(f"{source}: {key} {why}")
 
@@ -186,7 +178,7 @@ def _validate(params: Params, source: Path) -> None:
                 fail(key, f"has unknown {what} {value!r}; choose from {allowed}")
 
     if params.clean.detector not in DETECTORS:
-        fail("clean.detector", f"{params.clean.detector!r} is unknown; choose from {DETECTORS}")
+        fail("clean.detector", f"{params.clean.detector!r} is unknown; choose from {list(DETECTORS)}")
     if params.clean.yunet_side < 0 or params.clean.decode_side < 0:
         fail("clean.yunet_side/decode_side", "must be >= 0 (0 = the photo's own size)")
     if not 0.0 < params.clean.min_score < 1.0:
@@ -203,7 +195,7 @@ def _validate(params: Params, source: Path) -> None:
         fail("clean.crop_size", "must be at least 32 pixels")
     if params.clean.workers < 1:
         fail("clean.workers", "must be at least 1")
-    choices("featurize.feature_sets", params.featurize.feature_sets, FEATURE_SETS, "feature set")
+    choices("featurize.feature_sets", params.featurize.feature_sets, tuple(FEATURE_SETS), "feature set")
     if not 0.0 < params.split.test_size < 1.0:
         fail("split.test_size", "must be a fraction between 0 and 1")
     if params.search.cv_folds < 2:
@@ -219,7 +211,7 @@ def _validate(params: Params, source: Path) -> None:
     if not 0.0 <= params.search.target_false_accept < 1.0:
         fail("search.target_false_accept", "must be a fraction in [0, 1), e.g. 0.05")
     if params.audit.feature_set not in FEATURE_SETS:
-        fail("audit.feature_set", f"{params.audit.feature_set!r} is unknown; choose from {FEATURE_SETS}")
+        fail("audit.feature_set", f"{params.audit.feature_set!r} is unknown; choose from {tuple(FEATURE_SETS)}")
     if params.audit.folds < 2 or params.audit.repeats < 1:
         fail("audit.folds/repeats", "must be at least 2 (folds) and 1 (repeats)")
     if params.serve.max_upload_mb <= 0 or params.serve.max_megapixels <= 0:
@@ -260,5 +252,5 @@ def _load(path: Path) -> Params:
         "search": SearchParams, "audit": AuditParams, "register": RegisterParams, "serve": ServeParams,
     }
     params = Params(**{name: _section(cls, raw.get(name), name, path) for name, cls in classes.items()})
-    _validate(params, path)
+    validate(params, path)
     return params

@@ -19,14 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bbt.faces import Box, DetectorSettings
+from bbt.faces import DETECTORS, Box, DetectorSettings
 
 # An entry: this line, a JSON header line (context, error, boxes, crop array shape), then the crops' raw bytes.
 # Raw bytes, not .npz: reading 400 entries as .npz cost more than detecting a few photos.
 MAGIC = b"bbt-detections 1\n"
-# The code whose changes change detections; the cache key covers its source.
-DETECTION_MODULES = ("faces.py", "yunet.py", "images.py")
-DETECTION_PACKAGES = ("opencv-python-headless", "pillow", "numpy", "yuface", "onnxruntime", "dlib-bin")
+# The code whose changes change detections, and the libraries it runs on (each registered detector's own too):
+# the cache key covers their source and versions.
+DETECTION_MODULES = tuple(dict.fromkeys(["bbt/faces.py", "bbt/images.py",
+                                         *(m for detector in DETECTORS.values() for m in detector.modules)]))
+DETECTION_PACKAGES = tuple(dict.fromkeys(["opencv-python-headless", "pillow", "numpy",
+                                          *(p for detector in DETECTORS.values() for p in detector.packages)]))
 
 
 @dataclass(frozen=True)
@@ -38,11 +41,11 @@ class Detected:
     error: str | None = None
 
 
-def code_fingerprint(package: Path = Path(__file__).parent) -> str:
-    """A hash of the detection code (in `package`) and the versions of the libraries it runs on."""
+def code_fingerprint(root: Path = Path(__file__).parents[1]) -> str:
+    """A hash of the detection code (under the project `root`) and the versions of the libraries it runs on."""
     digest = hashlib.sha256()
     for name in DETECTION_MODULES:
-        digest.update(name.encode() + b"\0" + (package / name).read_bytes())
+        digest.update(name.encode() + b"\0" + (root / name).read_bytes())
     for name in DETECTION_PACKAGES:
         try:
             version = importlib.metadata.version(name)

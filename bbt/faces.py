@@ -8,13 +8,13 @@ mapped onto the Haar convention (YUNET_BOX_*, HOG_BOX_*) and match the annotatio
 from __future__ import annotations
 
 import threading
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import cv2
 import numpy as np
 
-from bbt.config import DETECTORS
 from bbt.images import Photo
 
 
@@ -50,21 +50,33 @@ YUNET_BOX_SHIFT = (-0.012, -0.019)
 
 @dataclass(frozen=True)
 class DetectorSettings:
-    """How faces are found; the same settings are stored with the model and used when serving.
+    """How faces are found; stored with the model and used when serving. The one definition of these settings:
+    params.yaml's `clean` section (config.CleanParams) extends it, so its defaults are the training defaults."""
 
-    The defaults are the exact Haar rule of the annotations, so models logged before `method` existed load as such.
-    """
-
-    scale_factor: float = 1.3
-    min_neighbors: int = 5
-    min_eyes: int = 2
-    max_side: int = 0  # haar: downscale so the longer side is at most this before detecting; 0 = never
-    method: str = "haar"  # haar | hog
-    hog_side: int = 800  # hog: resize (up or down) so the longer side is this before detecting; 0 = never
-    hog_upsample: int = 0  # hog: extra pyramid up-sampling for faces under 80 px (each one ~4x the cost)
+    detector: str = "yunet"  # a name in DETECTORS
     yunet_side: int = 640  # yunet: downscale so the longer side is at most this before detecting; 0 = never
     min_score: float = 0.5  # yunet: the smallest face score kept
-    decode_side: int = 0  # JPEGs are decoded reduced (DCT scaling) while their longer side stays >= this; 0 = never
+    decode_side: int = 1280  # JPEGs are decoded reduced (DCT scaling) while their longer side stays >= this; 0 = never
+    hog_side: int = 800  # hog: resize (up or down) so the longer side is this before detecting; 0 = never
+    hog_upsample: int = 0  # hog: extra pyramid up-sampling for faces under 80 px (each one ~4x the cost)
+    scale_factor: float = 1.3  # haar: the cascade's pyramid step (the annotations used 1.3)
+    min_neighbors: int = 5  # haar
+    min_eyes: int = 2  # haar: eyes the eye cascade must confirm in a face
+    max_side: int = 0  # haar: downscale so the longer side is at most this before detecting; 0 = never
+
+    @classmethod
+    def of(cls, params: DetectorSettings) -> DetectorSettings:
+        """Just the detector settings of params that extend them (config.CleanParams)."""
+        return cls(**{f.name: getattr(params, f.name) for f in fields(cls)})
+
+    @classmethod
+    def from_metadata(cls, stored: dict[str, Any]) -> DetectorSettings:
+        """The settings a logged model was trained with. Older models named the detector `method`, and the
+        oldest stored only the Haar keys and decoded at full size: they load as they were trained."""
+        stored = dict(stored)
+        stored.setdefault("detector", stored.pop("method", "haar"))
+        stored.setdefault("decode_side", 0)
+        return cls(**stored)
 
 
 class FaceDetector:
@@ -75,8 +87,8 @@ class FaceDetector:
 
     def __init__(self, settings: DetectorSettings | None = None) -> None:
         self.settings = settings or DetectorSettings()
-        if self.settings.method not in DETECTORS:
-            raise ValueError(f"unknown detector {self.settings.method!r}; choose from {DETECTORS}")
+        if self.settings.detector not in DETECTORS:
+            raise ValueError(f"unknown detector {self.settings.detector!r}; choose from {list(DETECTORS)}")
         self._local = threading.local()
 
     def _cascades(self) -> tuple[cv2.CascadeClassifier, cv2.CascadeClassifier]:
@@ -94,11 +106,7 @@ class FaceDetector:
 
     def detect(self, image: np.ndarray) -> list[Box]:
         """Return the face boxes of a BGR image, in its own pixel coordinates."""
-        if self.settings.method == "yunet":
-            return self._detect_yunet(image)
-        if self.settings.method == "hog":
-            return self._detect_hog(image)
-        return self._detect_haar(image)
+        return DETECTORS[self.settings.detector].detect(self, image)
 
     def detect_photo(self, photo: Photo) -> list[Box]:
         """The face boxes of a decoded photo in the photo's own pixel coordinates, left to right, top to bottom.
@@ -166,6 +174,25 @@ class FaceDetector:
                     continue
             boxes.append(Box(*(int(round(v / scale)) for v in (x, y, w, h))))
         return boxes
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A registered detector: how it finds boxes in a BGR image (with a FaceDetector's per-thread state), the
+    code its boxes come from besides this module (clean's dvc.yaml deps, the detection cache's key), and the
+    packages serving needs for it (the model's pinned requirements)."""
+
+    detect: Callable[[FaceDetector, np.ndarray], list[Box]]
+    modules: tuple[str, ...]
+    packages: tuple[str, ...]
+
+
+# The detectors `clean.detector` may name. Adding one is one entry here (and its settings in DetectorSettings).
+DETECTORS: dict[str, Detector] = {
+    "yunet": Detector(FaceDetector._detect_yunet, ("bbt/yunet.py",), ("onnx", "onnxruntime", "yuface")),
+    "hog": Detector(FaceDetector._detect_hog, (), ("dlib-bin",)),
+    "haar": Detector(FaceDetector._detect_haar, (), ("opencv-python-headless",)),
+}
 
 
 def _scaled_size(width: int, height: int, scale: float) -> tuple[int, int]:

@@ -5,27 +5,15 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.model_selection import train_test_split
 
 from bbt import UNKNOWN, artifacts
 from bbt.config import FeaturizeParams, SplitParams
 from bbt.errors import DataError
-from bbt.features import PixelWaveletFeatures
+from bbt.feature_sets import build_features
 from bbt.openset import EMBEDDING_SPACE
 
 log = logging.getLogger(__name__)
-
-
-def build_features(feature_set: str, params: FeaturizeParams) -> TransformerMixin | BaseEstimator:
-    """The transformer that turns face crops into one feature set; it travels inside the model."""
-    if feature_set == "pixel_wavelet":
-        return PixelWaveletFeatures(params.wavelet, params.wavelet_level, params.size)
-    if feature_set == "face_embedding":
-        from bbt.embeddings import FaceEmbeddings
-
-        return FaceEmbeddings()
-    raise ValueError(f"unknown feature set {feature_set!r}")
 
 
 def load_faces() -> dict[str, np.ndarray]:

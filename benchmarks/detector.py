@@ -26,12 +26,12 @@ from bbt.faces import Box, DetectorSettings, FaceDetector
 from bbt.images import ImageError, decode_photo
 
 SETTINGS = {
-    "yunet, 640 px, JPEG decoded to >= 1280 px (shipped)": DetectorSettings(method="yunet", decode_side=1280),
-    "yunet, 640 px, full decode": DetectorSettings(method="yunet"),
-    "yunet, 480 px, JPEG decoded to >= 1280 px": DetectorSettings(method="yunet", yunet_side=480, decode_side=1280),
-    "yunet, 960 px, JPEG decoded to >= 1280 px": DetectorSettings(method="yunet", yunet_side=960, decode_side=1280),
-    "hog, resized to 800 px (before)": DetectorSettings(method="hog", hog_side=800),
-    "haar (exact annotation rule)": DetectorSettings(),
+    "yunet, 640 px, JPEG decoded to >= 1280 px (shipped)": DetectorSettings(detector="yunet", decode_side=1280),
+    "yunet, 640 px, full decode": DetectorSettings(detector="yunet"),
+    "yunet, 480 px, JPEG decoded to >= 1280 px": DetectorSettings(detector="yunet", yunet_side=480, decode_side=1280),
+    "yunet, 960 px, JPEG decoded to >= 1280 px": DetectorSettings(detector="yunet", yunet_side=960, decode_side=1280),
+    "hog, resized to 800 px (before)": DetectorSettings(detector="hog", hog_side=800),
+    "haar (exact annotation rule)": DetectorSettings(detector="haar", decode_side=0),
 }
 
 

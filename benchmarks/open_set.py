@@ -23,13 +23,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bbt import UNKNOWN
+from bbt.artifacts import load_features
 from bbt.candidates import Candidate, heads
 from bbt.config import load_params
 from bbt.evaluate import score
 from bbt.faces import Box, crop_face
 from bbt.featurize import load_faces, load_split
 from bbt.openset import EMBEDDING_SPACE
-from bbt.search import load_features, out_of_fold, ranking_key, refit, score_rule
+from bbt.search import out_of_fold, ranking_key, refit, score_rule
 
 
 def best_per_family(params, faces: dict, train: np.ndarray) -> list[tuple[Candidate, dict, object]]:

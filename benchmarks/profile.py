@@ -124,7 +124,7 @@ def main() -> None:
     served = [s for s in STAGES]
     total = np.sum([times[s] for s in served], axis=0)
     print(f"{n} photos, {sum(faces_per_photo)} faces ({np.mean(faces_per_photo):.2f} a photo); "
-          f"detector {classifier.detector.settings.method}; CPU ms per photo (this thread)")
+          f"detector {classifier.detector.settings.detector}; CPU ms per photo (this thread)")
     print("| stage | mean | p50 | p90 | share |\n|---|---|---|---|---|")
     for stage in served:
         values = 1000 * np.array(times[stage])

@@ -33,9 +33,9 @@ CANVAS = (1920, 1280)
 GREY = 114
 IOU = 0.5
 OTHER_DETECTORS = {
-    "yunet, 480 px": DetectorSettings(method="yunet", yunet_side=480, decode_side=1280),
-    "yunet, 960 px": DetectorSettings(method="yunet", yunet_side=960, decode_side=1280),
-    "hog, 800 px (before)": DetectorSettings(method="hog", hog_side=800, decode_side=0),
+    "yunet, 480 px": DetectorSettings(detector="yunet", yunet_side=480, decode_side=1280),
+    "yunet, 960 px": DetectorSettings(detector="yunet", yunet_side=960, decode_side=1280),
+    "hog, 800 px (before)": DetectorSettings(detector="hog", hog_side=800, decode_side=0),
 }
 
 
@@ -136,7 +136,7 @@ def main() -> None:
     root = args.project.resolve()
     classifier = served_classifier(root)
     settings = classifier.detector.settings
-    print(f"served detector: {settings.method}, side {settings.yunet_side}, decode_side {settings.decode_side}; "
+    print(f"served detector: {settings.detector}, side {settings.yunet_side}, decode_side {settings.decode_side}; "
           f"{CANVAS[0]}x{CANVAS[1]} JPEG canvases; CPU ms per photo (decode + detect + embed + decide)")
     print("| face width | faces | found | named right | found (test split) | named right (test split) "
           "| CPU ms p50 | p90 |")

@@ -28,7 +28,7 @@ from bbt import artifacts
 from bbt.audit import run_audit
 from bbt.clean import BatchWork, ImageJob, run_clean
 from bbt.config import ConfigError, Params, load_params
-from bbt.config import _validate as validate_params
+from bbt.config import validate as validate_params
 from bbt.detection_cache import Detected
 from bbt.errors import BbtError
 from bbt.evaluate import run_evaluate

@@ -9,7 +9,7 @@ import numpy as np
 from bbt.detection_cache import DETECTION_MODULES, Detected, DetectionCache, code_fingerprint
 from bbt.faces import Box, DetectorSettings
 
-SETTINGS = DetectorSettings(method="yunet", decode_side=1280)
+SETTINGS = DetectorSettings(detector="yunet", decode_side=1280)
 
 
 def detected() -> Detected:
@@ -29,7 +29,7 @@ def test_an_entry_comes_back_exactly(tmp_path: Path) -> None:
 
 def test_other_settings_or_crop_size_do_not_see_it(tmp_path: Path) -> None:
     DetectionCache(tmp_path, SETTINGS, 16).save("photo-md5", detected())
-    assert DetectionCache(tmp_path, DetectorSettings(method="yunet", yunet_side=480), 16).load("photo-md5") is None
+    assert DetectionCache(tmp_path, DetectorSettings(detector="yunet", yunet_side=480), 16).load("photo-md5") is None
     assert DetectionCache(tmp_path, SETTINGS, 32).load("photo-md5") is None
     assert DetectionCache(tmp_path, SETTINGS, 16).load("photo-md5") is not None
 
@@ -54,11 +54,12 @@ def test_a_damaged_entry_is_a_miss_and_is_rewritten(tmp_path: Path) -> None:
 
 
 def test_the_key_covers_the_detection_code(tmp_path: Path) -> None:
-    package = Path(code_fingerprint.__code__.co_filename).parent
+    root = Path(code_fingerprint.__code__.co_filename).parents[1]
+    (tmp_path / "bbt").mkdir()
     for name in DETECTION_MODULES:
-        (tmp_path / name).write_bytes((package / name).read_bytes())
+        (tmp_path / name).write_bytes((root / name).read_bytes())
     assert code_fingerprint(tmp_path) == code_fingerprint()
-    with (tmp_path / "faces.py").open("a") as faces:
+    with (tmp_path / "bbt/faces.py").open("a") as faces:
         faces.write("\nHOG_BOX_SCALE = 1.2\n")
     assert code_fingerprint(tmp_path) != code_fingerprint()
 
@@ -66,7 +67,7 @@ def test_the_key_covers_the_detection_code(tmp_path: Path) -> None:
 def test_prune_drops_other_code_versions_and_keeps_other_settings(tmp_path: Path) -> None:
     old_code = DetectionCache(tmp_path, SETTINGS, 16, code="0" * 64)
     old_code.save("photo-md5", detected())
-    other_settings = DetectionCache(tmp_path, DetectorSettings(method="hog"), 16)
+    other_settings = DetectionCache(tmp_path, DetectorSettings(detector="hog"), 16)
     other_settings.save("photo-md5", detected())
     current = DetectionCache(tmp_path, SETTINGS, 16)
     current.save("photo-md5", detected())

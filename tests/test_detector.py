@@ -3,39 +3,43 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import numpy as np
 import pytest
 
 from bbt.annotations import load_annotations
-from bbt.clean import detector_settings, list_images, map_images, plan_jobs, reviewed_annotations, summarize
+from bbt.clean import list_images, map_images, plan_jobs, reviewed_annotations, summarize
 from bbt.config import CleanParams, DataParams, load_params
 from bbt.faces import DetectorSettings, FaceDetector, _clip
 from bbt.images import decode_image
 from tests.conftest import Project
 
-HOG = DetectorSettings(method="hog")
-YUNET = DetectorSettings(method="yunet")
+HOG = DetectorSettings(detector="hog")
+YUNET = DetectorSettings(detector="yunet")
 
 
-def test_default_settings_are_the_exact_haar_rule() -> None:
-    # Models logged before `method` existed carry only the Haar keys and must load as Haar.
-    settings = DetectorSettings(scale_factor=1.3, min_neighbors=5, min_eyes=2, max_side=0)
-    assert settings.method == "haar" and settings == DetectorSettings()
+def test_older_models_load_with_the_settings_they_were_trained_with() -> None:
+    # The oldest models stored only the Haar keys and decoded at full size; later ones named the detector
+    # `method`. Today's store every field.
+    haar = DetectorSettings.from_metadata({"scale_factor": 1.3, "min_neighbors": 5, "min_eyes": 2, "max_side": 0})
+    assert (haar.detector, haar.decode_side) == ("haar", 0)
+    hog = DetectorSettings.from_metadata({"method": "hog", "hog_side": 800, "decode_side": 1280})
+    assert (hog.detector, hog.decode_side) == ("hog", 1280)
+    assert DetectorSettings.from_metadata(asdict(YUNET)) == YUNET
 
 
-def test_params_choose_the_detector() -> None:
-    assert detector_settings(CleanParams(detector="hog", hog_side=640)).method == "hog"
-    assert detector_settings(CleanParams(detector="hog", hog_side=640)).hog_side == 640
-    assert detector_settings(CleanParams(detector="haar")).method == "haar"
-    chosen = detector_settings(CleanParams(detector="yunet", yunet_side=480, min_score=0.6, decode_side=960))
-    assert (chosen.method, chosen.yunet_side, chosen.min_score, chosen.decode_side) == ("yunet", 480, 0.6, 960)
+def test_params_choose_the_detector_with_the_same_defaults() -> None:
+    assert DetectorSettings.of(CleanParams()) == DetectorSettings()
+    assert DetectorSettings.of(CleanParams(detector="hog", hog_side=640)) == DetectorSettings(detector="hog",
+                                                                                               hog_side=640)
+    chosen = DetectorSettings.of(CleanParams(detector="yunet", yunet_side=480, min_score=0.6, decode_side=960))
+    assert (chosen.detector, chosen.yunet_side, chosen.min_score, chosen.decode_side) == ("yunet", 480, 0.6, 960)
 
 
 def test_an_unknown_detector_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown detector 'cnn'"):
-        FaceDetector(DetectorSettings(method="cnn"))
+        FaceDetector(DetectorSettings(detector="cnn"))
 
 
 @pytest.mark.parametrize("settings", [HOG, YUNET], ids=["hog", "yunet"])

@@ -115,7 +115,7 @@ def test_a_classifier_warms_the_network_up_before_its_first_photo(crops: np.ndar
     gallery = FaceEmbeddings().transform(crops)
     model = OpenSetClassifier(pipeline, FaceEmbeddings(), "nearest_face", 0.5, gallery, labels, 0.05)
     monkeypatch.setattr(embeddings, "_resnet", None)
-    classifier = ActorClassifier(model, DetectorSettings(method="hog"), 128)
+    classifier = ActorClassifier(model, DetectorSettings(detector="hog"), 128)
     assert embeddings._resnet is None
     classifier.warm_up()
     assert embeddings._resnet is not None

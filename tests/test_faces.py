@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
@@ -32,27 +30,6 @@ def test_crop_is_resized_to_a_square() -> None:
 
 def test_blank_image_has_no_face() -> None:
     assert FaceDetector().detect(np.full((240, 320, 3), 127, np.uint8)) == []
-
-
-def test_detector_is_safe_to_share_between_threads() -> None:
-    detector = FaceDetector()
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 255, (300, 400, 3), dtype=np.uint8) for _ in range(4)]
-    errors: list[BaseException] = []
-
-    def work(image: np.ndarray) -> None:
-        try:
-            for _ in range(5):
-                detector.detect(image)
-        except BaseException as err:  # noqa: BLE001 - any failure in a thread fails the test
-            errors.append(err)
-
-    threads = [threading.Thread(target=work, args=(image,)) for image in images * 2]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
 
 
 def test_a_box_in_photo_pixels_is_cut_from_the_reduced_pixels() -> None:

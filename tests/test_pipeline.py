@@ -7,6 +7,7 @@ import json
 
 import mlflow
 import mlflow.sklearn
+import numpy as np
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -201,3 +202,76 @@ def test_the_mlflow_ui_answers_and_the_printed_url_opens_the_training_runs(train
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(30)
+
+
+KNN_DRIVER = """
+import sys
+from sklearn.neighbors import KNeighborsClassifier
+
+from bbt.candidates import FAMILIES, Family
+from bbt.config import load_params
+from bbt.evaluate import run_evaluate
+from bbt.register import run_register
+from bbt.search import run_search
+
+# The one entry of docs/models.md's worked example, and nothing else.
+FAMILIES["knn"] = Family(lambda hp, seed: KNeighborsClassifier(**hp), frozenset({"n_neighbors", "weights"}),
+                         lambda hp: (-hp.get("n_neighbors", 5), hp.get("weights", "uniform") != "uniform"))
+params = load_params()
+run_search(params)
+run_evaluate()
+run_register(params)
+"""
+
+
+def test_a_registered_family_is_searched_logged_registered_and_served(trained_project: Project, tmp_path) -> None:
+    """docs/models.md's worked example: a k-NN family registered at run time, with its grid in params.yaml and
+    no other edit, is cross-validated as MLflow child runs, becomes the champion of a new store, and is served."""
+    import os
+    import shutil
+
+    import httpx
+
+    from tests.conftest import start_server, stop_server
+
+    project = Project(tmp_path / "knn", {**trained_project.env,
+                                         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/knn/mlruns/mlflow.db",
+                                         "BENTOML_HOME": str(tmp_path / "knn/bentoml")})
+    for name in ("artifacts/faces", "artifacts/features", "review", "data.dvc", "bentofile.yaml"):
+        source, target = trained_project.root / name, project.root / name
+        if source.is_dir():
+            shutil.copytree(source, target, copy_function=os.link)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    params = yaml.safe_load((trained_project.root / "params.yaml").read_text())
+    params["search"]["families"] = ["knn"]
+    params["search"]["grid"] = {"knn": {"n_neighbors": [3, 5], "weights": ["uniform", "distance"]}}
+    params["featurize"]["feature_sets"] = ["face_embedding"]
+    (project.root / "params.yaml").write_text(yaml.safe_dump(params))
+    project.run("python", "-c", KNN_DRIVER, timeout=600)
+
+    client = MlflowClient(project.tracking_uri, project.tracking_uri)
+    experiment = client.get_experiment_by_name("bbt-actor-classifier").experiment_id
+    children = [run for run in client.search_runs([experiment]) if "mlflow.parentRunId" in run.data.tags]
+    assert len(children) == 4 * len(params["search"]["open_set_rules"])
+    assert {run.data.tags["candidate"].split("(")[0] for run in children} == {"face_embedding/knn"}
+    champion = client.get_model_version_by_alias("bbt-actor-classifier", "champion")
+    assert champion.tags["model_md5"] == hashlib.md5(
+        (project.root / "artifacts/model/model.joblib").read_bytes()).hexdigest()
+
+    # The server process has not run the driver's entry: give it params.yaml without the k-NN grid (serving
+    # reads only the serve and register sections; in the worked example the entry is in bbt/candidates.py).
+    (project.root / "params.yaml").write_text((trained_project.root / "params.yaml").read_text())
+    (project.root / "data").symlink_to(trained_project.root / "data")
+    server = start_server(project, ["bbt", "serve"], tmp_path / "knn-serve.log")
+    try:
+        faces = np.load(project.root / "artifacts/faces/faces.npz")
+        test = np.load(project.root / "artifacts/features/split.npz")["test"]
+        index = next(i for i in test if faces["status"][i] == "accepted" and str(faces["labels"][i]) != "unknown")
+        photo = project.root / "data/raw" / str(faces["images"][index])
+        answer = httpx.post(f"{server.url}/classify", files={"image": (photo.name, photo.read_bytes())}, timeout=60)
+    finally:
+        stop_server(server)
+    assert answer.status_code == 200, answer.text
+    assert str(faces["labels"][index]) in [face["label"] for face in answer.json()["faces"]]
