@@ -97,7 +97,10 @@ class Assets(StaticFiles):
         return await super().get_response(path, scope)
 
 
+# No slash redirects: Starlette builds their Location from the Host header (an open redirect); a wrong path gets
+# the JSON 404 that lists the routes instead.
 web = FastAPI(title="bbt actor classifier", version="1", docs_url=None, redoc_url=None, openapi_url=None,
+              redirect_slashes=False,
               description="Finds the faces in a photo and names the Big Bang Theory actor of each.")
 web.add_middleware(UploadLimit, service=bentoml.get_current_service)
 
@@ -110,9 +113,28 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
 @web.exception_handler(StarletteHTTPException)
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
-    if exc.status_code == 400 and detail == "There was an error parsing the body":
-        detail = "the request body is not valid multipart/form-data: send the photo as the file field 'image'"
+    if exc.status_code == 400 and _form_parser_failed(exc):
+        how = ("the photo as a data URL in the form field 'image_data'" if request.url.path == "/classify_image"
+               else "the photo as the file field 'image', e.g. curl -F image=@photo.jpg URL/classify")
+        reason = "" if detail == "There was an error parsing the body" else f" ({detail.rstrip('.')})"
+        detail = f"the request body is not a valid form{reason}: send {how}"
+    elif exc.status_code == 405:
+        detail = (f"{request.method} {request.url.path}: method not allowed; send the photo with POST, "
+                  "e.g. curl -F image=@photo.jpg URL/classify")
     return error_response(exc.status_code, detail)
+
+
+def _form_parser_failed(exc: BaseException) -> bool:
+    """Whether Starlette's form parser raised this (FastAPI and Starlette wrap its errors in a plain 400)."""
+    from starlette.formparsers import MultiPartException
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, MultiPartException) or getattr(seen, "detail", None) == \
+                "There was an error parsing the body":
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 # ---- the service --------------------------------------------------------------------------------------------

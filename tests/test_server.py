@@ -209,6 +209,18 @@ def test_every_bad_input_gets_a_clear_4xx(bento_server: Server) -> None:
     assert_error(post(bento_server, png_claiming(100_000, 100_000), "bomb.png"), 400, "megapixel")
     assert_error(httpx.post(url, content=b"--x\r\nnot really multipart", headers={
         "content-type": "multipart/form-data; boundary=x"}), 400)
+    # Found by fuzzing (tests/test_fuzz.py): the form parser's own words, with what to send instead.
+    no_disposition_colon = (b'--x\r\nContent-Disposition form-data; name="image"; filename="a.jpg"\r\n\r\nabc\r\n'
+                            b"--x--\r\n")
+    assert_error(httpx.post(url, content=no_disposition_colon, headers={
+        "content-type": "multipart/form-data; boundary=x"}), 400, "not a valid form", "field 'image'")
+    two_files = httpx.post(f"{bento_server.url}/classify_image",
+                           files=[("image_data", ("a", b"a")), ("image_data", ("b", b"b"))])
+    assert_error(two_files, 400, "not a valid form (too many files", "'image_data'")
+    assert_error(httpx.get(url), 405, "GET /classify: method not allowed", "POST")
+    # No redirect built from the Host header: a trailing slash is an unknown route.
+    assert_error(httpx.post(f"{url}/", headers={"host": "evil.example"}, files={"image": ("a.jpg", real)}), 404,
+                 "/classify")
     assert httpx.get(f"{bento_server.url}/readyz").status_code == 200
 
 
