@@ -19,8 +19,6 @@ import argparse
 import json
 import os
 import random
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bbt.config import load_params
 from bbt.ready import free_port
-from benchmarks.load import start_server, wait_ready
+from benchmarks.load import start_server, stop_server, wait_ready
 from tests.fuzz_strategies import Case, Limits, dataset_photos, error_class, problems, uploads
 
 # Share of the cases per family: the cheap, varied ones most; large images cost a second each.
@@ -179,11 +177,7 @@ def main() -> None:
                 run_family(name, strategy, examples, seed_value, client, tally)
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+            stop_server(server)
     report(tally, time.perf_counter() - started)
     sys.exit(1 if tally.breaches else 0)
 

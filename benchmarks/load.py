@@ -67,6 +67,16 @@ def start_server(kind: str, project: Path, port: int) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
+def stop_server(server: subprocess.Popen) -> None:
+    """Stop a server started by start_server and everything it spawned (its process group)."""
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+
+
 def wait_ready(url: str, ready_path: str, timeout: float = 180) -> None:
     """Wait for the server to answer 200 at `ready_path`; exit with the reason when it does not."""
     try:
@@ -260,11 +270,7 @@ def measure(kind: str, project: Path, images: list[tuple[str, bytes]], args: arg
         return run_load(kind, url.rstrip("/"), images, args.clients, args.seconds, pid)
     finally:
         if server is not None:
-            os.killpg(server.pid, signal.SIGTERM)
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(server.pid, signal.SIGKILL)
+            stop_server(server)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import argparse
 import io
 import math
 import os
-import signal
 import sys
 import threading
 import time
@@ -31,7 +30,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from load import free_port, photos, start_server, wait_ready  # noqa: E402
+from load import free_port, photos, start_server, stop_server, wait_ready
 
 CLIENTS = 10
 BOMB_CLIENTS = 4
@@ -229,8 +228,7 @@ def main() -> None:
                lambda k, v: f"{k} {v * 1000:.0f} ms" if k in ("p50", "p99", "max") else f"{k} {v}")
         print("load average (1, 5, 15 min): " + ", ".join(f"{v:.1f}" for v in os.getloadavg()))
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        server.wait(60)
+        stop_server(server)
 
 
 if __name__ == "__main__":
