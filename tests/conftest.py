@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bbt.ready import NotReady, free_port, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BBT_SHARED", REPO.parent / "shared"))
 VENV_BIN = Path(sys.executable).parent
+EXPECTATIONS = Path(__file__).with_name("data") / "expectations.yaml"
 
 
 @dataclass
@@ -69,6 +71,12 @@ def copy_project(destination: Path) -> Project:
     project.run(*git, "commit", "-qm", "test copy")
     project.run("dvc", "remote", "modify", "--local", "store", "url", str(SHARED / "dvc-store"))
     return project
+
+
+@pytest.fixture(scope="session")
+def expected() -> dict:
+    """The dataset's counts (tests/data/expectations.yaml), for the data and integration tiers."""
+    return yaml.safe_load(EXPECTATIONS.read_text())
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # The uv the project depends on (pyproject.toml); --offline builds with the hatchling `uv sync` cached.
 UV = Path(sys.executable).with_name("uv")
 PACKAGE_DATA = ["bbt/deploy/templates/bbt.service.j2", "bbt/deploy/templates/cloud-init.yaml.j2",

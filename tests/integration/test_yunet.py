@@ -1,33 +1,16 @@
-"""YuNet rebuilt for onnxruntime: the same faces as the yuface wheel's own code, shareable, clear errors."""
+"""YuNet rebuilt for onnxruntime on real photos: the same faces as the yuface wheel's own code."""
 
 from __future__ import annotations
-
-from collections import Counter
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from bbt.errors import ModelError
 from bbt.images import decode_image
-from bbt.yunet import LAYERS, YuNet, library_path, load_layers
+from bbt.yunet import YuNet, library_path
 from tests.conftest import Project
 
-
-def test_the_library_holds_the_known_architecture() -> None:
-    layers = load_layers()
-    assert len(layers) == LAYERS
-    assert Counter(layer.depthwise for layer in layers) == {False: 27, True: 26}
-    assert layers[0].weights.shape == (16, 32)  # the 3x3/2 head as a 1x1 over 27 (+ 5 zero) inputs
-    assert not layers[0].weights[:, 27:].any()
-
-
-def test_a_library_that_is_not_libfacedetection_is_refused(tmp_path: Path) -> None:
-    fake = tmp_path / "libfacedetection.so"
-    fake.write_bytes(b"not a shared library")
-    with pytest.raises(ModelError, match=r"not the libfacedetection .* reinstall the package yuface"):
-        load_layers(fake)
+pytestmark = pytest.mark.integration
 
 
 def photos(project: Project, count: int) -> list[np.ndarray]:
@@ -40,7 +23,6 @@ def photos(project: Project, count: int) -> list[np.ndarray]:
     return chosen
 
 
-@pytest.mark.integration
 def test_the_onnx_network_finds_the_faces_the_wheel_finds(pulled_project: Project) -> None:
     import yuface
 

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import socket
 import ssl
@@ -28,19 +27,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-import yaml
 
 from bbt import ACTORS
 from bbt.config import load_params
 from bbt.deploy.bento import bentoml_executable
 from bbt.deploy.render import (
-    Archive,
-    HostLayout,
     SiteSettings,
     TlsSettings,
     bento_source_dir,
     render_unit,
-    render_user_data,
     serve_command,
 )
 from bbt.deploy.staging import (
@@ -54,116 +49,11 @@ from bbt.deploy.staging import (
 from bbt.ready import free_port, wait_until_ready
 from tests.conftest import Project
 
+pytestmark = pytest.mark.integration
+
 MB = 1024 * 1024
 SECURITY_HEADERS = ("x-content-type-options", "x-frame-options", "referrer-policy", "content-security-policy")
-SANDBOX = Path(__file__).with_name("systemd_sandbox.py")
-
-
-def user_data(tls: bool = False) -> str:
-    site = SiteSettings.for_service(load_params().serve, server_name="bbt.example.org" if tls else "_",
-                                    tls=TlsSettings() if tls else None)
-    return render_user_data("bbt-20261125-000000-abcd", "bbt-actor-service:abc123",
-                            Archive("bbt-20261125-000000-abcd-123456789012", "bbt/bbt-20261125-000000-abcd/x.bento",
-                                    "eu-west-1"), "1.4.40", site)
-
-
-def with_test_certificate(site: str, folder: Path) -> str:
-    """The site with its certificate paths moved to a self-signed pair in `folder` (the instance makes its own)."""
-    certificate, key = self_signed_certificate(folder)
-    return site.replace(TlsSettings.certificate, str(certificate)).replace(TlsSettings.key, str(key))
-
-
-def test_nginx_accepts_the_production_site_config(tmp_path: Path) -> None:
-    config = write_nginx_config(tmp_path, SiteSettings.for_service(load_params().serve))
-    assert "test is successful" in check_nginx_config(config)
-
-
-@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
-def test_the_site_config_works_inside_debians_stock_nginx_conf(tmp_path: Path, tls: bool) -> None:
-    """As on the instance: /etc/nginx/nginx.conf including sites-enabled/bbt.conf (paths moved to tmp_path)."""
-    stock = Path("/etc/nginx/nginx.conf").read_text()
-    site = tmp_path / "sites-enabled" / "bbt.conf"
-    site.parent.mkdir()
-    shipped = yaml.safe_load(user_data(tls))["write_files"][1]["content"]
-    site.write_text(with_test_certificate(shipped, tmp_path / "tls") if tls else shipped)
-    moved = (stock.replace("/etc/nginx/sites-enabled/", f"{site.parent}/").replace("/run/nginx.pid", f"{tmp_path}/pid")
-             .replace("/var/log/nginx/", f"{tmp_path}/"))
-    assert moved.count(str(tmp_path)) >= 4, "the stock nginx.conf changed shape"
-    (tmp_path / "nginx.conf").write_text(moved)
-    result = subprocess.run(["nginx", "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
-                             "-e", str(tmp_path / "error.log")], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
-
-
-def test_user_data_is_a_valid_cloud_config(tmp_path: Path) -> None:
-    text = user_data()
-    config = yaml.safe_load(text)
-    assert text.startswith("#cloud-config\n")
-    assert {"python3", "python3-venv", "python3-boto3", "nginx"} <= set(config["packages"])
-    assert "certbot" not in config["packages"], "no certificate without --https"
-    assert config["users"][1]["name"] == "bbt" and config["users"][1]["system"] is True
-    files = {f["path"]: f for f in config["write_files"]}
-    assert set(files) == {"/etc/systemd/system/bbt.service", "/etc/nginx/sites-available/bbt.conf",
-                          "/usr/local/sbin/bbt-setup"}
-    assert files["/etc/systemd/system/bbt.service"]["content"] == render_unit("bbt-actor-service:abc123")
-    script = files["/usr/local/sbin/bbt-setup"]["content"]
-    assert ("eu-west-1 bbt-20261125-000000-abcd-123456789012 bbt/bbt-20261125-000000-abcd/x.bento "
-            "/var/lib/bbt/bento.bento") in script, "boto3 fetches the archive with the instance role"
-    assert (script.index("download_file") < script.index("bentoml import") < script.index("env/python/requirements.txt")
-            < script.index("enable --now bbt"))
-    assert config["runcmd"] == [["/usr/local/sbin/bbt-setup"]]
-    # The site the instance runs is the one `nginx -t` and the staging test check here.
-    prefix = tmp_path / "nginx"
-    config_file = write_nginx_config(prefix, SiteSettings())
-    (prefix / "sites" / "bbt.conf").write_text(files["/etc/nginx/sites-available/bbt.conf"]["content"])
-    check_nginx_config(config_file)
-    check_cloud_config(text, tmp_path)
-
-
-def check_cloud_config(text: str, folder: Path) -> None:
-    """`cloud-init schema` on the user-data, `bash -n` on each script it writes."""
-    assert shutil.which("cloud-init"), "cloud-init is missing: `make system-deps` installs it from Debian"
-    (folder / "user-data").write_text(text)
-    result = subprocess.run(["cloud-init", "schema", "--config-file", str(folder / "user-data")],
-                            capture_output=True, text=True, check=False)
-    assert result.returncode == 0 and "Valid cloud-config" in result.stdout, result.stdout + result.stderr
-    for written in yaml.safe_load(text)["write_files"]:
-        if written["content"].startswith("#!/bin/bash"):
-            checked = subprocess.run(["bash", "-n"], input=written["content"], capture_output=True, text=True,
-                                     check=False)
-            assert checked.returncode == 0, f"{written['path']}: {checked.stderr}"
-
-
-def test_https_user_data_gets_a_certificate_and_redirects(tmp_path: Path) -> None:
-    text = user_data(tls=True)
-    config = yaml.safe_load(text)
-    assert {"certbot", "openssl"} <= set(config["packages"])
-    files = {f["path"]: f["content"] for f in config["write_files"]}
-    certificate = files["/usr/local/sbin/bbt-certificate"]
-    assert "certbot certonly --webroot -w /var/www/letsencrypt -d bbt.example.org" in certificate
-    assert certificate.index("bbt-probe") < certificate.index("certbot certonly"), "asks Let's Encrypt only once the name reaches it"
-    assert "--deploy-hook \"systemctl reload nginx\"" in certificate, "renewals (certbot.timer) reach nginx"
-    assert "OnUnitInactiveSec=5min" in files["/etc/systemd/system/bbt-certificate.timer"]
-    setup = files["/usr/local/sbin/bbt-setup"]
-    assert setup.index("self-signed") < setup.index("nginx -t") < setup.index("enable --now bbt-certificate.timer")
-    prefix = tmp_path / "nginx"
-    config_file = write_nginx_config(prefix, SiteSettings())
-    (prefix / "sites" / "bbt.conf").write_text(with_test_certificate(files["/etc/nginx/sites-available/bbt.conf"],
-                                                                     tmp_path / "tls"))
-    check_nginx_config(config_file)
-    check_cloud_config(text, tmp_path)
-
-
-def test_systemd_accepts_the_unit(tmp_path: Path) -> None:
-    assert shutil.which("systemd-analyze"), "systemd-analyze is missing: `make system-deps` installs systemd"
-    # systemd checks that ExecStart exists: point the layout at a folder holding a real bentoml.
-    layout = HostLayout(home=str(tmp_path))
-    Path(layout.venv, "bin").mkdir(parents=True)
-    Path(layout.venv, "bin", "bentoml").symlink_to(Path(sys.executable).parent / "bentoml")
-    unit = tmp_path / "bbt.service"
-    unit.write_text(render_unit("bbt-actor-service:abc123", layout))
-    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, check=False)
-    assert result.returncode == 0, result.stderr
+SANDBOX = Path(__file__).resolve().parents[1] / "systemd_sandbox.py"
 
 
 class _StandIn(http.server.BaseHTTPRequestHandler):
@@ -384,7 +274,6 @@ def overlap(a: dict[str, int], b: np.ndarray) -> float:
     return w * h / (aw * ah + bw * bh - w * h)
 
 
-@pytest.mark.integration
 def test_the_staged_bento_was_imported_into_its_own_store(staging: Staging) -> None:
     name, version = staging.bento_tag.split(":")
     assert (staging.workdir / "bentoml" / "bentos" / name / version / "bento.yaml").is_file()
@@ -393,7 +282,6 @@ def test_the_staged_bento_was_imported_into_its_own_store(staging: Staging) -> N
     assert (staging.workdir / "bentoml" / "bentos" / name / version / "src" / "params.yaml").is_file()
 
 
-@pytest.mark.integration
 def test_page_and_probes_load_through_nginx(staging: Staging, client: httpx.Client) -> None:
     page = client.get(f"{staging.url}/", headers={"Accept-Encoding": "gzip"})
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
@@ -406,7 +294,6 @@ def test_page_and_probes_load_through_nginx(staging: Staging, client: httpx.Clie
     assert client.get(f"{staging.url}/livez").status_code == 200
 
 
-@pytest.mark.integration
 def test_classify_names_the_actor_of_real_photos_through_nginx(staging: Staging, client: httpx.Client,
                                                                trained_project: Project) -> None:
     photos = training_photos(trained_project)
@@ -421,7 +308,6 @@ def test_classify_names_the_actor_of_real_photos_through_nginx(staging: Staging,
         assert match["label"] == actor, f"{photo.name}: expected {actor}, got {match}"
 
 
-@pytest.mark.integration
 def test_nginx_refuses_an_11_mb_upload_with_a_json_413(staging: Staging, client: httpx.Client) -> None:
     response = client.post(f"{staging.url}/classify",
                            files={"image": ("big.jpg", os.urandom(11 * MB), "image/jpeg")})
@@ -432,7 +318,6 @@ def test_nginx_refuses_an_11_mb_upload_with_a_json_413(staging: Staging, client:
     assert "client intended to send too large body" in (staging.workdir / "nginx" / "error.log").read_text()
 
 
-@pytest.mark.integration
 def test_uploads_under_the_limit_reach_the_service(staging: Staging, client: httpx.Client) -> None:
     """9 MB of noise passes nginx; the service itself explains that it is not an image."""
     response = client.post(f"{staging.url}/classify",
@@ -441,7 +326,6 @@ def test_uploads_under_the_limit_reach_the_service(staging: Staging, client: htt
     assert "noise.jpg" in json.dumps(response.json())
 
 
-@pytest.mark.integration
 def test_plain_http_moves_to_https_and_metrics_stay_on_the_host(staging: Staging, client: httpx.Client) -> None:
     moved = client.get(f"{staging.http_url}/static/app.js")
     assert moved.status_code == 301 and moved.headers["location"] == f"{staging.url}/static/app.js"
@@ -451,7 +335,6 @@ def test_plain_http_moves_to_https_and_metrics_stay_on_the_host(staging: Staging
     assert metrics.status_code == 200 and "# TYPE bentoml_" in metrics.text
 
 
-@pytest.mark.integration
 def test_the_service_serves_inside_the_units_sandbox(staging: Staging, trained_project: Project,
                                                      tmp_path: Path) -> None:
     """The staged bento under the unit's sandbox as far as it goes without systemd: the kernel side applied by
@@ -489,7 +372,6 @@ def test_the_service_serves_inside_the_units_sandbox(staging: Staging, trained_p
     assert "Operation not permitted" not in log.read_text() and "Read-only file system" not in log.read_text()
 
 
-@pytest.mark.integration
 def test_bbt_deploy_staging_command_serves_until_sigterm_and_leaves_nothing(staging: Staging,
                                                                            trained_project: Project) -> None:
     """The documented command (`bbt deploy staging`, run by `make staging`), on the bento built above, stopped the
@@ -526,7 +408,6 @@ def test_bbt_deploy_staging_command_serves_until_sigterm_and_leaves_nothing(stag
     assert left.stdout == "", f"processes left running: {left.stdout}"
 
 
-@pytest.mark.integration
 def test_bbt_deploy_ec2_ships_the_real_exported_bento(staging: Staging, trained_project: Project,
                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """The whole `bbt deploy ec2` command against moto: the archive in S3 is the bento staging imported."""
@@ -545,7 +426,7 @@ def test_bbt_deploy_ec2_ships_the_real_exported_bento(staging: Staging, trained_
     monkeypatch.setenv("BENTOML_HOME", str(trained_project.bentoml_home))
     from moto.s3.models import FakeBucket
 
-    from tests.test_deploy import moto_over_https
+    from tests.unit.test_deploy import moto_over_https
 
     monkeypatch.setattr(FakeBucket, "get_permission", moto_over_https(FakeBucket.get_permission))
     with mock_aws():

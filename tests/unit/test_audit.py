@@ -13,7 +13,6 @@ from bbt import ACTORS, artifacts
 from bbt.audit import out_of_fold_agreement, run_audit
 from bbt.config import AuditParams, DataParams, FeaturizeParams, SearchParams
 from bbt.errors import DataError
-from tests.conftest import Project
 
 
 def clusters(per_actor: int = 12, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -108,35 +107,3 @@ def test_rejected_boxes_get_a_proposed_verdict_from_the_open_set_rule(
     open_rows = table[table.second_review == "not reviewed"].sort_values("distance")
     assert list(open_rows.proposal) == ["howard", "stranger"]
     assert set(table[table.second_review == "stranger"].proposal) == {"stranger"}
-
-
-@pytest.mark.integration
-def test_without_the_second_review_the_audit_flags_the_mislabelled_boxes(
-    pulled_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On the real data with review/corrections.csv emptied: the three boxes it relabels are all suspects."""
-    from bbt.clean import run_clean
-    from bbt.config import CleanParams, SplitParams
-    from bbt.featurize import run_featurize
-
-    root = pulled_project.root
-    empty = tmp_path / "none.csv"
-    empty.write_text("image,x,y,w,h,label,review,reason\n")
-    data = DataParams(root / "data/raw", root / "data/annotations.csv", empty)
-    monkeypatch.chdir(tmp_path)
-    run_clean(data, CleanParams(workers=2))
-    featurize = FeaturizeParams(feature_sets=("face_embedding",))
-    run_featurize(SplitParams(), featurize)
-    metrics = run_audit(AuditParams(), featurize, data, SearchParams())
-    suspects = pd.read_csv(artifacts.AUDIT_CSV)
-    flagged = set(zip(suspects.image, suspects.label, suspects.predicted))
-    shipped = pd.read_csv(root / "review/corrections.csv")
-    first = pd.read_csv(root / "data/annotations.csv")
-    shipped = shipped.merge(first, on=["image", "x", "y", "w", "h"], suffixes=("", "_first"))
-    # The boxes the first review accepted under the folder's actor that the second review gave to another actor.
-    relabelled = shipped[(shipped.review_first == "accepted") & (shipped.label != shipped.label_first)]
-    assert len(relabelled) == 3
-    for row in relabelled.itertuples():
-        original = row.image.split("/")[0]
-        assert (row.image, original, row.label) in flagged, row.image
-    assert metrics["unreviewed_suspects"] == metrics["suspects"] <= 5

@@ -10,7 +10,7 @@ import yaml
 from bbt.candidates import candidates, heads
 from bbt.config import ConfigError, load_params
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -79,7 +79,7 @@ def test_the_bento_pins_what_the_lock_file_installs_and_the_model_imports() -> N
 
     from bbt.register import RUNTIME_PACKAGES
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     locked = {p["name"]: p["version"] for p in tomllib.loads((root / "uv.lock").read_text())["package"]
               if "version" in p}
     pins = dict(pin.split("==") for pin in yaml.safe_load((root / "bentofile.yaml").read_text())["python"]["packages"])
