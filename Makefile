@@ -9,7 +9,7 @@ HOST ?= 127.0.0.1
 PORT ?= 3000
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: run setup data train serve test system-deps ui leaderboard bench
+.PHONY: run setup data train serve test check system-deps ui leaderboard bench
 
 run: setup data train serve  ## install, pull the data, train (dvc repro), serve on http://$(HOST):$(PORT)
 
@@ -39,8 +39,12 @@ system-deps:  ## Debian packages the tests drive for real: nginx, headless Chrom
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
 	fi
 
-test: setup system-deps  ## the whole test suite (unit, data, integration, servers, browser)
+test: setup system-deps  ## the whole test suite: tests/unit, tests/data, tests/integration (servers, browser, flows)
 	pytest
+
+check: setup system-deps  ## the fast path (about a minute): ruff over the project, then the unit tier
+	ruff check bbt flows tests benchmarks
+	pytest tests/unit
 
 ui: setup  ## the MLflow UI over mlruns/ on http://127.0.0.1:5000
 	bbt ui

@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.conftest import copy_project  # noqa: E402
+from tests.conftest import copy_project
 
 STAGE = re.compile(r"Running stage '(\w+)'")
 
