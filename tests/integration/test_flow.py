@@ -126,13 +126,19 @@ def stage_of(task_run_name: str) -> str:
     return task_run_name.rsplit("-", 1)[0]  # Prefect names task runs '<task>-<3 characters>'
 
 
-def test_forced_run_on_dask_trains_registers_and_reports(
-    small_project: Project, prefect_api: str, dask_cluster: Client
-) -> None:
+@pytest.fixture(scope="module")
+def forced_run(small_project: Project, prefect_api: str, dask_cluster: Client) -> tuple[dict, list[dict]]:
+    """`bbt prefect run --force` on the Dask cluster: the flow's outcome and the cluster's task records. Tests
+    that need a trained champion in the small project ask for this, so none depends on another having run."""
     with get_task_stream(client=dask_cluster) as stream:
         result = run_in_project(small_project, prefect_api, "bbt", "prefect", "run", "--force", "--batch-size", "8",
                                 env={"BBT_DASK_ADDRESS": dask_cluster.scheduler.address})
-    outcome = outcome_of(result)
+    return outcome_of(result), list(stream.data)
+
+
+def test_forced_run_on_dask_trains_registers_and_reports(small_project: Project,
+                                                         forced_run: tuple[dict, list[dict]]) -> None:
+    outcome, task_stream = forced_run
     assert outcome["status"] == "retrained"
 
     with get_client(sync_client=True) as client:
@@ -158,8 +164,8 @@ def test_forced_run_on_dask_trains_registers_and_reports(
     detect = by_stage["detect-faces"]
     assert len(detect) == batches and all(r.state.is_completed() for r in detect)
     # The per-image work ran on the cluster, spread over both workers.
-    assert len(stream.data) >= batches
-    assert len({record["worker"] for record in stream.data}) == 2
+    assert len(task_stream) >= batches
+    assert len({record["worker"] for record in task_stream}) == 2
 
     (report,) = [a for a in artifacts if a.key == REPORT_KEY]
     assert f"version {outcome['version']} **became the champion**" in report.data
@@ -178,7 +184,8 @@ def test_forced_run_on_dask_trains_registers_and_reports(
     assert "Data and pipelines are up to date" in status, status
 
 
-def test_second_run_is_up_to_date_without_a_new_version(small_project: Project, prefect_api: str) -> None:
+def test_second_run_is_up_to_date_without_a_new_version(small_project: Project, prefect_api: str,
+                                                         forced_run: tuple[dict, list[dict]]) -> None:
     versions_before = registry_versions(small_project)
     started = time.monotonic()
     outcome = outcome_of(run_in_project(small_project, prefect_api, "bbt", "prefect", "run"))
@@ -189,8 +196,10 @@ def test_second_run_is_up_to_date_without_a_new_version(small_project: Project, 
     assert stages == {"check-champion"}, f"nothing but the check should run ({elapsed:.0f} s)"
 
 
-def test_a_family_override_is_not_up_to_date(small_project: Project, prefect_api: str) -> None:
-    """Parameters from the UI change the params hash; the check says so before any work starts."""
+def test_a_family_override_is_not_up_to_date(small_project: Project, prefect_api: str,
+                                              forced_run: tuple[dict, list[dict]]) -> None:
+    """Parameters from the UI change the params hash of the trained champion; the check says so before any work
+    starts."""
     code = ("from flows.retrain import effective_params, up_to_date_champion; from prefect import flow;"
             "print('champion:', flow(name='check')(lambda: up_to_date_champion(effective_params(['svm'], None)))())")
     result = run_in_project(small_project, prefect_api, "python", "-c", code)
@@ -242,7 +251,8 @@ def poll(request: Callable[[], httpx.Response], accept: Callable[[httpx.Response
     raise AssertionError(f"{what} (server exit code {server.poll()})")
 
 
-def test_serve_command_runs_the_server_ui_and_the_schedule(small_project: Project, tmp_path: Path) -> None:
+def test_serve_command_runs_the_server_ui_and_the_schedule(small_project: Project, tmp_path: Path,
+                                                           forced_run: tuple[dict, list[dict]]) -> None:
     """`bbt prefect serve`: a Prefect server with its UI on loopback, and the deployment served from it. It runs on
     the port prefect.toml names, so Prefect's own hint, `prefect deployment run 'retrain/weekly'`, works from a
     shell in the project with no PREFECT_API_URL set."""

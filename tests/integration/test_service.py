@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import io
+import math
 import os
 import threading
 import time
@@ -81,8 +82,17 @@ def test_loads_the_champion_once_with_its_registry_version(service, trained_proj
     assert service.model_info.version == str(champion.version)
     assert service.__is_ready__()
     assert service.classifier.classes == ["howard", "leonard", "raj", "sheldon"]
-    # The detector settings are the ones the model was trained with (stored in its MLflow metadata).
-    assert service.classifier.detector.settings.scale_factor == 1.3
+    # The detector settings are the ones the model was trained with (stored in its MLflow metadata), not the
+    # fallback of a model that stored none (Haar, full-size decoding).
+    from mlflow.models import Model
+
+    from bbt.faces import DetectorSettings
+
+    local = mlflow.artifacts.download_artifacts(champion.source, tracking_uri=trained_project.tracking_uri)
+    trained = DetectorSettings.from_metadata(Model.load(f"{local}/MLmodel").metadata["detector"])
+    assert service.classifier.detector.settings == trained
+    assert trained == DetectorSettings.of(load_params(trained_project.root / "params.yaml").clean)
+    assert (trained.detector, trained.decode_side) != ("haar", 0)
 
 
 def test_classify_bytes_finds_and_names_the_face(service, trained_project: Project) -> None:
@@ -124,18 +134,20 @@ def test_a_full_worker_answers_503_with_retry_after_and_recovers(service, client
                                                                  trained_project: Project) -> None:
     data, label, _ = reviewed_face(trained_project)
     admission = service.admission
-    assert admission.max_pending == 16  # params.yaml
-    admission.pending = admission.max_pending  # as if 16 photos were in this worker
+    assert admission.max_pending == load_params(trained_project.root / "params.yaml").serve.max_pending
+    admission.pending = admission.max_pending  # as if the worker were full
     admission.seconds_per_photo = 0.5
     try:
         busy = client.post("/classify", files={"image": ("a.jpg", data)})
         legacy = client.post("/classify_image", data={"image_data": base64.b64encode(data).decode()})
     finally:
         admission.pending = 0
-    # 16 photos at 0.5 s each, two at a time: 4 s.
+    # max_pending photos at 0.5 s each, two at a time.
+    wait = math.ceil(admission.max_pending * 0.5 / 2)
     assert busy.status_code == legacy.status_code == 503
-    assert busy.headers["retry-after"] == legacy.headers["retry-after"] == "4"
-    assert busy.json()["error"] == ("the service is busy (16 photos are already in this worker); retry in 4 s")
+    assert busy.headers["retry-after"] == legacy.headers["retry-after"] == str(wait)
+    assert busy.json()["error"] == (f"the service is busy ({admission.max_pending} photos are already in this "
+                                    f"worker); retry in {wait} s")
     again = client.post("/classify", files={"image": ("a.jpg", data)})
     assert again.status_code == 200 and label in [face["label"] for face in again.json()["faces"]]
     assert admission.pending == 0 and admission.reserved == 0
