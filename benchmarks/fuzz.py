@@ -4,7 +4,7 @@
     python benchmarks/fuzz.py --url http://127.0.0.1:3000 --examples 5000 --out /tmp/fuzz
     python benchmarks/fuzz.py --project . --only exif --only mutation --seed 7
 
-The cases are tests/fuzz_strategies.py's, which tests/test_fuzz.py runs about 2,000 of in the suite: images of
+The cases are tests/fuzz_strategies.py's, which tests/integration/test_fuzz.py runs about 2,000 of in the suite: images of
 every format, mode and size up to the pixel limit, EXIF orientations and corrupt blocks, byte mutations of the
 dataset's photos, lying headers, other formats, the legacy route's data URLs and malformed bodies. Requests are
 sent one at a time, so a 503 (busy) should not occur. Prints the answers per family and status, the error
