@@ -239,6 +239,18 @@ class ActorService:
         except TimeoutError:
             raise TimedOut from None  # wait_for cancelled the work if no thread had started it
 
+    async def answer(self, data: bytes, name: str, ticket: Ticket,
+                     ) -> tuple[list[FacePrediction], tuple[int, int]] | JSONResponse:
+        """run_classifier, with each way a photo is refused as its JSON error (the same on both routes)."""
+        try:
+            return await self.run_classifier(data, name, ticket)
+        except ImageError as err:
+            return error_response(400, str(err))
+        except Busy as err:
+            return busy_response(err)
+        except TimedOut:
+            return timed_out_response(self.settings.timeout_s)
+
     def timed_classify(self, data: bytes, name: str, deadline: float,
                        ) -> tuple[list[FacePrediction], tuple[int, int]]:
         start = time.perf_counter()
@@ -260,14 +272,10 @@ class ActorService:
               summary="Find every face in a photo and name the actor")
     async def classify(self, image: PhotoUpload, request: Request) -> Classification | JSONResponse:
         name = f"the uploaded file {image.filename!r}" if image.filename else "the uploaded file"
-        try:
-            faces, (width, height) = await self.run_classifier(await image.read(), name, request.scope[TICKET])
-        except ImageError as err:
-            return error_response(400, str(err))
-        except Busy as err:
-            return busy_response(err)
-        except TimedOut:
-            return timed_out_response(self.settings.timeout_s)
+        answer = await self.answer(await image.read(), name, request.scope[TICKET])
+        if isinstance(answer, JSONResponse):
+            return answer
+        faces, (width, height) = answer
         return Classification(faces=[Face.model_validate(f.as_dict()) for f in faces], model=self.model_info,
                               image=ImageSize(width=width, height=height))
 
@@ -287,15 +295,14 @@ class ActorService:
                                        "(data:image/jpeg;base64,...) in the form field 'image_data'")
         try:
             data = decode_data_url(field)
-            if len(data) > self.max_bytes:
-                return error_response(413, UploadTooLarge(self.max_bytes).detail)
-            faces, _ = await self.run_classifier(data, "the image in 'image_data'", request.scope[TICKET])
         except ImageError as err:
             return error_response(400, str(err))
-        except Busy as err:
-            return busy_response(err)
-        except TimedOut:
-            return timed_out_response(self.settings.timeout_s)
+        if len(data) > self.max_bytes:
+            return error_response(413, UploadTooLarge(self.max_bytes).detail)
+        answer = await self.answer(data, "the image in 'image_data'", request.scope[TICKET])
+        if isinstance(answer, JSONResponse):
+            return answer
+        faces, _ = answer
         legacy = [legacy_face(face, self.classifier.classes) for face in faces]
         # The original answered any origin; old pages served from elsewhere depend on it.
         return JSONResponse(legacy, headers={"Access-Control-Allow-Origin": "*"})

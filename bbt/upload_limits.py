@@ -131,7 +131,8 @@ class UploadLimit:
 
 class JsonErrors:
     """ASGI middleware for the whole server: a plain-text error BentoML's own router answers (an unknown path,
-    a wrong method on its routes) becomes `{"error": ...}` like every other error of this service."""
+    a wrong method on its routes) becomes `{"error": ...}` like every other error of this service, and so does
+    its trailing-slash redirect, whose Location it builds from the Host header (an open redirect): a 404."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -147,18 +148,21 @@ class JsonErrors:
                 if message["status"] >= 400 and headers.get(b"content-type", b"").startswith(b"text/plain"):
                     held["start"], held["body"] = message, b""
                     return
+                if message["status"] in (307, 308) and scope["path"].endswith("/") and scope["path"] != "/":
+                    held["start"], held["body"], held["text"] = {**message, "status": 404}, b"", "not found"
+                    return
             elif "start" in held and message["type"] == "http.response.body":
                 held["body"] += message.get("body", b"")
                 if message.get("more_body"):
                     return
                 status = held["start"]["status"]
-                text = held["body"].decode("utf-8", "replace").strip() or "error"
+                text = held.get("text") or held["body"].decode("utf-8", "replace").strip() or "error"
                 why = f"{scope['method']} {scope['path']}: {text.lower()}"
                 if status == 404:
                     why += "; the routes are /, /classify, /classify_image, /livez, /readyz, /metrics and /docs.json"
                 body = json.dumps({"error": why}).encode()
                 headers = [(k, v) for k, v in held["start"].get("headers", [])
-                           if k.lower() not in (b"content-type", b"content-length")]
+                           if k.lower() not in (b"content-type", b"content-length", b"location")]
                 await send({**held["start"], "headers": [*headers, (b"content-type", b"application/json"),
                                                          (b"content-length", str(len(body)).encode())]})
                 await send({"type": "http.response.body", "body": body})
