@@ -5,6 +5,7 @@ from __future__ import annotations
 import flows  # noqa: F401  (first: it sets Prefect's offline defaults before Prefect is imported)
 
 # isort: split
+import contextlib
 import json
 import math
 import os
@@ -17,6 +18,7 @@ from uuid import UUID
 
 import httpx
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from distributed import Client, LocalCluster, get_task_stream
@@ -293,11 +295,20 @@ def test_serve_command_runs_the_server_ui_and_the_schedule(small_project: Projec
              "the deployment run never finished", server, timeout=180)
         finished = httpx.get(f"{api}/flow_runs/{started['id']}", timeout=10).json()
         assert finished["state"]["type"] == "COMPLETED", (tmp_path / "serve.log").read_text()[-3000:]
+        # Stopped the way systemd, Docker and CI stop a command: SIGTERM to it alone, which must stop the Prefect
+        # server and the deployment runner it started, as Ctrl-C does.
+        started_processes = psutil.Process(server.pid).children(recursive=True)
+        server.send_signal(signal.SIGTERM)
+        server.wait(60)
     finally:
-        os.killpg(server.pid, signal.SIGINT)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
+        if server.poll() is None:  # a failed test leaves nothing running either
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(10)
         log.close()
+    left = [p for p in started_processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for process in left:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    assert left == [], f"left running after SIGTERM: {[p.cmdline() for p in left]}"
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{api}/health", timeout=2)

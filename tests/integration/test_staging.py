@@ -1,12 +1,12 @@
-"""The staging copy of production, for real: exported-then-imported bento behind Debian's nginx on loopback.
-
-Also checks what ships to EC2 with the real tools: `nginx -t` on the rendered site, `cloud-init schema` on the
-rendered user-data, `systemd-analyze verify` on the rendered unit.
+"""The staging copy of production, for real: exported-then-imported bento behind Debian's nginx on loopback, and
+nginx's limits, TLS and JSON errors in front of a stand-in service. (The rendered files' checks with the real
+tools, `nginx -t`, `cloud-init schema` and `systemd-analyze`, are in tests/unit/test_staging.py.)
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
 import os
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 
 from bbt import ACTORS
@@ -382,9 +383,11 @@ def test_bbt_deploy_staging_command_serves_until_sigterm_and_leaves_nothing(stag
                                cwd=trained_project.root, env=trained_project.env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT, text=True)
     announced: list[str] = []
+    started: list[psutil.Process] = []
     try:
         wait_until_ready(f"http://127.0.0.1:{port}/readyz", timeout_s=240, interval_s=0.5,
                          alive=lambda: command.poll() is None, what="`bbt deploy staging`")
+        started = psutil.Process(command.pid).children(recursive=True)  # the service and nginx
         assert httpx.get(f"http://127.0.0.1:{port}/", trust_env=False).headers["server"] == "nginx"
         # Stop it only once the command has said where it serves, as a user would (nginx answers a moment earlier).
         assert command.stdout is not None
@@ -394,7 +397,14 @@ def test_bbt_deploy_staging_command_serves_until_sigterm_and_leaves_nothing(stag
                 break
     finally:
         command.send_signal(signal.SIGTERM)
-        rest, _ = command.communicate(timeout=60)
+        try:
+            rest, _ = command.communicate(timeout=60)
+        finally:  # whatever happened, the test leaves nothing running; what was left is asserted below
+            left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+            for process in [*left, *([psutil.Process(command.pid)] if command.poll() is None else [])]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
+    assert left == [], f"left running after SIGTERM: {[p.cmdline() for p in left]}"
     output = "".join(announced) + rest
     assert command.returncode == 0, output
     assert f"on http://127.0.0.1:{port}/" in output and "stopped" in output
