@@ -19,7 +19,7 @@ class WithLazyApps(TyperGroup):
     """The `bbt` group plus sub-apps from outside the library, imported only when they are named or listed.
 
     The one seam between the library and the orchestration package: `bbt prefect ...` lives in flows/cli.py,
-    and the library never imports `flows` (tests/test_imports.py checks it).
+    and the library never imports `flows` (tests/unit/test_imports.py checks it).
     """
 
     lazy_apps: ClassVar[dict[str, str]] = {"prefect": "flows.cli:prefect_app"}

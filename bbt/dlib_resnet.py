@@ -2,7 +2,7 @@
 
 The `dlib-bin` wheel is built without BLAS: its `compute_face_descriptor` takes ~55 ms per face on one core.
 The same network read from `dlib_face_recognition_resnet_model_v1.dat` and run by onnxruntime takes ~3 ms and
-gives the same descriptors (max abs difference ~1e-6; tests/test_dlib_resnet.py compares it with dlib).
+gives the same descriptors (max abs difference ~1e-6; tests/unit/test_dlib_resnet.py compares it with dlib).
 
 The file is dlib's `serialize` of the `anet_type` network in dlib's tools/python/src/face_recognition.cpp:
 - integers: a control byte (0x80 = negative, low 4 bits = byte count), then the magnitude little-endian;

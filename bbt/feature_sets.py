@@ -1,7 +1,7 @@
 """The feature sets a face crop can be turned into: one registry, next to nothing heavy.
 
 Each entry builds the transformer that travels inside the model, and says which code its features come from
-(the `featurize` stage's dvc.yaml deps; tests/test_registries.py checks them) and which packages loading it
+(the `featurize` stage's dvc.yaml deps; tests/unit/test_registries.py checks them) and which packages loading it
 needs when serving (the model's pinned requirements and bentofile.yaml). Adding a feature set is one entry here.
 The order is the search's tie-break: fewest features first.
 """

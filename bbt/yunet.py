@@ -2,7 +2,7 @@
 
 The `yuface` wheel (libfacedetection 2023) compiles its weights into `libfacedetection.so` and runs the network
 with SSE code: ~40 ms for a 640 px photo on one core here. The same network run by onnxruntime takes a fraction
-of that and gives the same boxes (tests/test_yunet.py compares the two). The weights are read from the loaded
+of that and gives the same boxes (tests/integration/test_yunet.py compares the two). The weights are read from the loaded
 library through its exported symbols (`init_parameters`, `g_pFilters`), so nothing is downloaded or copied.
 
 The network (libfacedetection's `objectdetect_cnn`): a 3x3/2 convolution, then blocks of (1x1 convolution,
