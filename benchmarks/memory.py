@@ -1,6 +1,10 @@
 """Memory and responsiveness of `bbt serve` under the largest photos it admits and under decode bombs.
 
     python benchmarks/memory.py --project .        # starts `bbt serve` there on a free port
+    python benchmarks/memory.py --per-pixel        # decode_photo's peak bytes per pixel, format by mode
+
+`--per-pixel` decodes a 20-megapixel image of each format and mode in a fresh process and prints the growth of
+its resident memory per pixel: the figures behind bbt.images.PEAK_BYTES_PER_PIXEL.
 
 Prints, for the server's whole process tree (supervisor and workers):
 - its memory idle, and at peak while 10 clients each send a photo at the limits (40 megapixels, as JPEG, as
@@ -17,6 +21,7 @@ import argparse
 import io
 import math
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -191,12 +196,62 @@ def mib(key: str, value: float) -> str:
         f"{key} {value:.1f}" if isinstance(value, float) else f"{key} {value}"
 
 
+PER_PIXEL_CASES = [("TIFF", mode) for mode in ("1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F")] + \
+    [("PNG", "RGB"), ("PNG", "RGBA"), ("BMP", "RGB"), ("GIF", "P"), ("WEBP", "RGB"), ("JPEG", "RGB")]
+PER_PIXEL_PROBE = """
+import ctypes, io, sys, threading, time
+import numpy as np
+from PIL import Image
+from bbt.allocator import return_big_frees_to_the_os
+from bbt.images import decode_photo
+return_big_frees_to_the_os()  # as the service does
+fmt, mode, width, height = sys.argv[1], sys.argv[2], 5000, 4000
+noise = np.random.default_rng(0).integers(0, 255, (height // 8, width // 8, 3), np.uint8)
+image = Image.fromarray(noise).resize((width, height))
+image = image.convert(mode) if mode != "RGB" else image
+buffer = io.BytesIO()
+image.save(buffer, fmt)
+data = buffer.getvalue()
+del image, buffer
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+start = peak = rss()
+done = False
+def watch():
+    global peak
+    while not done:
+        peak = max(peak, rss())
+        time.sleep(0.001)
+watcher = threading.Thread(target=watch)
+watcher.start()
+decode_photo(data, "probe", 50_000_000)
+done = True
+watcher.join()
+print((peak - start) / (width * height))
+"""
+
+
+def per_pixel_peaks() -> None:
+    from bbt.images import peak_bytes_per_pixel
+
+    print("| format | mode | peak bytes per pixel (measured) | budgeted |\n|---|---|---|---|")
+    for fmt, mode in PER_PIXEL_CASES:
+        measured = subprocess.run([sys.executable, "-c", PER_PIXEL_PROBE, fmt, mode], capture_output=True,
+                                  text=True, check=True, cwd=Path(__file__).resolve().parents[1]).stdout.strip()
+        print(f"| {fmt} | {mode} | {float(measured):.1f} | {peak_bytes_per_pixel(fmt)} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project", type=Path, default=Path("."), help="a trained project (dvc repro done)")
     parser.add_argument("--megapixels", type=float, default=0, help="photo size (default: serve.max_megapixels)")
     parser.add_argument("--bomb-seconds", type=float, default=30)
+    parser.add_argument("--per-pixel", action="store_true", help="only decode_photo's peak bytes per pixel")
     args = parser.parse_args()
+    if args.per_pixel:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        per_pixel_peaks()
+        return
     project = args.project.resolve()
     sys.path.insert(0, str(project))
     from bbt.config import load_params
