@@ -115,17 +115,20 @@ def load_annotations(path: Path, raw_dir: Path | None = None) -> list[Annotation
 
 @dataclass(frozen=True)
 class Correction:
-    """A second review of one annotations.csv row: its new label/review and why."""
+    """A second review: of one annotations.csv row (`original`), or of a box annotations.csv lacks (a detection
+    nobody had reviewed, or a face from production feedback: `original` None), with its label/review and why."""
 
-    original: Annotation
+    original: Annotation | None
     corrected: Annotation
     reason: str
 
     @property
     def kind(self) -> str:
         """confirmed | stranger | unusable (rejected after a second look) | relabelled (another actor) |
-        accepted (a rejected box that is one of the four)."""
+        accepted (a rejected box that is one of the four) | new (a box annotations.csv lacks)."""
         before, after = self.original, self.corrected
+        if before is None:
+            return "new"
         if (before.review, before.label) == (after.review, after.label) and after.review != "rejected":
             return "confirmed"
         if after.review == "stranger":
@@ -135,13 +138,15 @@ class Correction:
         return "relabelled" if before.review == "accepted" else "accepted"
 
 
-def load_corrections(path: Path, annotations: list[Annotation]) -> list[Correction]:
-    """Read the second review (review/corrections.csv): each row names an annotations.csv row by image and box
-    and gives its corrected label and review, with a reason. Every problem names its row."""
+def load_corrections(path: Path, annotations: list[Annotation], raw_dir: Path | None = None) -> list[Correction]:
+    """Read the second review (review/corrections.csv). A row naming an annotations.csv row by image and box
+    corrects it; with `raw_dir`, a row naming another box of a photo under raw_dir adds a reviewed box (what
+    `bbt review` writes for unreviewed detections and production feedback). Every row gives a reason; every
+    problem names its row."""
     frame = _read_rows(path, CORRECTION_COLUMNS,
                        f"create it with the header `{','.join(CORRECTION_COLUMNS)}`, or point "
                        "data.corrections in params.yaml at the file")
-    parsed, problems = _parse(frame, path, None)
+    parsed, problems = _parse(frame, path, raw_dir)
     by_key = {(a.image, a.box): a for a in annotations}
     reasons = [r if isinstance(r, str) else "" for r in frame["reason"]]
     corrections: list[Correction] = []
@@ -150,7 +155,7 @@ def load_corrections(path: Path, annotations: list[Annotation]) -> list[Correcti
         reason = reasons[row_number - 2]
         where = f"{path}:{row_number}"
         original = by_key.get((corrected.image, corrected.box))
-        if original is None:
+        if original is None and raw_dir is None:
             problems.append(f"{where}: no annotations.csv row has image {corrected.image!r} and box "
                             f"{corrected.box.as_dict()}; a correction names a reviewed box exactly as "
                             "annotations.csv has it")
@@ -166,10 +171,13 @@ def load_corrections(path: Path, annotations: list[Annotation]) -> list[Correcti
 
 
 def apply_corrections(annotations: list[Annotation], corrections: list[Correction]) -> list[Annotation]:
-    """The annotations with every corrected row replaced by its second review."""
+    """The annotations with every corrected row replaced by its second review, then the new boxes."""
     replaced = {(c.original.image, c.original.box):
-                replace(c.corrected, source="corrections", first_review=c.original.review) for c in corrections}
-    return [replaced.get((a.image, a.box), a) for a in annotations]
+                replace(c.corrected, source="corrections", first_review=c.original.review)
+                for c in corrections if c.original is not None}
+    added = [replace(c.corrected, source="corrections", first_review="unreviewed")
+             for c in corrections if c.original is None]
+    return [replaced.get((a.image, a.box), a) for a in annotations] + added
 
 
 def match(box: Box, annotations: list[Annotation], iou_threshold: float) -> Annotation | None:

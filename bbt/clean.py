@@ -302,7 +302,7 @@ def write_outputs(results: Sequence[ImageResult], report: dict, params: CleanPar
 def reviewed_annotations(data: DataParams) -> tuple[list[Annotation], list[Correction]]:
     """annotations.csv with the second review (data.corrections) applied, and those corrections."""
     annotations = load_annotations(data.annotations, data.raw)
-    corrections = load_corrections(data.corrections, annotations)
+    corrections = load_corrections(data.corrections, annotations, data.raw)
     return apply_corrections(annotations, corrections), corrections
 
 
@@ -317,9 +317,10 @@ def run_clean(
     paths = list_images(data.raw)
     annotations, corrections = reviewed_annotations(data)
     for correction in corrections:
-        log.debug("second review (%s): %s %s %s -> %s: %s", data.corrections, correction.original.image,
-                  correction.original.box, correction.original.label or correction.original.review,
-                  correction.corrected.label or correction.corrected.review, correction.reason)
+        before, after = correction.original, correction.corrected
+        log.debug("second review (%s): %s %s %s -> %s: %s", data.corrections, after.image, after.box,
+                  "unreviewed" if before is None else before.label or before.review, after.label or after.review,
+                  correction.reason)
     kinds = Counter(c.kind for c in corrections)
     log.info("second review (%s): %d verdicts applied (%s); `bbt -v clean` lists them", data.corrections,
              len(corrections), ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())) or "none")
@@ -346,7 +347,7 @@ def second_review_counts(corrections: Sequence[Correction]) -> dict[str, dict[st
     """Per actor folder and in total: how many boxes the second review made strangers, unusable, relabelled..."""
     per_folder: dict[str, Counter] = defaultdict(Counter)
     for correction in corrections:
-        per_folder[correction.original.image.split("/", 1)[0]][correction.kind] += 1
+        per_folder[correction.corrected.image.split("/", 1)[0]][correction.kind] += 1
     total = sum(per_folder.values(), Counter())
     return {**{folder: dict(sorted(c.items())) for folder, c in sorted(per_folder.items())},
             "total": dict(sorted(total.items()))}

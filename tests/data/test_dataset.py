@@ -37,10 +37,10 @@ def test_every_annotated_image_exists_and_validates(pulled_project: Project, exp
 def test_every_second_review_names_a_reviewed_box(pulled_project: Project, expected: dict) -> None:
     root = pulled_project.root
     annotations = load_annotations(root / "data/annotations.csv", root / "data/raw")
-    corrections = load_corrections(root / "review/corrections.csv", annotations)
+    corrections = load_corrections(root / "review/corrections.csv", annotations, root / "data/raw")
     assert Counter(c.kind for c in corrections) == expected["second_review"]
     # Every box the first review rejected has a second verdict, and each verdict says what the face shows.
-    second = {(c.original.image, c.original.box) for c in corrections}
+    second = {(c.original.image, c.original.box) for c in corrections if c.original is not None}
     assert all((a.image, a.box) in second for a in annotations if a.review == "rejected")
     assert all(c.reason for c in corrections)
     # An accepted face is one of the four; a stranger or an unusable face has no label.

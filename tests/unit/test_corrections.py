@@ -87,3 +87,21 @@ def test_a_bad_correction_names_its_row_and_the_fix(tmp_path: Path, row: str, me
 def test_a_missing_corrections_file_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="create it with the header `image,x,y,w,h,label,review,reason`"):
         load_corrections(tmp_path / "nope.csv", annotations(tmp_path))
+
+
+def test_a_box_annotations_lacks_is_a_new_review_when_the_photo_exists(tmp_path: Path) -> None:
+    raw = tmp_path / "raw"
+    (raw / "howard").mkdir(parents=True)
+    (raw / "howard/a.jpg").write_bytes(b"a photo")
+    reviewed = annotations(tmp_path)
+    rows = "howard/a.jpg,200,20,30,30,leonard,accepted,bbt review: an unreviewed detection\n"
+    (new,) = load_corrections(corrections_file(tmp_path, rows), reviewed, raw)
+    assert (new.kind, new.original, new.corrected.label) == ("new", None, "leonard")
+    applied = apply_corrections(reviewed, [new])
+    assert applied[:3] == reviewed and applied[3].box == Box(200, 20, 30, 30)
+    assert (applied[3].source, applied[3].first_review) == ("corrections", "unreviewed")
+    # Without the photos' folder only annotations.csv rows can be named; with it, the photo must exist.
+    with pytest.raises(DataError, match="no annotations.csv row"):
+        load_corrections(corrections_file(tmp_path, rows), reviewed)
+    with pytest.raises(DataError, match="does not exist under"):
+        load_corrections(corrections_file(tmp_path, rows.replace("a.jpg", "gone.jpg")), reviewed, raw)
