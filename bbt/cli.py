@@ -182,4 +182,20 @@ def serve(
                               "--host", host, "--port", str(port)])
 
 
+@app.command()
+@friendly
+def review(
+    port: int = typer.Option(8501, help="Port on 127.0.0.1 (the review app never listens elsewhere)."),
+    model: str = typer.Option("", help="The model whose answers are shown (default models:/<register.model_name>"
+                                       "@<register.alias>; 'none' shows none)."),
+) -> None:
+    """Judge the faces waiting for a verdict (feedback, audit suspects, rejected boxes, unreviewed detections) on a
+    local page, one key per verdict; each verdict is saved to data.corrections (review/corrections.csv) at once."""
+    from pathlib import Path
+
+    from bbt.review_app import serve_review
+
+    serve_review(Path("."), port, model or None)
+
+
 app.add_typer(deploy_app, name="deploy")

@@ -76,7 +76,11 @@ class ActorClassifier:
         confidence; unknown faces last."""
         if isinstance(photo, np.ndarray):
             photo = Photo(photo, (photo.shape[1], photo.shape[0]))
-        boxes = self.detect(photo, timed)
+        return self.answer_boxes(photo, self.detect(photo, timed), timed)
+
+    def answer_boxes(self, photo: Photo, boxes: list[Box], timed: Timer = untimed) -> list[FacePrediction]:
+        """The model's answer for each given box (in the photo's own pixels), actors first, then by confidence;
+        unknown faces last. `bbt review` asks this of boxes a person reviews."""
         if not boxes:
             return []
         with timed("crop"):

@@ -1,0 +1,142 @@
+// bbt review: one queued face at a time; a verdict per key (H L R S: the actors, U: not one of the four,
+// X: unusable, N: the note, Z: undo, arrows: move). Each verdict is saved by the server when given.
+"use strict";
+
+const KEYS = { h: "howard", l: "leonard", r: "raj", s: "sheldon", u: "stranger", x: "unusable" };
+const $ = (id) => document.getElementById(id);
+let queue = null;   // the server's /api/queue answer
+let current = null; // the item shown (/api/items/{n})
+let position = 0;
+
+function say(text, ok = false) {
+  const message = $("message");
+  message.textContent = text;
+  message.className = ok ? "message ok" : "message";
+  message.hidden = !text;
+}
+
+async function call(url, options) {
+  const response = await fetch(url, options);
+  const body = await response.json().catch(() => ({ error: `${url}: HTTP ${response.status}` }));
+  if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);
+  return body;
+}
+
+function firstPending(from) {
+  const items = queue.items;
+  for (let i = 0; i < items.length; i++) {
+    const n = (from + i) % items.length;
+    if (!items[n].verdict) return n;
+  }
+  return -1;
+}
+
+function showProgress() {
+  $("progress").textContent = `${queue.done} of ${queue.total} judged`;
+  $("undo").disabled = !queue.can_undo;
+}
+
+function placeBox() {
+  if (!current) return;
+  const photo = $("photo");
+  const scale = photo.clientWidth / current.width;
+  const box = $("box").style;
+  box.left = `${current.box.x * scale}px`;
+  box.top = `${current.box.y * scale}px`;
+  box.width = `${current.box.w * scale}px`;
+  box.height = `${current.box.h * scale}px`;
+}
+
+function named(label) {
+  return label === current.unknown || label === "stranger" ? "not one of the four" : label;
+}
+
+async function show(n) {
+  position = n;
+  current = await call(`api/items/${n}`);
+  $("crop").src = `api/items/${n}/crop.jpg`;
+  $("photo").src = `api/items/${n}/photo.jpg`;
+  $("image-name").textContent = `${current.image} (item ${n + 1} of ${queue.total}, ${current.source})`;
+  $("why").textContent = current.why;
+  $("current").textContent = current.current + (current.suggestion ? `; suggested: ${named(current.suggestion)}` : "");
+  const answer = current.answer;
+  $("answer").textContent = answer
+    ? `${named(answer.label)} (closest: ${answer.closest_actor}, ${(answer.confidence * 100).toFixed(0)}%)`
+    : `no answer: ${current.answer_problem}`;
+  $("given-line").hidden = !current.verdict;
+  $("given").textContent = current.verdict || "";
+  document.querySelectorAll("[data-verdict]").forEach((button) => {
+    button.setAttribute("aria-pressed", String(button.dataset.verdict === current.verdict));
+  });
+  $("note").value = "";
+}
+
+async function refresh(showFrom) {
+  queue = await call("api/queue");
+  showProgress();
+  $("main").hidden = queue.total === 0;
+  $("empty").hidden = queue.total !== 0;
+  if (queue.total === 0) return;
+  const next = firstPending(showFrom);
+  if (next < 0) {
+    say(`All ${queue.total} faces judged. Now: dvc add data && dvc repro`, true);
+    await show(Math.min(showFrom, queue.total - 1));
+  } else {
+    await show(next);
+  }
+}
+
+async function judge(verdict) {
+  if (!current || current.verdict) return;
+  try {
+    queue = await call("api/verdict", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ key: current.key, verdict, note: $("note").value, image: current.image,
+                             box: current.box }),
+    });
+    say(`saved: ${current.image} is ${named(verdict)}`, true);
+    await refresh(position);
+  } catch (err) {
+    say(err.message);
+  }
+}
+
+async function undo() {
+  try {
+    const answer = await call("api/undo", { method: "POST" });
+    const n = answer.items.findIndex((item) => item.key === answer.undone);
+    say(`undone: item ${n + 1}`, true);
+    await refresh(n);
+  } catch (err) {
+    say(err.message);
+  }
+}
+
+function move(step) {
+  if (!queue || queue.total === 0) return;
+  show((position + step + queue.total) % queue.total).catch((err) => say(err.message));
+}
+
+document.addEventListener("keydown", (event) => {
+  if (event.target === $("note")) {
+    if (event.key === "Escape" || event.key === "Enter") $("note").blur();
+    return;
+  }
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const key = event.key.toLowerCase();
+  if (KEYS[key]) judge(KEYS[key]);
+  else if (key === "z") undo();
+  else if (key === "n") { event.preventDefault(); $("note").focus(); }
+  else if (event.key === "ArrowRight") move(1);
+  else if (event.key === "ArrowLeft") move(-1);
+});
+document.querySelectorAll("[data-verdict]").forEach((button) => {
+  button.addEventListener("click", () => judge(button.dataset.verdict));
+});
+$("undo").addEventListener("click", undo);
+$("next").addEventListener("click", () => move(1));
+$("prev").addEventListener("click", () => move(-1));
+$("photo").addEventListener("load", placeBox);
+window.addEventListener("resize", placeBox);
+refresh(0).catch((err) => say(err.message));
