@@ -29,7 +29,9 @@ from bbt.review_verdicts import Reviewer, ReviewError
 
 log = logging.getLogger("bbt.review")
 
-WEB_DIR = Path(__file__).with_name("web")
+# Its own folder: the public service serves bbt/web as /static, and the review page has no place there.
+WEB_DIR = Path(__file__).with_name("review_web")
+FAVICON = Path(__file__).with_name("web") / "favicon.svg"
 PHOTO_SIDE = 1280  # the whole photo is shown at most this large (the box is drawn over it by the page)
 CROP_SIDE = 256
 CROP_MARGIN = 0.25  # of the box's size on each side: enough context to tell who it is
@@ -124,7 +126,9 @@ def create_app(reviewer: Reviewer, answers: Answers) -> FastAPI:
 
     @app.get("/static/{name}")
     def static(name: str) -> Response:
-        files = {"review.js": "text/javascript", "review.css": "text/css", "favicon.svg": "image/svg+xml"}
+        files = {"review.js": "text/javascript", "review.css": "text/css"}
+        if name == "favicon.svg":
+            return Response(FAVICON.read_bytes(), media_type="image/svg+xml")
         if name not in files:
             return error(404, f"no static file {name!r}")
         return Response((WEB_DIR / name).read_bytes(), media_type=files[name])

@@ -13,7 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 UV = Path(sys.executable).with_name("uv")
 PACKAGE_DATA = ["bbt/deploy/templates/bbt.service.j2", "bbt/deploy/templates/cloud-init.yaml.j2",
                 "bbt/deploy/templates/nginx-site.conf.j2", "bbt/deploy/templates/nginx-staging.conf.j2",
-                "bbt/web/index.html", "bbt/web/app.js", "bbt/web/app.css", "bbt/web/favicon.svg"]
+                "bbt/web/index.html", "bbt/web/app.js", "bbt/web/app.css", "bbt/web/favicon.svg",
+                "bbt/review_web/review.html", "bbt/review_web/review.js", "bbt/review_web/review.css"]
 
 
 def test_the_unpacked_wheel_renders_the_deployment_and_holds_the_page(tmp_path: Path) -> None:
