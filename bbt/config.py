@@ -106,6 +106,8 @@ class ServeParams(Section):
     max_pending: int = 16
     worker_memory_mb: float = 768
     timeout_s: float = 30
+    feedback_dir: str = ""  # where reported wrong answers are kept (bbt/feedback.py); empty = off
+    feedback_max_mb: float = 500.0
 
 
 def largest_photo_mb(serve: ServeParams) -> float:
@@ -226,6 +228,12 @@ def validate(params: Params, source: str | Path) -> None:
     if not 1 <= params.serve.timeout_s <= SERVER_TIMEOUT_S - 10:
         fail("serve.timeout_s", f"must be between 1 and {SERVER_TIMEOUT_S - 10} seconds (a photo's wait plus its "
                                 f"classification; the server cuts any request at {SERVER_TIMEOUT_S} s)")
+    if not isinstance(params.serve.feedback_dir, str):
+        fail("serve.feedback_dir", f"= {params.serve.feedback_dir!r} must be a folder name, or empty (\"\") to "
+                                   "keep no feedback")
+    if params.serve.feedback_max_mb < params.serve.max_upload_mb:
+        fail("serve.feedback_max_mb", f"must hold at least one photo at the upload limit "
+                                      f"({params.serve.max_upload_mb:g} MB); raise it")
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:

@@ -43,6 +43,8 @@ from bbt.contract import (
     legacy_face,
 )
 from bbt.errors import ModelError
+from bbt.feedback import open_store
+from bbt.feedback_route import FEEDBACK_ERRORS, OPENAPI_BODY, FeedbackKept, report_wrong_answer
 from bbt.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_cost, decode_photo
 from bbt.openset import Timer
 from bbt.predict import ActorClassifier, FacePrediction
@@ -203,9 +205,12 @@ class ActorService:
         cv2.setNumThreads(1)  # parallelism comes from workers x threads; OpenCV's own threads would oversubscribe
         return_big_frees_to_the_os()
         keep_uploads_in_memory(self.max_bytes)
+        self.feedback = open_store(self.settings)  # None: this server keeps no feedback
         self.index_html = ((WEB_DIR / "index.html").read_text().replace("{{max_upload_bytes}}", str(self.max_bytes))
-                           .replace("{{supported_formats}}", SUPPORTED_FOR_PEOPLE))
-        self.upload_limits = {"/classify": self.max_bytes, "/classify_image": self.legacy_max_bytes}
+                           .replace("{{supported_formats}}", SUPPORTED_FOR_PEOPLE)
+                           .replace("{{feedback}}", "off" if self.feedback is None else "on"))
+        self.upload_limits = {"/classify": self.max_bytes, "/classify_image": self.legacy_max_bytes,
+                              "/feedback": self.max_bytes + ENVELOPE_BYTES}
         log.info("serving %s version %s (%s)", self.model_info.name, self.model_info.version, self.bento_model.tag)
 
     def __is_ready__(self) -> bool:
@@ -306,6 +311,12 @@ class ActorService:
         legacy = [legacy_face(face, self.classifier.classes) for face in faces]
         # The original answered any origin; old pages served from elsewhere depend on it.
         return JSONResponse(legacy, headers={"Access-Control-Allow-Origin": "*"})
+
+    @web.post("/feedback", response_model=FeedbackKept, status_code=201, responses=FEEDBACK_ERRORS,
+              summary="Report the answer for one face as wrong; with consent=true, this server keeps the report",
+              openapi_extra=OPENAPI_BODY)
+    async def feedback_report(self, request: Request) -> JSONResponse:
+        return await report_wrong_answer(self, request)
 
 
 web.mount("/static", Assets(directory=WEB_DIR), name="static")
