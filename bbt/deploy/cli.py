@@ -16,6 +16,8 @@ deploy_app = typer.Typer(help="Ship the bento to AWS EC2 behind nginx, or run th
 REGION = typer.Option(None, help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / ~/.aws/config).")
 PROFILE = typer.Option(None, help="AWS profile from ~/.aws/config (default: AWS_PROFILE or the default one).")
 RENDER_OUT = typer.Argument(..., help="Folder for the rendered files (e.g. /tmp/bbt-rendered).")
+KEEP_FEEDBACK = typer.Option(False, help="Keep the photos users report wrong and agree to let the service keep "
+                                         "(POST /feedback). Off by default: a public server keeps no photo.")
 
 
 @deploy_app.command("ec2")
@@ -36,6 +38,7 @@ def ec2(
     bento: str = typer.Option(None, help="Ship this bento tag (e.g. the one staging ran) instead of building."),
     ready_timeout: float = typer.Option(1200, help="Seconds to wait for /readyz through the public address."),
     wait: bool = typer.Option(True, help="Wait for /readyz; --no-wait returns once the instance runs."),
+    keep_feedback: bool = KEEP_FEEDBACK,
 ) -> None:
     """Build and export the bento, upload it to S3, launch an instance serving it behind nginx; print the URL."""
     import bentoml
@@ -46,7 +49,7 @@ def ec2(
 
     options = Ec2Options(region=region, profile=profile, instance_type=instance_type, ami=ami, key_name=key_name,
                          ssh_cidr=ssh_cidr, https=https, domain=domain, bucket=bucket, subnet_id=subnet_id,
-                         serve=load_params().serve, ready_timeout_s=ready_timeout)
+                         serve=load_params().serve, ready_timeout_s=ready_timeout, keep_feedback=keep_feedback)
     session = aws_session(region, profile)  # fail on credentials/region before the slow build
     tag = bento or build_bento(Path.cwd())
     with tempfile.TemporaryDirectory(prefix="bbt-export-") as folder:
@@ -126,6 +129,8 @@ def staging(
     https_port: int = typer.Option(8443, help="Loopback port for HTTPS (with --https)."),
     bento: str = typer.Option(None, help="Stage this bento tag instead of building one from bentofile.yaml."),
     keep: bool = typer.Option(False, help="Keep the work folder (archive, store, logs) after stopping."),
+    keep_feedback: bool = typer.Option(False, help="Keep the photos users report wrong (POST /feedback) in the "
+                                                   "work folder's feedback/ (with --keep to find them after)."),
 ) -> None:
     """Run the staging copy: the exported bento imported into a fresh store, behind nginx on 127.0.0.1:PORT."""
     import shutil
@@ -140,12 +145,14 @@ def staging(
     try:
         with sigterm_as_interrupt(), run_staging(Path.cwd(), workdir, port=port, bento_tag=bento,
                                                  serve=load_params().serve, tls=https,
-                                                 https_port=https_port) as running:
+                                                 https_port=https_port, keep_feedback=keep_feedback) as running:
             if running.certificate:
                 typer.echo(f"self-signed certificate {running.certificate} (curl --cacert it); "
                            f"{running.http_url}/ redirects to HTTPS")
             typer.echo(f"staging {running.bento_tag} on {running.url}/ (nginx -> {running.service_url}); "
                        "Ctrl-C (or SIGTERM) stops it")
+            typer.echo(f"feedback kept in {running.feedback_dir}" if running.feedback_dir
+                       else "feedback off (--keep-feedback turns it on)")
             threading.Event().wait()
     except KeyboardInterrupt:
         typer.echo("stopped")
@@ -162,6 +169,7 @@ def render(
     instance_type: str = typer.Option(DEFAULT_INSTANCE_TYPE, help="Sets the unit's memory limits (85% of RAM)."),
     https: bool = typer.Option(False, help="Render the HTTPS setup (needs --domain)."),
     domain: str = typer.Option(None, help="The domain name for --https."),
+    keep_feedback: bool = KEEP_FEEDBACK,
 ) -> None:
     """Write the nginx site, systemd unit and cloud-init user-data as `bbt deploy ec2` would, for review."""
     import bentoml
@@ -189,7 +197,7 @@ def render(
     archive = Archive("<bucket>", "bbt/<deployment>/<bento>.bento", "<region>")
     out.mkdir(parents=True, exist_ok=True)
     (out / "bbt.conf").write_text(render_site(site))
-    (out / "bbt.service").write_text(render_unit(bento, memory=memory))
+    (out / "bbt.service").write_text(render_unit(bento, memory=memory, keep_feedback=keep_feedback))
     (out / "user-data.yaml").write_text(render_user_data("bbt-<deployment>", bento, archive, bentoml.__version__,
-                                                         site, memory=memory))
+                                                         site, memory=memory, keep_feedback=keep_feedback))
     typer.echo(f"wrote {out}/bbt.conf, {out}/bbt.service, {out}/user-data.yaml")

@@ -62,6 +62,7 @@ class Ec2Options:
     serve: ServeParams = field(default_factory=ServeParams)
     memory_max_mib: int | None = None
     ready_timeout_s: float = 1200
+    keep_feedback: bool = False  # the service keeps the photos users report wrong (off on a public server)
 
     def __post_init__(self) -> None:
         if self.https and not self.domain:
@@ -238,7 +239,7 @@ def deploy_ec2(archive: Path, bento_tag: str, bentoml_version: str, options: Ec2
         site = SiteSettings.for_service(options.serve, server_name=options.domain or "_",
                                         tls=TlsSettings() if options.https else None)
         user_data = render_user_data(deployment_id, bento_tag, Archive(bucket, key, session.region_name),
-                                     bentoml_version, site, memory=memory)
+                                     bentoml_version, site, memory=memory, keep_feedback=options.keep_feedback)
         with aws_errors("launching the instance"):
             instance_id = launch_instance(ec2, deployment_id, image, group_id, user_data, options,
                                           f"s3://{bucket}/{key}", profile)

@@ -12,6 +12,7 @@ import jinja2
 
 from bbt.config import ServeParams
 from bbt.deploy.instances import DEFAULT_INSTANCE_TYPE, INSTANCE_MEMORY_MIB, MemoryLimits
+from bbt.feedback import FEEDBACK_DIR_ENV
 
 # Room for the multipart envelope (boundaries, part headers) around a photo at the service's own limit.
 MULTIPART_ROOM_KB = 64
@@ -96,6 +97,11 @@ class HostLayout:
     def bentoml_home(self) -> str:
         return f"{self.home}/bentoml"
 
+    @property
+    def feedback_dir(self) -> str:
+        """Where the service keeps feedback when deployed with --keep-feedback."""
+        return f"{self.home}/feedback"
+
 
 def environment() -> jinja2.Environment:
     """The one Jinja environment of the deploy templates, read from the installed package (a wheel too)."""
@@ -136,10 +142,11 @@ def render_site(settings: SiteSettings) -> str:
 
 
 def render_unit(bento_tag: str, layout: HostLayout = HostLayout(), port: int = SERVICE_PORT,
-                memory: MemoryLimits | None = None) -> str:
+                memory: MemoryLimits | None = None, keep_feedback: bool = False) -> str:
     """The sandboxed systemd unit that runs `bentoml serve` as the non-root service user, restarted on failure.
 
-    `memory` defaults to the limits for the default instance type.
+    `memory` defaults to the limits for the default instance type. The service keeps no feedback unless
+    `keep_feedback` (then in `layout.feedback_dir`), whatever the bento's params.yaml says.
     """
     memory = memory or MemoryLimits.for_instance(INSTANCE_MEMORY_MIB[DEFAULT_INSTANCE_TYPE])
     command = shlex.join(serve_command(f"{layout.venv}/bin/bentoml", bento_tag, port))
@@ -147,12 +154,13 @@ def render_unit(bento_tag: str, layout: HostLayout = HostLayout(), port: int = S
         bento_tag=bento_tag, user=layout.user, home=layout.home, bentoml_home=layout.bentoml_home,
         serve_command=command, working_dir=bento_source_dir(layout.bentoml_home, bento_tag),
         memory_high_mib=memory.high_mib, memory_max_mib=memory.max_mib, tasks_max=TASKS_MAX,
+        feedback_env=FEEDBACK_DIR_ENV, feedback_dir=layout.feedback_dir if keep_feedback else "",
     )
 
 
 def render_user_data(deployment_id: str, bento_tag: str, archive: Archive, bentoml_version: str,
                      site: SiteSettings = SiteSettings(), layout: HostLayout = HostLayout(),
-                     memory: MemoryLimits | None = None) -> str:
+                     memory: MemoryLimits | None = None, keep_feedback: bool = False) -> str:
     """The cloud-config that turns a fresh Debian 12 instance into the service behind nginx.
 
     It holds no credentials: the instance reads `archive` with its instance role. With `site.tls`, the
@@ -161,6 +169,6 @@ def render_user_data(deployment_id: str, bento_tag: str, archive: Archive, bento
     return environment().get_template("cloud-init.yaml.j2").render(
         deployment_id=deployment_id, bento_tag=bento_tag, archive=archive, bentoml_version=bentoml_version,
         user=layout.user, home=layout.home, venv=layout.venv, bentoml_home=layout.bentoml_home,
-        unit=render_unit(bento_tag, layout, memory=memory).rstrip("\n"), site=render_site(site).rstrip("\n"),
+        unit=render_unit(bento_tag, layout, memory=memory, keep_feedback=keep_feedback).rstrip("\n"), site=render_site(site).rstrip("\n"),
         tls=site.tls, domain=site.server_name,
     )

@@ -28,6 +28,7 @@ from bbt.deploy.render import (
     render_site,
     serve_command,
 )
+from bbt.feedback import FEEDBACK_DIR_ENV
 from bbt.ready import NotReady, free_port, wait_until_ready
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class Staging:
     bento_tag: str
     workdir: Path
     certificate: Path | None = None
+    feedback_dir: Path | None = None  # where the service keeps feedback (None: it keeps none)
 
 
 def nginx_executable() -> str:
@@ -131,14 +133,23 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
+def service_environment(bentoml_home: Path, feedback_dir: Path | None = None) -> dict[str, str]:
+    """The staging service's environment, as the systemd unit sets it: its own store, and feedback off unless
+    `feedback_dir` (the bento's params.yaml keeps it on for `make run`)."""
+    return {**os.environ, "BENTOML_HOME": str(bentoml_home), "BENTOML_DO_NOT_TRACK": "true",
+            FEEDBACK_DIR_ENV: str(feedback_dir or "")}
+
+
 @contextmanager
 def run_staging(project: Path, workdir: Path, port: int | None = None, bento_tag: str | None = None,
                 serve: ServeParams | None = None, source_home: Path | None = None,
-                ready_timeout_s: float = 180, tls: bool = False, https_port: int | None = None) -> Iterator[Staging]:
+                ready_timeout_s: float = 180, tls: bool = False, https_port: int | None = None,
+                keep_feedback: bool = False) -> Iterator[Staging]:
     """Build (unless `bento_tag`), export, import into `workdir`, serve behind nginx; stop both on exit.
 
     `source_home` is the BENTOML_HOME holding the model (default: the environment's). With `tls`, nginx serves
     HTTPS on `https_port` with a self-signed certificate and redirects HTTP to it, as on EC2 with --https.
+    Like EC2, the service keeps no feedback unless `keep_feedback` (then in `workdir`/feedback).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     tag = bento_tag or build_bento(project, source_home)
@@ -149,7 +160,8 @@ def run_staging(project: Path, workdir: Path, port: int | None = None, bento_tag
 
     service_port, public_port = free_port(), port or free_port()
     service_url, http_url = f"http://127.0.0.1:{service_port}", f"http://127.0.0.1:{public_port}"
-    env = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true"}
+    feedback_dir = workdir / "feedback" if keep_feedback else None
+    env = service_environment(home, feedback_dir)
     service_log, nginx_log = workdir / "bentoml-serve.log", workdir / "nginx" / "error.log"
     with ExitStack() as stack:
         service = stack.enter_context(_started(serve_command(bentoml_executable(), tag, service_port),
@@ -179,4 +191,4 @@ def run_staging(project: Path, workdir: Path, port: int | None = None, bento_tag
         except NotReady as err:
             raise DeployError(f"{err}\n--- {nginx_log} ---\n{_tail(nginx_log)}") from None
         yield Staging(url=url, http_url=http_url, service_url=service_url, bento_tag=tag, workdir=workdir,
-                      certificate=certificate)
+                      certificate=certificate, feedback_dir=feedback_dir)
