@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from pathlib import Path
 from typing import ClassVar
 
 import click
@@ -196,6 +197,34 @@ def review(
     from bbt.review_app import serve_review
 
     serve_review(Path("."), port, model or None)
+
+
+@app.command()
+@friendly
+def monitor(
+    since: str = typer.Option("", help="Start of the period: an ISO date or date-time in UTC (default: --days "
+                                       "before --until)."),
+    until: str = typer.Option("", help="End of the period, excluded (default: now)."),
+    days: int = typer.Option(0, help="The period's length in days when --since is not given (default: "
+                                     "monitor.days)."),
+    log_dir: str = typer.Option("", help="The service's monitoring logs (default: serve.monitoring_dir)."),
+    png: str = typer.Option("reports/monitor.png", help="Where to write the report's picture."),
+    model_version: str = typer.Option("", help="The registry version to judge (default: the one that answered "
+                                               "last in the period)."),
+) -> None:
+    """What the service answered in a period against the champion's answers on the test split: a table, a PNG,
+    and exit status 3 when the answers drifted (share of "unknown", each actor's confidences)."""
+    from datetime import UTC, datetime
+
+    from bbt.config import load_params
+    from bbt.monitor_logs import period_of
+    from bbt.monitor_report import run_monitor
+
+    params = load_params()
+    period = period_of(since or None, until or None, days or params.monitor.days, datetime.now(UTC))
+    status = run_monitor(Path(log_dir) if log_dir else params.serve.monitoring_dir, period, Path(png),
+                         params.monitor.alpha, params.monitor.min_faces, model_version or None)
+    raise typer.Exit(status)
 
 
 app.add_typer(deploy_app, name="deploy")

@@ -106,8 +106,19 @@ class ServeParams(Section):
     max_pending: int = 16
     worker_memory_mb: float = 768
     timeout_s: float = 30
+    monitoring_dir: Path = Path("monitoring")  # what the service answers, per request (bbt/monitoring.py)
     feedback_dir: str = ""  # where reported wrong answers are kept (bbt/feedback.py); empty = off
     feedback_max_mb: float = 500.0
+
+
+@dataclass(frozen=True)
+class MonitorParams(Section):
+    """How `bbt monitor` judges drift (bbt/monitor_report.py)."""
+
+    section: ClassVar[str] = "monitor"
+    days: int = 7
+    alpha: float = 0.01
+    min_faces: int = 30
 
 
 def largest_photo_mb(serve: ServeParams) -> float:
@@ -125,6 +136,7 @@ class Params:
     audit: AuditParams = field(default_factory=AuditParams)
     register: RegisterParams = field(default_factory=RegisterParams)
     serve: ServeParams = field(default_factory=ServeParams)
+    monitor: MonitorParams = field(default_factory=MonitorParams)
 
 
 T = TypeVar("T")
@@ -234,6 +246,9 @@ def validate(params: Params, source: str | Path) -> None:
     if params.serve.feedback_max_mb < params.serve.max_upload_mb:
         fail("serve.feedback_max_mb", f"must hold at least one photo at the upload limit "
                                       f"({params.serve.max_upload_mb:g} MB); raise it")
+    if params.monitor.days < 1 or not 0.0 < params.monitor.alpha < 1.0 or params.monitor.min_faces < 1:
+        fail("monitor.days/alpha/min_faces", "must be at least 1 day, a false-alarm rate between 0 and 1 "
+                                             "(e.g. 0.01) and at least 1 face")
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
@@ -258,6 +273,7 @@ def _load(path: Path) -> Params:
     classes = {
         "data": DataParams, "clean": CleanParams, "featurize": FeaturizeParams, "split": SplitParams,
         "search": SearchParams, "audit": AuditParams, "register": RegisterParams, "serve": ServeParams,
+        "monitor": MonitorParams,
     }
     params = Params(**{name: _section(cls, raw.get(name), name, path) for name, cls in classes.items()})
     validate(params, path)

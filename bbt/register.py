@@ -22,6 +22,7 @@ from bbt.config import Params, RegisterParams
 from bbt.evaluate import load_model, score, test_faces
 from bbt.faces import DETECTORS
 from bbt.feature_sets import FEATURE_SETS
+from bbt.monitor_reference import METADATA_KEY, reference_on_test_split
 from bbt.tracking import (
     MODEL_MD5_TAG,
     corrections_hash,
@@ -114,7 +115,8 @@ def log_and_register(model: object, info: dict, model_md5: str, crops: np.ndarra
             pip_requirements=model_requirements(),
             skops_trusted_types=skops_trusted_types(model),
             metadata={"detector": info["detector"], "crop_size": info["crop_size"], "classes": info["classes"],
-                      "candidate": info["candidate"], "open_set": info["open_set"]},
+                      "candidate": info["candidate"], "open_set": info["open_set"],
+                      METADATA_KEY: reference_on_test_split(model).as_metadata()},
         )
     return str(logged.registered_model_version)
 

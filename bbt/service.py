@@ -46,6 +46,7 @@ from bbt.errors import ModelError
 from bbt.feedback import open_store
 from bbt.feedback_route import FEEDBACK_ERRORS, OPENAPI_BODY, FeedbackKept, report_wrong_answer
 from bbt.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_cost, decode_photo
+from bbt.monitoring import log_answer, log_feedback
 from bbt.openset import Timer
 from bbt.predict import ActorClassifier, FacePrediction
 from bbt.upload_limits import (
@@ -205,6 +206,7 @@ class ActorService:
         cv2.setNumThreads(1)  # parallelism comes from workers x threads; OpenCV's own threads would oversubscribe
         return_big_frees_to_the_os()
         keep_uploads_in_memory(self.max_bytes)
+        self.monitoring_dir = self.settings.monitoring_dir.resolve()
         self.feedback = open_store(self.settings)  # None: this server keeps no feedback
         self.index_html = ((WEB_DIR / "index.html").read_text().replace("{{max_upload_bytes}}", str(self.max_bytes))
                            .replace("{{supported_formats}}", SUPPORTED_FOR_PEOPLE)
@@ -264,6 +266,11 @@ class ActorService:
         finally:  # the work alone (not the wait), for the Retry-After estimate
             self.admission.observe(time.perf_counter() - start)
 
+    def record_answer(self, faces: list[FacePrediction], started: float) -> None:
+        """Log what a classify route answered (bbt/monitoring.py), since `started` (time.perf_counter)."""
+        log_answer(self.monitoring_dir, self.model_info.name, self.model_info.version, faces,
+                   time.perf_counter() - started)
+
     @web.get("/", include_in_schema=False)
     async def index(self) -> HTMLResponse:
         return HTMLResponse(self.index_html)
@@ -276,11 +283,13 @@ class ActorService:
     @web.post("/classify", response_model=Classification, responses=ERRORS,
               summary="Find every face in a photo and name the actor")
     async def classify(self, image: PhotoUpload, request: Request) -> Classification | JSONResponse:
+        started = time.perf_counter()
         name = f"the uploaded file {image.filename!r}" if image.filename else "the uploaded file"
         answer = await self.answer(await image.read(), name, request.scope[TICKET])
         if isinstance(answer, JSONResponse):
             return answer
         faces, (width, height) = answer
+        self.record_answer(faces, started)
         return Classification(faces=[Face.model_validate(f.as_dict()) for f in faces], model=self.model_info,
                               image=ImageSize(width=width, height=height))
 
@@ -292,6 +301,7 @@ class ActorService:
                       "properties": {"image_data": {"type": "string", "description": "data:image/...;base64,..."}},
                   }}}}})
     async def classify_image(self, request: Request) -> JSONResponse:
+        started = time.perf_counter()
         form = await request.form(max_files=1, max_fields=10,
                                   max_part_size=self.legacy_max_bytes)
         field = form.get("image_data")
@@ -308,6 +318,7 @@ class ActorService:
         if isinstance(answer, JSONResponse):
             return answer
         faces, _ = answer
+        self.record_answer(faces, started)
         legacy = [legacy_face(face, self.classifier.classes) for face in faces]
         # The original answered any origin; old pages served from elsewhere depend on it.
         return JSONResponse(legacy, headers={"Access-Control-Allow-Origin": "*"})
@@ -316,7 +327,10 @@ class ActorService:
               summary="Report the answer for one face as wrong; with consent=true, this server keeps the report",
               openapi_extra=OPENAPI_BODY)
     async def feedback_report(self, request: Request) -> JSONResponse:
-        return await report_wrong_answer(self, request)
+        response = await report_wrong_answer(self, request)
+        if response.status_code == 201:  # kept: counted in `bbt monitor`'s feedback rate
+            log_feedback(self.monitoring_dir, self.model_info.name, self.model_info.version)
+        return response
 
 
 web.mount("/static", Assets(directory=WEB_DIR), name="static")
