@@ -146,7 +146,8 @@ def table_rows(summary: Summary) -> list[tuple[str, str, str, str]]:
     latencies = [r.latency_ms for r in answers if r.latency_ms is not None]
     tests = {test.name: test for test in summary.tests}
     rows = [
-        ("photos answered", f"{len(answers)} ({len(answers) / days:.1f} a day)", "-", ""),
+        ("photos answered", f"{len(answers)}" + (f" ({len(answers) / days:.1f} a day)" if days >= 1 else ""),
+         "-", ""),
         ("feedback (wrong answers reported)", share(summary.feedback, len(answers)), "-", ""),
         ("faces", str(len(labels)), str(len(ref.labels)), ""),
         ("faces per photo: mean / none", f"{np.mean(faces):.2f} / {share(faces.count(0), len(faces))}"
@@ -181,12 +182,13 @@ def print_report(summary: Summary, alpha: float, min_faces: int) -> None:
     from rich.table import Table
 
     table = Table(title=f"{summary.model_name} version {summary.model_version}, {summary.period}")
-    for column in ("", "period", f"champion on the test split ({summary.reference.source})", "test"):
+    for column in ("", "period", "test split", "test"):
         table.add_column(column)
     for row in table_rows(summary):
         table.add_row(*row)
     console = Console(width=160)
     console.print(table)
+    console.print(f"test split: the champion's answers on its held-out test faces, from {summary.reference.source}")
     console.print(conclusion(summary, alpha, min_faces))
 
 
