@@ -29,6 +29,7 @@ class Record:
     labels: tuple[str, ...] = ()
     confidences: tuple[float, ...] = ()
     latency_ms: float | None = None
+    model_tag: str = ""
 
     @property
     def n_faces(self) -> int:
@@ -87,7 +88,8 @@ def parse_line(line: str) -> Record | None:
             return None
         latency = raw.get("latency_ms")
         return Record(event, parse_time(raw["time_utc"], "time_utc"), str(raw["model_name"]),
-                      str(raw["model_version"]), labels, confidences, None if latency is None else float(latency))
+                      str(raw["model_version"]), labels, confidences, None if latency is None else float(latency),
+                      str(raw.get("model_tag", "")))
     except (ValueError, KeyError, TypeError, MonitoringError):
         return None
 

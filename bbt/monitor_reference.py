@@ -59,4 +59,5 @@ def reference_on_test_split(model: Any) -> Reference:
     decisions = model.decide(faces["crops"][test])
     return Reference(tuple(str(label) for label in decisions.labels),
                      tuple(round(float(row.max()), 4) for row in decisions.proba),
-                     faces_per_photo(faces["images"][test]), "the test split, scored now")
+                     faces_per_photo(faces["images"][test]),
+                     "the project's test split (artifacts/), scored now: the model carries no reference")

@@ -67,18 +67,19 @@ def summarise(records: list[Record], period: Period, reference: Reference, versi
                    tuple(judge(labels, confidences, reference, alpha, min_faces)))
 
 
-def latest_version(records: list[Record]) -> tuple[str, str]:
-    """(model name, version) of the last answer in `records`."""
-    last = [r for r in records if r.event == "answer"][-1]
-    return last.model_name, last.model_version
+def last_answer(records: list[Record], version: str | None = None) -> Record | None:
+    """The last answer in `records` (of `version`, when given)."""
+    answers = [r for r in records if r.event == "answer" and version in (None, r.model_version)]
+    return answers[-1] if answers else None
 
 
 # ---- the reference ---------------------------------------------------------------------------------------------
 
-def load_reference(model_name: str, version: str) -> Reference:
-    """The reference stored with `version` of the model: in its BentoML store copy (the model served), else in
-    the MLflow registry. A model registered before references existed is scored on the project's test split."""
-    folder = model_folder(model_name, version)
+def load_reference(model_name: str, version: str, tag: str = "") -> Reference:
+    """The reference stored with `version` of the model: in its BentoML store copy (the model served: `tag`, or
+    the newest copy of that version), else in the MLflow registry. A model registered before references existed
+    is scored on the project's test split."""
+    folder = model_folder(model_name, version, tag)
     from mlflow.models import Model
 
     metadata = Model.load(str(folder / "MLmodel")).metadata or {}
@@ -91,8 +92,9 @@ def load_reference(model_name: str, version: str) -> Reference:
     return reference_on_test_split(mlflow.sklearn.load_model(str(folder)))
 
 
-def model_folder(model_name: str, version: str) -> Path:
-    """The MLflow model folder of a registry version: its BentoML store copy (newest first), or the registry's."""
+def model_folder(model_name: str, version: str, tag: str = "") -> Path:
+    """The MLflow model folder of a registry version: its BentoML store copy (the one tagged `tag`, else the newest
+    of that version), or the registry's."""
     import bentoml
 
     from bbt.bento_store import REGISTRY_VERSION
@@ -101,9 +103,10 @@ def model_folder(model_name: str, version: str) -> Path:
         stored = sorted(bentoml.models.list(model_name), key=lambda m: m.info.creation_time, reverse=True)
     except bentoml.exceptions.NotFound:
         stored = []
-    for model in stored:
-        if model.info.labels.get(REGISTRY_VERSION) == version:
-            return Path(model.path_of("mlflow_model"))
+    found = [m for m in stored if str(m.tag) == tag] or \
+        [m for m in stored if m.info.labels.get(REGISTRY_VERSION) == version]
+    if found:
+        return Path(found[0].path_of("mlflow_model"))
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -206,12 +209,12 @@ def run_monitor(log_dir: Path, period: Period, png: Path, alpha: float, min_face
         print(f"no requests answered from {period} in {log_dir} (the logs hold {len(records)} records: {held}); "
               "choose the period with --since/--until or --days")
         return 0
-    name, latest = latest_version(chosen)
-    version = version or latest
-    if not any(r.model_version == version and r.event == "answer" for r in chosen):
+    last = last_answer(chosen, version)
+    if last is None:
         raise MonitoringError(f"--model-version {version} answered no request from {period}: choose one of the "
                               f"period's versions {sorted({r.model_version for r in chosen})}")
-    summary = summarise(chosen, period, reference or load_reference(name, version), version, alpha, min_faces)
+    reference = reference or load_reference(last.model_name, last.model_version, last.model_tag)
+    summary = summarise(chosen, period, reference, last.model_version, alpha, min_faces)
     print_report(summary, alpha, min_faces)
     plot_summary(summary, png)
     print(f"plot: {png}")

@@ -7,7 +7,8 @@ local time, no zone), `request_id` and `trace_id`:
 
 - `event`: "answer" (a photo was answered) or "feedback" (a user reported an answer wrong on the page);
 - `time_utc`: when, ISO 8601 in UTC (`2026-11-27T09:30:00.123456+00:00`): what `bbt monitor` filters on;
-- `model_name`, `model_version`: the registered model that answered (its registry version);
+- `model_name`, `model_version`, `model_tag`: the registered model that answered (its registry version) and
+  its BentoML store tag (registry versions restart in every MLflow store; the tag names one stored model);
 - `n_faces`: the faces found in the photo (0 for feedback);
 - `labels`, `closest_actors`, `confidences`: one entry per face, in the answer's order (empty for feedback);
 - `latency_ms`: from the photo's bytes being read to its answer, waiting for a thread included (null for
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +41,7 @@ COLUMNS: dict[str, tuple[str, str]] = {
     "time_utc": ("feature", "categorical"),
     "model_name": ("feature", "categorical"),
     "model_version": ("feature", "categorical"),
+    "model_tag": ("feature", "categorical"),
     "n_faces": ("prediction", "numerical"),
     "labels": ("prediction", "categorical"),
     "closest_actors": ("prediction", "categorical"),
@@ -47,31 +50,41 @@ COLUMNS: dict[str, tuple[str, str]] = {
 }
 
 
-def answer_record(model_name: str, model_version: str, faces: Sequence[FacePrediction], latency_s: float,
+@dataclass(frozen=True)
+class ServedModel:
+    """The model a service answers with: registry name and version, and its BentoML store tag."""
+
+    name: str
+    version: str
+    tag: str
+
+    def columns(self) -> dict[str, str]:
+        return {"model_name": self.name, "model_version": self.version, "model_tag": self.tag}
+
+
+def answer_record(model: ServedModel, faces: Sequence[FacePrediction], latency_s: float,
                   now: datetime) -> dict[str, Any]:
     """The record of one answered photo (COLUMNS, in order)."""
-    return {"event": ANSWER, "time_utc": now.astimezone(UTC).isoformat(), "model_name": model_name,
-            "model_version": model_version, "n_faces": len(faces), "labels": [f.label for f in faces],
+    return {"event": ANSWER, "time_utc": now.astimezone(UTC).isoformat(), **model.columns(),
+            "n_faces": len(faces), "labels": [f.label for f in faces],
             "closest_actors": [f.closest_actor for f in faces], "confidences": [f.confidence for f in faces],
             "latency_ms": round(latency_s * 1000, 1)}
 
 
-def feedback_record(model_name: str, model_version: str, now: datetime) -> dict[str, Any]:
+def feedback_record(model: ServedModel, now: datetime) -> dict[str, Any]:
     """The record of one feedback a user gave on an answer of this model (COLUMNS, in order)."""
-    return {"event": FEEDBACK, "time_utc": now.astimezone(UTC).isoformat(), "model_name": model_name,
-            "model_version": model_version, "n_faces": 0, "labels": [], "closest_actors": [], "confidences": [],
-            "latency_ms": None}
+    return {"event": FEEDBACK, "time_utc": now.astimezone(UTC).isoformat(), **model.columns(), "n_faces": 0,
+            "labels": [], "closest_actors": [], "confidences": [], "latency_ms": None}
 
 
-def log_answer(log_dir: Path, model_name: str, model_version: str, faces: Sequence[FacePrediction],
-               latency_s: float) -> None:
+def log_answer(log_dir: Path, model: ServedModel, faces: Sequence[FacePrediction], latency_s: float) -> None:
     """Log one answered photo under `log_dir`; a failure is logged, never raised (it must not fail a request)."""
-    write_record(log_dir, answer_record(model_name, model_version, faces, latency_s, datetime.now(UTC)))
+    write_record(log_dir, answer_record(model, faces, latency_s, datetime.now(UTC)))
 
 
-def log_feedback(log_dir: Path, model_name: str, model_version: str) -> None:
-    """Log that a user gave feedback on an answer (for `bbt monitor`'s feedback rate); never raises."""
-    write_record(log_dir, feedback_record(model_name, model_version, datetime.now(UTC)))
+def log_feedback(log_dir: Path, model: ServedModel) -> None:
+    """Log that a user's report on an answer was kept (for `bbt monitor`'s feedback rate); never raises."""
+    write_record(log_dir, feedback_record(model, datetime.now(UTC)))
 
 
 def write_record(log_dir: Path, record: dict[str, Any]) -> None:

@@ -46,7 +46,7 @@ from bbt.errors import ModelError
 from bbt.feedback import open_store
 from bbt.feedback_route import FEEDBACK_ERRORS, OPENAPI_BODY, FeedbackKept, report_wrong_answer
 from bbt.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_cost, decode_photo
-from bbt.monitoring import log_answer, log_feedback
+from bbt.monitoring import ServedModel, log_answer, log_feedback
 from bbt.openset import Timer
 from bbt.predict import ActorClassifier, FacePrediction
 from bbt.upload_limits import (
@@ -207,6 +207,7 @@ class ActorService:
         return_big_frees_to_the_os()
         keep_uploads_in_memory(self.max_bytes)
         self.monitoring_dir = self.settings.monitoring_dir.resolve()
+        self.served_model = ServedModel(self.model_info.name, self.model_info.version, str(self.bento_model.tag))
         self.feedback = open_store(self.settings)  # None: this server keeps no feedback
         self.index_html = ((WEB_DIR / "index.html").read_text().replace("{{max_upload_bytes}}", str(self.max_bytes))
                            .replace("{{supported_formats}}", SUPPORTED_FOR_PEOPLE)
@@ -268,8 +269,7 @@ class ActorService:
 
     def record_answer(self, faces: list[FacePrediction], started: float) -> None:
         """Log what a classify route answered (bbt/monitoring.py), since `started` (time.perf_counter)."""
-        log_answer(self.monitoring_dir, self.model_info.name, self.model_info.version, faces,
-                   time.perf_counter() - started)
+        log_answer(self.monitoring_dir, self.served_model, faces, time.perf_counter() - started)
 
     @web.get("/", include_in_schema=False)
     async def index(self) -> HTMLResponse:
@@ -329,7 +329,7 @@ class ActorService:
     async def feedback_report(self, request: Request) -> JSONResponse:
         response = await report_wrong_answer(self, request)
         if response.status_code == 201:  # kept: counted in `bbt monitor`'s feedback rate
-            log_feedback(self.monitoring_dir, self.model_info.name, self.model_info.version)
+            log_feedback(self.monitoring_dir, self.served_model)
         return response
 
 

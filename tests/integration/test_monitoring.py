@@ -65,6 +65,7 @@ def test_bbt_monitor_counts_what_the_server_answered(bento_server: Server, tmp_p
     assert [r.labels for r in logged] == [tuple(label for label, _ in faces) for faces in answers]
     assert [r.confidences for r in logged[:-1]] == [tuple(c for _, c in faces) for faces in answers[:-1]]
     assert {(r.model_name, r.model_version) for r in records} == {(MODEL, version)}
+    assert len({r.model_tag for r in records}) == 1 and records[0].model_tag.startswith(f"{MODEL}:")
     assert [r.event for r in records].count("feedback") == 1
     assert all(r.latency_ms is not None and 0 < r.latency_ms < 30_000 for r in logged)
 

@@ -27,7 +27,15 @@ from bbt.monitor_logs import (
 )
 from bbt.monitor_reference import Reference, faces_per_photo
 from bbt.monitor_report import DRIFT_EXIT, conclusion, run_monitor, summarise
-from bbt.monitoring import COLUMNS, answer_record, feedback_record, log_answer, log_feedback, write_record
+from bbt.monitoring import (
+    COLUMNS,
+    ServedModel,
+    answer_record,
+    feedback_record,
+    log_answer,
+    log_feedback,
+    write_record,
+)
 from bbt.predict import FacePrediction
 
 START = datetime(2026, 11, 2, tzinfo=UTC)
@@ -63,6 +71,10 @@ def reference(seed: int = 0) -> Reference:
     return Reference(tuple(f[0] for f in faces), tuple(f[1] for f in faces), (1, 1, 2, 1, 3), "generated")
 
 
+def served(version: str) -> ServedModel:
+    return ServedModel("bbt-actor-classifier", version, f"bbt-actor-classifier:tag{version}")
+
+
 def write_answers(log_dir: Path, faces: list[tuple[str, float]], per_photo: int = 2,
                   start: datetime = START + timedelta(days=1), version: str = "3") -> int:
     """Log `faces` as photos of `per_photo` faces, one an hour from `start`; returns the photos logged."""
@@ -72,15 +84,15 @@ def write_answers(log_dir: Path, faces: list[tuple[str, float]], per_photo: int 
     photos = [faces[i:i + per_photo] for i in range(0, len(faces), per_photo)]
     for hour, photo in enumerate(photos):
         predictions = [face(label, confidence) for label, confidence in photo]
-        write_record(log_dir, answer_record("bbt-actor-classifier", version, predictions, 0.05 + hour / 1000,
+        write_record(log_dir, answer_record(served(version), predictions, 0.05 + hour / 1000,
                                             start + timedelta(hours=hour)))
     return len(photos)
 
 
 def test_a_record_goes_through_bentoml_monitor_and_comes_back(tmp_path: Path) -> None:
-    log_answer(tmp_path, "bbt-actor-classifier", "7", [face("raj", 0.93), face(UNKNOWN, 0.61)], 0.1234)
-    log_answer(tmp_path, "bbt-actor-classifier", "7", [], 0.02)
-    log_feedback(tmp_path, "bbt-actor-classifier", "7")
+    log_answer(tmp_path, served("7"), [face("raj", 0.93), face(UNKNOWN, 0.61)], 0.1234)
+    log_answer(tmp_path, served("7"), [], 0.02)
+    log_feedback(tmp_path, served("7"))
     [data] = log_files(tmp_path)
     assert data == tmp_path / "bbt_answers" / "data" / "data.0.log"
     lines = [json.loads(line) for line in data.read_text().splitlines()]
@@ -93,6 +105,7 @@ def test_a_record_goes_through_bentoml_monitor_and_comes_back(tmp_path: Path) ->
     assert [column["name"] for column in schema["columns"]] == list(COLUMNS)
     answer, empty, feedback = read_records(tmp_path)
     assert (answer.event, answer.model_version, answer.labels, answer.n_faces) == ("answer", "7", ("raj", UNKNOWN), 2)
+    assert answer.model_tag == "bbt-actor-classifier:tag7"
     assert (empty.n_faces, empty.latency_ms) == (0, 20.0)
     assert (feedback.event, feedback.latency_ms) == ("feedback", None)
     assert datetime.now(UTC) - feedback.time < timedelta(minutes=1)
@@ -101,9 +114,9 @@ def test_a_record_goes_through_bentoml_monitor_and_comes_back(tmp_path: Path) ->
 def test_the_record_is_a_function_of_its_inputs() -> None:
     at = datetime(2026, 11, 27, 10, 30, tzinfo=UTC)
     faces = [face("howard", 0.9)]
-    assert answer_record("m", "1", faces, 0.25, at) == answer_record("m", "1", faces, 0.25, at)
-    assert answer_record("m", "1", faces, 0.25, at)["time_utc"] == "2026-11-27T10:30:00+00:00"
-    assert list(feedback_record("m", "1", at)) == list(COLUMNS)
+    assert answer_record(served("1"), faces, 0.25, at) == answer_record(served("1"), faces, 0.25, at)
+    assert answer_record(served("1"), faces, 0.25, at)["time_utc"] == "2026-11-27T10:30:00+00:00"
+    assert list(feedback_record(served("1"), at)) == list(COLUMNS)
 
 
 def test_a_monitor_that_cannot_write_never_fails_the_request(tmp_path: Path,
@@ -111,7 +124,7 @@ def test_a_monitor_that_cannot_write_never_fails_the_request(tmp_path: Path,
     blocked = tmp_path / "a file, not a folder"
     blocked.write_text("")
     with caplog.at_level(logging.WARNING, logger="bbt.monitoring"):
-        log_answer(blocked, "bbt-actor-classifier", "1", [face("raj", 0.9)], 0.1)
+        log_answer(blocked, served("1"), [face("raj", 0.9)], 0.1)
     assert "could not write a record" in caplog.text
     # The failed record left nothing behind in this context: the next one, elsewhere, is written.
     write_answers(tmp_path / "logs", [("raj", 0.9)])
@@ -190,8 +203,8 @@ def test_too_few_faces_are_not_judged() -> None:
 
 def test_bbt_monitor_reports_a_drift_with_exit_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     photos = write_answers(tmp_path / "logs", sample(np.random.default_rng(5), 120, 0.6, low=0.4))
-    log_feedback(tmp_path / "logs", "bbt-actor-classifier", "3")  # now: outside the period
-    write_record(tmp_path / "logs", feedback_record("bbt-actor-classifier", "3", START + timedelta(days=2)))
+    log_feedback(tmp_path / "logs", served("3"))  # now: outside the period
+    write_record(tmp_path / "logs", feedback_record(served("3"), START + timedelta(days=2)))
     write_answers(tmp_path / "logs", [("raj", 0.9)] * 4, start=START + timedelta(days=3), version="2")
     png = tmp_path / "out" / "monitor.png"
     assert run_monitor(tmp_path / "logs", WEEK, png, 0.01, 30, version="3", reference=reference()) == DRIFT_EXIT
