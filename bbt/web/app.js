@@ -1,4 +1,14 @@
 // The drop box: send the photo to POST classify, draw a box per face, highlight the cards of the actors named.
+//
+// Reporting a wrong answer (only when <meta name="bbt-feedback" content="on">; nothing is sent or kept otherwise).
+// Stable hooks, for people and for tests that click through:
+//   button.wrong[data-face="N"][data-box="x,y,w,h"]  "wrong?" in face N's table row (1-based; the box as /classify
+//                                                    answered it); it opens #feedback. Absent when feedback is off.
+//   #feedback-choices button[data-label=L]           the right answer: howard, leonard, raj, sheldon or unknown
+//                                                    ("not one of the four"); the model's own answer is disabled
+//   #feedback-consent-text                           says what will be kept and where, before anything is sent
+//   #feedback-keep, #feedback-cancel                 "Keep it" sends POST feedback; "Cancel" (or Escape) sends nothing
+//   #feedback-status[data-state]                     sending | stored | error | cancelled; "Stored ..." once kept
 "use strict";
 
 const UNKNOWN = "unknown";
@@ -14,7 +24,9 @@ const message = document.getElementById("message");
 const result = document.getElementById("result");
 const stage = document.getElementById("stage");
 const photo = document.getElementById("photo");
+const feedbackOn = document.querySelector('meta[name="bbt-feedback"]')?.content === "on";
 let photoUrl = null;
+let shown = null; // the photo on the page and its answer: {file, answer}
 
 document.getElementById("max-size").textContent = `${(maxBytes / 1024 / 1024).toFixed(0)} MB`;
 
@@ -30,6 +42,9 @@ function percent(p) {
 
 function clearResult() {
   result.hidden = true;
+  shown = null;
+  closeFeedback();
+  showFeedbackStatus("", "");
   stage.querySelectorAll(".box").forEach((box) => box.remove());
   document.querySelectorAll(".card").forEach((card) => {
     card.classList.remove("best");
@@ -94,7 +109,7 @@ function fillTable(faces) {
   body.innerHTML = "";
   document.getElementById("threshold").textContent = faces[0].threshold.toFixed(2);
   const headRow = head.insertRow();
-  ["#", "Answer", "Distance", ...classes.map(displayName)].forEach((name) => {
+  ["#", "Answer", "Distance", ...classes.map(displayName), ...(feedbackOn ? [""] : [])].forEach((name) => {
     const th = document.createElement("th");
     th.textContent = name;
     headRow.appendChild(th);
@@ -112,6 +127,7 @@ function fillTable(faces) {
       cell.textContent = percent(face.probabilities[c]);
       if (c === face.closest_actor) cell.classList.add("top");
     });
+    if (feedbackOn) row.insertCell().appendChild(wrongButton(face, i + 1));
   });
 }
 
@@ -186,8 +202,121 @@ async function classify(file) {
     showMessage(`${file.name} could not be classified: ${why}`, "error");
     return;
   }
+  shown = { file, answer };
   showResult(answer);
 }
+
+// ---- "wrong?": report one face's answer, with consent -------------------------------------------------------
+
+const feedback = document.getElementById("feedback");
+const feedbackStatus = document.getElementById("feedback-status");
+const consent = document.getElementById("feedback-consent");
+const keepButton = document.getElementById("feedback-keep");
+let reporting = null; // {face, number, button, label} while the form is open
+
+function wrongButton(face, number) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "wrong";
+  button.textContent = "wrong?";
+  button.dataset.face = String(number);
+  button.dataset.box = [face.box.x, face.box.y, face.box.w, face.box.h].join(",");
+  button.title = `Face ${number} is not ${displayName(face.label)}? Tell us who it is.`;
+  button.setAttribute("aria-label", `Face ${number}: report the answer ${displayName(face.label)} as wrong`);
+  button.addEventListener("click", () => openFeedback(face, number, button));
+  return button;
+}
+
+function answerText(face) {
+  return face.label === UNKNOWN ? displayName(face.label) : `${displayName(face.label)}, ${percent(face.confidence)}`;
+}
+
+function openFeedback(face, number, button) {
+  reporting = { face, number, button, label: null };
+  document.getElementById("feedback-title").textContent = `Face ${number}: the model says ${answerText(face)}.`;
+  document.querySelectorAll("#feedback-choices button").forEach((choice) => {
+    choice.disabled = choice.dataset.label === face.label; // not a correction
+    choice.setAttribute("aria-pressed", "false");
+  });
+  document.getElementById("feedback-choose").hidden = false;
+  consent.hidden = true;
+  keepButton.disabled = false;
+  showFeedbackStatus("", "");
+  feedback.hidden = false;
+  document.querySelector("#feedback-choices button:not([disabled])").focus();
+}
+
+function chooseLabel(label) {
+  if (!reporting) return;
+  reporting.label = label;
+  document.querySelectorAll("#feedback-choices button").forEach((choice) =>
+    choice.setAttribute("aria-pressed", String(choice.dataset.label === label)));
+  const version = shown ? shown.answer.model.version : "?";
+  document.getElementById("feedback-consent-text").textContent =
+    `If you choose "Keep it", this server keeps, to retrain the model: the photo, the box of face ` +
+    `${reporting.number}, the model's answer (${answerText(reporting.face)}), your answer ` +
+    `(${displayName(label)}) and the model version (${version}). Nothing is kept if you cancel.`;
+  consent.hidden = false;
+  keepButton.focus();
+}
+
+function closeFeedback() {
+  feedback.hidden = true;
+  reporting = null;
+}
+
+function cancelFeedback() {
+  if (!reporting) return;
+  const button = reporting.button;
+  closeFeedback();
+  showFeedbackStatus("Cancelled: nothing was sent or kept.", "cancelled");
+  button.focus();
+}
+
+function showFeedbackStatus(text, state) {
+  feedbackStatus.textContent = text;
+  feedbackStatus.dataset.state = state;
+  feedbackStatus.hidden = !text;
+}
+
+async function keepFeedback() {
+  if (!reporting || !reporting.label || !shown) return;
+  const { face, button, label } = reporting;
+  const form = new FormData();
+  form.append("image", shown.file, shown.file.name);
+  ["x", "y", "w", "h"].forEach((key) => form.append(key, String(face.box[key])));
+  form.append("label", label);
+  form.append("consent", "true");
+  keepButton.disabled = true;
+  showFeedbackStatus("Sending your report…", "sending");
+  let response = null;
+  let body = null;
+  try {
+    response = await fetch("feedback", { method: "POST", body: form });
+    body = await response.json();
+  } catch (err) {
+    body = body || { error: response ? `the server answered ${response.status}` : `no answer (${err.message})` };
+  }
+  closeFeedback();
+  if (response && response.status === 201) {
+    showFeedbackStatus(`Stored: thank you. Face ${button.dataset.face} is kept as ${displayName(label)} ` +
+      `(report ${body.id}).`, "stored");
+    button.disabled = true;
+    button.textContent = "reported";
+  } else {
+    const why = body && body.error ? body.error : `the server answered ${response ? response.status : "nothing"}`;
+    showFeedbackStatus(`Your report was not kept: ${why}`, "error");
+  }
+  button.focus();
+}
+
+document.querySelectorAll("#feedback-choices button").forEach((choice) =>
+  choice.addEventListener("click", () => chooseLabel(choice.dataset.label)));
+keepButton.addEventListener("click", keepFeedback);
+document.getElementById("feedback-cancel").addEventListener("click", cancelFeedback);
+feedback.addEventListener("keydown", (event) => {
+  if (event.key === "Escape") cancelFeedback();
+});
 
 photo.addEventListener("load", declutterTags);
 window.addEventListener("resize", declutterTags);
