@@ -8,6 +8,7 @@ Every refused request is a JSON `{"error": ...}` with a 4xx status and changes n
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -227,6 +228,11 @@ def serve_review(root: Path, port: int, model: str | None) -> None:
     from bbt.feedback import feedback_folder
     from bbt.tracking import tracking_uri
 
+    with socket.socket() as probe:  # said in one line before the queue is built, not as uvicorn's log
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise BbtError(f"port {port} on 127.0.0.1 is not free ({err.strerror}): pass another with --port") from None
     params = load_params(root / "params.yaml")
     store = feedback_folder(params.serve, cwd=root)
     reviewer = Reviewer(root, params.data, store)
