@@ -121,6 +121,17 @@ class MonitorParams(Section):
     min_faces: int = 30
 
 
+@dataclass(frozen=True)
+class ReleaseParams(Section):
+    """The gate a model passes before it takes traffic (bbt/smoke.py), in staging and in production."""
+
+    section: ClassVar[str] = "release"
+    faces_per_label: int = 12
+    min_actor_recall: float = 0.9
+    max_false_accept: float = 0.2
+    latency_budget_ms: float = 1500
+
+
 def largest_photo_mb(serve: ServeParams) -> float:
     """The memory (MiB) the largest photo the service admits can take: its upload and its decoding."""
     return serve.max_megapixels * 1e6 * peak_bytes_per_pixel() / MIB + serve.max_upload_mb
@@ -137,6 +148,7 @@ class Params:
     register: RegisterParams = field(default_factory=RegisterParams)
     serve: ServeParams = field(default_factory=ServeParams)
     monitor: MonitorParams = field(default_factory=MonitorParams)
+    release: ReleaseParams = field(default_factory=ReleaseParams)
 
 
 T = TypeVar("T")
@@ -249,6 +261,11 @@ def validate(params: Params, source: str | Path) -> None:
     if params.monitor.days < 1 or not 0.0 < params.monitor.alpha < 1.0 or params.monitor.min_faces < 1:
         fail("monitor.days/alpha/min_faces", "must be at least 1 day, a false-alarm rate between 0 and 1 "
                                              "(e.g. 0.01) and at least 1 face")
+    release = params.release
+    if release.faces_per_label < 1 or not 0 < release.min_actor_recall <= 1 or not 0 <= release.max_false_accept < 1 \
+            or release.latency_budget_ms <= 0:
+        fail("release.faces_per_label/min_actor_recall/max_false_accept/latency_budget_ms",
+             "must be at least 1 face, a recall in (0, 1], a false-accept rate in [0, 1) and a positive budget")
 
 
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
@@ -273,7 +290,7 @@ def _load(path: Path) -> Params:
     classes = {
         "data": DataParams, "clean": CleanParams, "featurize": FeaturizeParams, "split": SplitParams,
         "search": SearchParams, "audit": AuditParams, "register": RegisterParams, "serve": ServeParams,
-        "monitor": MonitorParams,
+        "monitor": MonitorParams, "release": ReleaseParams,
     }
     params = Params(**{name: _section(cls, raw.get(name), name, path) for name, cls in classes.items()})
     validate(params, path)
