@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from bbt.cli_support import friendly, setup_logging
 from bbt.deploy.cli import deploy_app
+from bbt.release_cli import release_app
 
 
 class WithLazyApps(TyperGroup):
@@ -228,3 +229,4 @@ def monitor(
 
 
 app.add_typer(deploy_app, name="deploy")
+app.add_typer(release_app, name="release")

@@ -1,0 +1,164 @@
+"""A release: a registry version (by default the one @champion names) reaches users only through checks.
+
+1. The version must have a model card (bbt/card_registry.py).
+2. It is imported into the BentoML store and built into a bento pinned to it.
+3. The bento runs in staging (the nginx staging copy of production) and must pass the smoke test (bbt/smoke.py).
+4. With a production deployment, it is rolled out in place (bbt/deploy/fleet.py); the roll-out checks the new
+   instances the same way and leaves the old version serving if they fail.
+5. The registry records it: alias `@production` names the version serving, and the version's tag
+   `previous_production` the one before, which `bbt release rollback` puts back.
+
+A failed check raises ReleaseStopped with the smoke report; production is left as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bbt.config import Params
+from bbt.errors import BbtError, ModelError
+from bbt.smoke import SmokeReport, held_out_faces, smoke_test
+
+log = logging.getLogger(__name__)
+PRODUCTION_ALIAS = "production"
+PREVIOUS_TAG = "previous_production"
+RELEASED_TAG = "released_at"
+STAGING_TAG = "staging_smoke_test"
+REPORT = Path("reports") / "release_smoke_test.md"
+
+
+class ReleaseStopped(BbtError):
+    """A check failed: the version did not reach production (the message says which check, and why)."""
+
+    def __init__(self, message: str, report: SmokeReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    version: str
+    previous: str | None  # the version @production named before, if any
+    bento_tag: str
+    staging: SmokeReport
+    production: str | None  # the deployment rolled out to, if any
+
+
+# (deployment id, bento archive, bento tag, model version, probe of a URL) -> None; raises on a failed roll-out.
+RollOut = Callable[[str, Path, str, str, Callable[[str], SmokeReport]], None]
+
+
+def _client():
+    from mlflow import MlflowClient
+
+    from bbt.tracking import setup_tracking
+
+    setup_tracking()
+    return MlflowClient()
+
+
+def version_of(client, name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def release(root: Path, params: Params, version: str | None = None, deployment: str | None = None,
+            roll_out: RollOut | None = None, workdir: Path | None = None,
+            echo: Callable[[str], None] = log.info) -> ReleaseResult:
+    """Take `version` (default: @champion) through card, bento, staging smoke test and, with `deployment`, the
+    production roll-out; then move @production. ReleaseStopped when a check fails, with nothing changed."""
+    from bbt.bento_store import import_version
+    from bbt.card_registry import require_card
+    from bbt.deploy.bento import build_bento, export_bento
+    from bbt.deploy.staging import run_staging
+
+    client = _client()
+    name = params.register.model_name
+    version = version or version_of(client, name, params.register.alias)
+    if version is None:
+        raise ModelError(f"models:/{name}@{params.register.alias} does not exist: run `dvc repro` (or `bbt register`)")
+    require_card(client, name, version)
+    previous = version_of(client, name, PRODUCTION_ALIAS)
+    echo(f"release {name} version {version} (production serves {previous or 'nothing yet'})")
+    import_version(name, version)
+    bento = build_bento(root)
+    echo(f"built {bento}, pinned to version {version}")
+    faces = held_out_faces(root, params.release.faces_per_label)
+    raw = root / params.data.raw
+
+    def check(url: str) -> SmokeReport:
+        return smoke_test(url, raw, faces, params.release, expect_version=version)
+
+    with tempfile.TemporaryDirectory(prefix="bbt-release-") as scratch:
+        stage_dir = workdir or Path(scratch)
+        with run_staging(root, stage_dir / "staging", bento_tag=bento, serve=params.serve) as staging:
+            echo(f"staging at {staging.url}: smoke test of {len(faces)} held-out faces")
+            report = check(staging.url)
+        write_report(root, report)
+        client.set_model_version_tag(name, version, STAGING_TAG, "passed" if report.passed else "failed")
+        if not report.passed:
+            raise ReleaseStopped(f"version {version} failed the smoke test in staging ("
+                                 + "; ".join(f"{c.name}: {c.detail}" for c in report.failures())
+                                 + f"); production keeps {previous or 'what it serves'}. Report: {REPORT}", report)
+        echo("staging smoke test passed")
+        if deployment:
+            if roll_out is None:
+                raise ReleaseStopped(f"no way to roll out to {deployment} was given; production keeps {previous}")
+            archive = export_bento(bento, stage_dir / "export" / "bento.bento")
+            echo(f"rolling {bento} out to {deployment}")
+            roll_out(deployment, archive, bento, version, check)
+    record(client, name, version, previous)
+    echo(f"version {version} is @{PRODUCTION_ALIAS}" + (f" on {deployment}" if deployment else " (staging only)"))
+    return ReleaseResult(version, previous, bento, report, deployment)
+
+
+def record(client, name: str, version: str, previous: str | None) -> None:
+    """Move @production to `version`, remembering the version it replaced (for `bbt release rollback`)."""
+    if previous and previous != version:
+        client.set_model_version_tag(name, version, PREVIOUS_TAG, previous)
+    client.set_model_version_tag(name, version, RELEASED_TAG, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    client.set_registered_model_alias(name, PRODUCTION_ALIAS, version)
+
+
+def write_report(root: Path, report: SmokeReport) -> Path:
+    path = root / REPORT
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(report.as_markdown(), encoding="utf-8")
+    return path
+
+
+def rollback(root: Path, params: Params, deployment: str | None = None,
+             roll_back: Callable[[str, str], None] | None = None,
+             echo: Callable[[str], None] = log.info) -> tuple[str, str]:
+    """Put the version before @production back: on `deployment` (its previous launch template version), then
+    @production and @champion move to it. Returns (the version taken off, the version restored)."""
+    client = _client()
+    name = params.register.model_name
+    current = version_of(client, name, PRODUCTION_ALIAS)
+    if current is None:
+        raise ModelError(f"models:/{name}@{PRODUCTION_ALIAS} does not exist: nothing was released, nothing to roll "
+                         "back")
+    previous = client.get_model_version(name, current).tags.get(PREVIOUS_TAG)
+    if not previous:
+        raise ModelError(f"{name} version {current} is @{PRODUCTION_ALIAS} but records no version before it: "
+                         "release a version explicitly with `bbt release VERSION`")
+    if deployment:
+        if roll_back is None:
+            raise ModelError(f"no way to roll {deployment} back was given")
+        roll_back(deployment, previous)
+    client.set_registered_model_alias(name, PRODUCTION_ALIAS, previous)
+    # The champion follows: otherwise the next release (or the weekly flow) would ship the bad version again.
+    client.set_registered_model_alias(name, params.register.alias, previous)
+    client.set_model_version_tag(name, current, "rolled_back_at", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    echo(f"rolled back: version {previous} is @{PRODUCTION_ALIAS} and @{params.register.alias} again "
+         f"(version {current} was)")
+    return current, previous

@@ -1,0 +1,69 @@
+"""`bbt release`: take the champion through staging to production; `bbt release rollback`: the version before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from bbt.cli_support import friendly
+
+release_app = typer.Typer(help="Release a registry version: model card, bento, staging smoke test, roll-out; or roll "
+                               "it back.", invoke_without_command=True)
+
+DEPLOYMENT = typer.Option(None, help="The production deployment to roll out to (`bbt deploy status` lists them; "
+                                     "default: staging only).")
+REGION = typer.Option(None, help="AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / ~/.aws/config).")
+PROFILE = typer.Option(None, help="AWS profile from ~/.aws/config (default: AWS_PROFILE or the default one).")
+
+
+@release_app.callback()
+@friendly
+def release(
+    ctx: typer.Context,
+    version: str = typer.Option(None, help="The registry version to release (default: the @champion one)."),
+    deployment: str = DEPLOYMENT,
+    region: str = REGION,
+    profile: str = PROFILE,
+) -> None:
+    """Release VERSION (default @champion): it must have a model card and pass the smoke test in staging, and
+    on --deployment in production too; then it is @production. A failed check stops it, production unchanged."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from bbt.config import load_params
+    from bbt.release import ReleaseStopped
+    from bbt.release import release as run_release
+
+    try:
+        result = run_release(Path("."), load_params(), version, deployment,
+                             roll_out=fleet_roll_out(region, profile) if deployment else None, echo=typer.echo)
+    except ReleaseStopped as err:
+        if err.report is not None:
+            typer.echo(err.report.as_markdown())
+        typer.secho(f"release stopped: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(3) from None
+    typer.echo(result.staging.as_markdown())
+
+
+@release_app.command()
+@friendly
+def rollback(deployment: str = DEPLOYMENT, region: str = REGION, profile: str = PROFILE) -> None:
+    """Put the version released before the current @production back (on --deployment too)."""
+    from bbt.config import load_params
+    from bbt.release import rollback as run_rollback
+
+    run_rollback(Path("."), load_params(), deployment,
+                 roll_back=fleet_roll_back(region, profile) if deployment else None, echo=typer.echo)
+
+
+def fleet_roll_out(region: str | None, profile: str | None):
+    """The production roll-out of bbt/deploy/fleet.py, in the given AWS account and region."""
+    from bbt.deploy.fleet_release import roll_out_with
+
+    return roll_out_with(region, profile)
+
+
+def fleet_roll_back(region: str | None, profile: str | None):
+    from bbt.deploy.fleet_release import roll_back_with
+
+    return roll_back_with(region, profile)
