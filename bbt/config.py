@@ -126,6 +126,8 @@ class ReleaseParams(Section):
     """The gate a model passes before it takes traffic (bbt/smoke.py), in staging and in production."""
 
     section: ClassVar[str] = "release"
+    enabled: bool = False  # the retrain flow releases a new champion (bbt release) when it moves @champion
+    deployment: str = ""  # ... and rolls it out to this production deployment ("" = staging only)
     faces_per_label: int = 12
     min_actor_recall: float = 0.9
     max_false_accept: float = 0.2

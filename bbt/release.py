@@ -71,15 +71,22 @@ def version_of(client, name: str, alias: str) -> str | None:
         return None
 
 
-def release(root: Path, params: Params, version: str | None = None, deployment: str | None = None,
-            roll_out: RollOut | None = None, workdir: Path | None = None,
-            echo: Callable[[str], None] = log.info) -> ReleaseResult:
-    """Take `version` (default: @champion) through card, bento, staging smoke test and, with `deployment`, the
-    production roll-out; then move @production. ReleaseStopped when a check fails, with nothing changed."""
+@dataclass(frozen=True)
+class Candidate:
+    """A version ready for staging: its card checked, its pinned bento built."""
+
+    name: str
+    version: str
+    previous: str | None  # the version @production named before, if any
+    bento_tag: str
+
+
+def prepare(root: Path, params: Params, version: str | None = None,
+            echo: Callable[[str], None] = log.info) -> Candidate:
+    """Step 1: the version (default @champion) must have a model card; build the bento pinned to it."""
     from bbt.bento_store import import_version
     from bbt.card_registry import require_card
-    from bbt.deploy.bento import build_bento, export_bento
-    from bbt.deploy.staging import run_staging
+    from bbt.deploy.bento import build_bento
 
     client = _client()
     name = params.register.model_name
@@ -92,33 +99,68 @@ def release(root: Path, params: Params, version: str | None = None, deployment: 
     import_version(name, version)
     bento = build_bento(root)
     echo(f"built {bento}, pinned to version {version}")
+    return Candidate(name, version, previous, bento)
+
+
+def checker(root: Path, params: Params, version: str) -> Callable[[str], SmokeReport]:
+    """The smoke test of `version` at a URL, on the held-out faces of this project's test split."""
     faces = held_out_faces(root, params.release.faces_per_label)
     raw = root / params.data.raw
+    return lambda url: smoke_test(url, raw, faces, params.release, expect_version=version)
 
-    def check(url: str) -> SmokeReport:
-        return smoke_test(url, raw, faces, params.release, expect_version=version)
 
+def stage(root: Path, params: Params, candidate: Candidate, workdir: Path,
+          echo: Callable[[str], None] = log.info) -> SmokeReport:
+    """Step 2: serve the bento in staging (nginx in front, as in production) and smoke-test it there.
+    ReleaseStopped (with the report) when a check fails."""
+    from bbt.deploy.staging import run_staging
+
+    check = checker(root, params, candidate.version)
+    with run_staging(root, workdir / "staging", bento_tag=candidate.bento_tag, serve=params.serve) as staging:
+        echo(f"staging at {staging.url}: smoke test")
+        report = check(staging.url)
+    write_report(root, report)
+    _client().set_model_version_tag(candidate.name, candidate.version, STAGING_TAG,
+                                    "passed" if report.passed else "failed")
+    if not report.passed:
+        raise ReleaseStopped(f"version {candidate.version} failed the smoke test in staging ("
+                             + "; ".join(f"{c.name}: {c.detail}" for c in report.failures())
+                             + f"); production keeps {candidate.previous or 'what it serves'}. Report: {REPORT}",
+                             report)
+    echo("staging smoke test passed")
+    return report
+
+
+def produce(root: Path, params: Params, candidate: Candidate, deployment: str, roll_out: RollOut, workdir: Path,
+            echo: Callable[[str], None] = log.info) -> None:
+    """Step 3: roll the bento out to the production deployment, which checks the new instances the same way and
+    keeps the old version serving if they fail (then this raises)."""
+    from bbt.deploy.bento import export_bento
+
+    archive = export_bento(candidate.bento_tag, workdir / "export" / "bento.bento")
+    echo(f"rolling {candidate.bento_tag} out to {deployment}")
+    roll_out(deployment, archive, candidate.bento_tag, candidate.version, checker(root, params, candidate.version))
+
+
+def promote(candidate: Candidate, echo: Callable[[str], None] = log.info) -> None:
+    """Step 4: the version is @production; the version it replaced is remembered for a rollback."""
+    record(_client(), candidate.name, candidate.version, candidate.previous)
+    echo(f"version {candidate.version} is @{PRODUCTION_ALIAS}")
+
+
+def release(root: Path, params: Params, version: str | None = None, deployment: str | None = None,
+            roll_out: RollOut | None = None, echo: Callable[[str], None] = log.info) -> ReleaseResult:
+    """Every step in order (the Prefect flow runs the same steps as tasks). ReleaseStopped when a check fails,
+    with production as it was."""
+    if deployment and roll_out is None:
+        raise ModelError(f"no way to roll out to {deployment} was given")
+    candidate = prepare(root, params, version, echo)
     with tempfile.TemporaryDirectory(prefix="bbt-release-") as scratch:
-        stage_dir = workdir or Path(scratch)
-        with run_staging(root, stage_dir / "staging", bento_tag=bento, serve=params.serve) as staging:
-            echo(f"staging at {staging.url}: smoke test of {len(faces)} held-out faces")
-            report = check(staging.url)
-        write_report(root, report)
-        client.set_model_version_tag(name, version, STAGING_TAG, "passed" if report.passed else "failed")
-        if not report.passed:
-            raise ReleaseStopped(f"version {version} failed the smoke test in staging ("
-                                 + "; ".join(f"{c.name}: {c.detail}" for c in report.failures())
-                                 + f"); production keeps {previous or 'what it serves'}. Report: {REPORT}", report)
-        echo("staging smoke test passed")
-        if deployment:
-            if roll_out is None:
-                raise ReleaseStopped(f"no way to roll out to {deployment} was given; production keeps {previous}")
-            archive = export_bento(bento, stage_dir / "export" / "bento.bento")
-            echo(f"rolling {bento} out to {deployment}")
-            roll_out(deployment, archive, bento, version, check)
-    record(client, name, version, previous)
-    echo(f"version {version} is @{PRODUCTION_ALIAS}" + (f" on {deployment}" if deployment else " (staging only)"))
-    return ReleaseResult(version, previous, bento, report, deployment)
+        report = stage(root, params, candidate, Path(scratch), echo)
+        if deployment and roll_out is not None:
+            produce(root, params, candidate, deployment, roll_out, Path(scratch), echo)
+    promote(candidate, echo)
+    return ReleaseResult(candidate.version, candidate.previous, candidate.bento_tag, report, deployment)
 
 
 def record(client, name: str, version: str, previous: str | None) -> None:

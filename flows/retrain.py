@@ -38,6 +38,7 @@ from bbt.ready import probe
 from bbt.register import run_register, training_params_hash
 from bbt.search import run_search
 from bbt.tracking import corrections_hash, data_hash, setup_tracking
+from flows.release import release_champion
 
 # `tcp://host:8786` runs the per-image work on that Dask cluster; `local` starts a 2-worker one for the run.
 DASK_ADDRESS_ENV = "BBT_DASK_ADDRESS"
@@ -269,7 +270,10 @@ def retrain(force: bool = False, families: list[str] | None = None, feature_sets
     create_markdown_artifact(key=REPORT_KEY, description="retrain outcome",
                              markdown=report_markdown(search_summary, metrics, registered, audit_metrics,
                                                       params.data.corrections))
-    return {"status": "retrained", **registered, "committed_stages": committed, "flow_run_id": str(flow_run.id)}
+    released = release_champion(params, str(registered["version"])) \
+        if params.release.enabled and registered["champion"] else {"released": None}
+    return {"status": "retrained", **registered, **released, "committed_stages": committed,
+            "flow_run_id": str(flow_run.id)}
 
 
 def run_retrain(dask_address: str | None = None, **parameters: Any) -> dict[str, Any]:

@@ -1,0 +1,87 @@
+"""The release's registry bookkeeping on a temporary MLflow store: @production, the version it replaced, and the
+rollback that puts that version back (with @champion), refusing clearly when there is nothing to go back to."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from bbt.config import Params
+from bbt.errors import ModelError
+from bbt.release import PREVIOUS_TAG, PRODUCTION_ALIAS, record, rollback, version_of
+from bbt.tracking import setup_tracking
+
+NAME = Params().register.model_name
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An MLflow SQLite store with its tables made once (the migrations take seconds); tests copy it."""
+    db = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture()
+def client(empty_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowClient]:
+    """A registry of this test's own, as bbt.release reaches it (MLFLOW_TRACKING_URI)."""
+    (tmp_path / "mlruns").mkdir()
+    shutil.copy(empty_store, tmp_path / "mlruns/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    setup_tracking()
+    MlflowClient().create_registered_model(NAME)
+    yield MlflowClient()
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry)
+
+
+def register(client: MlflowClient, folder: str) -> str:
+    """A new version (the registry bookkeeping needs no model files)."""
+    return str(client.create_model_version(NAME, source=f"file:///models/{folder}").version)
+
+
+def test_releases_remember_the_version_before_and_rollback_restores_it(client: MlflowClient) -> None:
+    first, second = register(client, "a"), register(client, "b")
+    record(client, NAME, first, None)
+    client.set_registered_model_alias(NAME, "champion", second)
+    record(client, NAME, second, first)
+    assert version_of(client, NAME, PRODUCTION_ALIAS) == second
+    assert client.get_model_version(NAME, second).tags[PREVIOUS_TAG] == first
+
+    said: list[str] = []
+    taken_off, restored = rollback(Path("."), Params(), echo=said.append)
+    assert (taken_off, restored) == (second, first)
+    assert version_of(client, NAME, PRODUCTION_ALIAS) == first
+    assert version_of(client, NAME, "champion") == first, "the next release must not ship the bad version again"
+    assert "rolled_back_at" in client.get_model_version(NAME, second).tags
+    assert f"version {first} is @production" in said[0]
+    with pytest.raises(ModelError, match="records no version before it"):
+        rollback(Path("."), Params())
+
+
+def test_rollback_without_a_release_says_so(client: MlflowClient) -> None:
+    register(client, "a")
+    with pytest.raises(ModelError, match="nothing was released"):
+        rollback(Path("."), Params())
+
+
+def test_rollback_of_a_deployment_calls_its_roll_back_first(client: MlflowClient) -> None:
+    first, second = register(client, "a"), register(client, "b")
+    record(client, NAME, first, None)
+    record(client, NAME, second, first)
+    calls: list[tuple[str, str]] = []
+    rollback(Path("."), Params(), "bbt-20260101-000000-abcd", roll_back=lambda d, v: calls.append((d, v)))
+    assert calls == [("bbt-20260101-000000-abcd", first)]
+    record(client, NAME, second, first)
+
+    def failing(deployment: str, version: str) -> None:
+        raise ModelError("the instance refresh failed")
+    with pytest.raises(ModelError, match="refresh failed"):
+        rollback(Path("."), Params(), "bbt-20260101-000000-abcd", roll_back=failing)
+    assert version_of(client, NAME, PRODUCTION_ALIAS) == second, "a failed roll-back moves no alias"
