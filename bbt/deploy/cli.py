@@ -39,14 +39,22 @@ def ec2(
     ready_timeout: float = typer.Option(1200, help="Seconds to wait for /readyz through the public address."),
     wait: bool = typer.Option(True, help="Wait for /readyz; --no-wait returns once the instance runs."),
     keep_feedback: bool = KEEP_FEEDBACK,
+    minimum: int = typer.Option(1, "--min", help="Fewest instances behind the load balancer."),
+    maximum: int = typer.Option(1, "--max", help="Most instances: the ASG adds them when CPU passes its target."),
+    single: bool = typer.Option(False, help="One instance with its own address and no load balancer (what --https "
+                                            "with Let's Encrypt and --subnet-id need); no rollouts, no scaling."),
 ) -> None:
-    """Build and export the bento, upload it to S3, launch an instance serving it behind nginx; print the URL."""
+    """Build and export the bento, upload it to S3, serve it from an Auto Scaling Group behind a load balancer
+    (or --single instance) with nginx on each instance; print the URL."""
     import bentoml
 
     from bbt.config import load_params
     from bbt.deploy.bento import build_bento, export_bento
     from bbt.deploy.ec2 import Ec2Options, aws_session, deploy_ec2
+    from bbt.deploy.fleet import FleetSize
+    from bbt.deploy.fleet_deploy import deploy_fleet
 
+    size = None if single else FleetSize(minimum, maximum)
     options = Ec2Options(region=region, profile=profile, instance_type=instance_type, ami=ami, key_name=key_name,
                          ssh_cidr=ssh_cidr, https=https, domain=domain, bucket=bucket, subnet_id=subnet_id,
                          serve=load_params().serve, ready_timeout_s=ready_timeout, keep_feedback=keep_feedback)
@@ -54,8 +62,12 @@ def ec2(
     tag = bento or build_bento(Path.cwd())
     with tempfile.TemporaryDirectory(prefix="bbt-export-") as folder:
         archive = export_bento(tag, Path(folder) / f"{tag.replace(':', '-')}.bento")
-        deployment = deploy_ec2(archive, tag, bentoml.__version__, options, session, echo=typer.echo,
-                                wait_ready=None if wait else lambda url, timeout: None)
+        if size is None:
+            deployment = deploy_ec2(archive, tag, bentoml.__version__, options, session, echo=typer.echo,
+                                    wait_ready=None if wait else lambda url, timeout: None)
+        else:
+            deployment = deploy_fleet(archive, tag, bentoml.__version__, options, size, session, echo=typer.echo,
+                                      wait=wait)
     typer.echo(f"{deployment.public_url}  (deployment {deployment.deployment_id}; "
                f"remove it with `bbt deploy destroy {deployment.deployment_id}`)")
 
@@ -66,9 +78,13 @@ def status(region: str = REGION, profile: str = PROFILE,
            probe: bool = typer.Option(True, help="Ask each instance's /readyz (5 s timeout).")) -> None:
     """List the bbt deployments of the region: instance state, URL, readiness and what they own."""
     from bbt.deploy.ec2 import aws_session, find_deployments
+    from bbt.deploy.fleet import find_fleets
+    from bbt.deploy.fleet_status import fleet_lines
     from bbt.ready import probe as probe_url
 
-    deployments = find_deployments(aws_session(region, profile))
+    session = aws_session(region, profile)
+    deployments = find_deployments(session)
+    fleets = find_fleets(session)
     if not deployments:
         typer.echo("no bbt deployments in this region")
     for deployment in deployments.values():
@@ -77,6 +93,9 @@ def status(region: str = REGION, profile: str = PROFILE,
             answer = probe_url(f"{deployment.url}readyz")
             ready = "  ready" if answer == 200 else f"  not ready ({answer or 'no answer'})"
         typer.echo(f"{deployment.deployment_id}  {deployment.state}  {deployment.public_url or '-'}{ready}")
+        if deployment.deployment_id in fleets:
+            for line in fleet_lines(session, fleets[deployment.deployment_id]):
+                typer.echo(f"  {line}")
         for instance in deployment.instances:
             typer.echo(f"  instance {instance['InstanceId']} {instance['InstanceType']} {instance['ImageId']}")
         for group in deployment.security_groups:
@@ -118,6 +137,22 @@ def destroy(
         typer.confirm(f"Remove deployment {deployment_id} (instance, security group, IAM role, archive)?", abort=True)
     removed = destroy_deployment(session, deployment_id)
     typer.echo(f"removed {deployment_id}: {', '.join(removed)}")
+
+
+@deploy_app.command()
+@friendly
+def rollback(
+    deployment_id: str = typer.Argument(..., help="The fleet deployment (see `bbt deploy status`)."),
+    region: str = REGION,
+    profile: str = PROFILE,
+    timeout: float = typer.Option(1200, help="Seconds to wait for the new instances to pass /readyz."),
+) -> None:
+    """Serve the launch template version before the current one again, by a rollout (the URL stays)."""
+    from bbt.deploy.ec2 import aws_session
+    from bbt.deploy.rollout import roll_back
+
+    version = roll_back(aws_session(region, profile), deployment_id, timeout_s=timeout, echo=typer.echo)
+    typer.echo(f"{deployment_id} serves launch template version {version}")
 
 
 @deploy_app.command()

@@ -21,6 +21,7 @@ import botocore.exceptions
 from bbt.config import ServeParams
 from bbt.deploy import DeployError
 from bbt.deploy.aws import ARCHIVE_TAG, TAG_KEY, aws_errors, aws_session, error_code, tag_value, tags
+from bbt.deploy.fleet import destroy_fleet, find_fleets
 from bbt.deploy.iam import create_instance_role, delete_instance_role, find_roles
 from bbt.deploy.instances import DEFAULT_INSTANCE_TYPE, INSTANCE_MEMORY_MIB, MemoryLimits
 from bbt.deploy.render import Archive, SiteSettings, TlsSettings, render_user_data
@@ -85,6 +86,7 @@ class Deployment:
     buckets: list[str] = field(default_factory=list)
     archives: list[str] = field(default_factory=list)
     roles: list[str] = field(default_factory=list)
+    load_balancer_dns: str | None = None  # a fleet's address; a single instance has none
 
     @property
     def public_ip(self) -> str | None:
@@ -93,7 +95,9 @@ class Deployment:
 
     @property
     def url(self) -> str | None:
-        """Plain HTTP to the address: the probes answer there also with --https."""
+        """Plain HTTP to the load balancer or the address: the probes answer there also with --https."""
+        if self.load_balancer_dns:
+            return f"http://{self.load_balancer_dns}/"
         return f"http://{self.public_ip}/" if self.public_ip else None
 
     @property
@@ -312,16 +316,20 @@ def find_deployments(session: boto3.Session, deployment_id: str | None = None) -
                 entry(bucket_tags).buckets.append(name)
         for owner, role in find_roles(session, deployment_id).items():
             entry([{"Key": TAG_KEY, "Value": owner}]).roles.append(role)
+    for owner, fleet in find_fleets(session, deployment_id).items():
+        deployment = entry([{"Key": TAG_KEY, "Value": owner}])
+        deployment.load_balancer_dns = fleet.load_balancer["DNSName"] if fleet.load_balancer else None
     return found
 
 
 def destroy(session: boto3.Session, deployment_id: str) -> list[str]:
-    """Terminate the instance; delete the security group, the IAM role, the archive and the bucket if bbt made it."""
+    """The fleet (ASG, ALB, launch template) if any; terminate the instance; delete the security groups, the IAM
+    role, the archive and the bucket if bbt made it."""
+    removed = destroy_fleet(session, deployment_id)
     deployment = find_deployments(session, deployment_id).get(deployment_id)
     if deployment is None:
-        return []
+        return removed
     ec2, s3 = session.client("ec2"), session.client("s3")
-    removed: list[str] = []
     with aws_errors(f"destroying {deployment_id}"):
         for uri in deployment.archives:
             bucket, key = uri.removeprefix("s3://").split("/", 1)

@@ -420,7 +420,7 @@ def test_bbt_deploy_staging_command_serves_until_sigterm_and_leaves_nothing(stag
 
 def test_bbt_deploy_ec2_ships_the_real_exported_bento(staging: Staging, trained_project: Project,
                                                       monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The whole `bbt deploy ec2` command against moto: the archive in S3 is the bento staging imported."""
+    """The whole `bbt deploy ec2 --single` command against moto: the archive in S3 is the bento staging imported."""
     from moto import mock_aws
     from typer.testing import CliRunner
 
@@ -445,7 +445,7 @@ def test_bbt_deploy_ec2_ships_the_real_exported_bento(staging: Staging, trained_
         ec2 = boto3.client("ec2", region_name="eu-west-1")
         ami = ec2.register_image(Name="debian-12-amd64", RootDeviceName="/dev/xvda")["ImageId"]
         # --no-wait: moto's public address is fake, and no traffic may leave this machine.
-        result = CliRunner().invoke(app, ["deploy", "ec2", "--region", "eu-west-1", "--ami", ami,
+        result = CliRunner().invoke(app, ["deploy", "ec2", "--single", "--region", "eu-west-1", "--ami", ami,
                                           "--bento", staging.bento_tag, "--no-wait"])
         assert result.exit_code == 0, result.output
         [reservation] = ec2.describe_instances()["Reservations"]

@@ -1,0 +1,248 @@
+"""`bbt deploy ec2 --min N --max M`, rollouts and `status`/`destroy` of a fleet, against moto's EC2, ELBv2 and
+Auto Scaling."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+import boto3
+import pytest
+from typer.testing import CliRunner
+
+from bbt.cli import app
+from bbt.deploy import DeployError
+from bbt.deploy.ec2 import TAG_KEY, Ec2Options, deploy_ec2, destroy, find_deployments
+from bbt.deploy.fleet import (
+    CPU_TARGET_PERCENT,
+    HEALTH_CHECK_GRACE_S,
+    FleetSize,
+    find_fleets,
+    fleet_instances,
+    template_versions,
+)
+from bbt.deploy.fleet_deploy import deploy_fleet
+from bbt.deploy.rollout import RolloutFailed, prepare_release, roll_back, roll_out
+from tests.unit import test_deploy as single_instance
+from tests.unit.test_deploy import SSH_CIDR, some_ami, tags_of
+
+# The single-instance tests' fixtures: fake credentials, moto, an archive stand-in.
+aws_env, aws, archive = single_instance.aws_env, single_instance.aws, single_instance.archive
+
+NO_WAIT = {"echo": lambda _: None, "sleep": lambda _: None}
+
+
+@pytest.fixture(autouse=True)
+def moto_versions_keep_user_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto 5 decodes UserData for CreateLaunchTemplate but not for CreateLaunchTemplateVersion, then fails an
+    assertion launching from such a version; AWS takes both alike: decode it the same way here."""
+    from moto.ec2.models.launch_templates import LaunchTemplate
+    from moto.ec2.utils import parse_user_data
+
+    original = LaunchTemplate.create_version
+
+    def create_version(self, data: dict, description: str):
+        if isinstance(data.get("UserData"), str):
+            data = {**data, "UserData": parse_user_data(data["UserData"])}
+        return original(self, data, description)
+
+    monkeypatch.setattr(LaunchTemplate, "create_version", create_version)
+
+
+def deploy(session: boto3.Session, archive: Path, size: FleetSize, bento: str = "bbt:v1", **options) -> str:
+    deployment = deploy_fleet(archive, bento, "1.4.40", Ec2Options(ami=some_ami(session), **options), size, session,
+                              **NO_WAIT)
+    return deployment.deployment_id
+
+
+def new_archive(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.bento"
+    path.write_bytes(name.encode() * 100)
+    return path
+
+
+def bentos_served(session: boto3.Session, deployment_id: str) -> list[str | None]:
+    fleet = find_fleets(session, deployment_id)[deployment_id]
+    return sorted(i.bento_tag for i in fleet_instances(session, fleet))
+
+
+def test_a_fleet_of_2_to_4_behind_a_load_balancer(aws: boto3.Session, archive: Path) -> None:
+    ec2, elbv2, autoscaling = aws.client("ec2"), aws.client("elbv2"), aws.client("autoscaling")
+    ec2.create_key_pair(KeyName="me")
+    deployment_id = deploy(aws, archive, FleetSize(2, 4), key_name="me", ssh_cidr=SSH_CIDR)
+
+    [group] = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[deployment_id])["AutoScalingGroups"]
+    assert (group["MinSize"], group["DesiredCapacity"], group["MaxSize"]) == (2, 2, 4)
+    assert (group["HealthCheckType"], group["HealthCheckGracePeriod"]) == ("ELB", HEALTH_CHECK_GRACE_S)
+    assert len(group["Instances"]) == 2
+    subnets = group["VPCZoneIdentifier"].split(",")
+    zones = {s["AvailabilityZone"] for s in ec2.describe_subnets(SubnetIds=subnets)["Subnets"]}
+    assert len(zones) == len(subnets) >= 2
+    assert {(t["Key"], t["Value"], t["PropagateAtLaunch"]) for t in group["Tags"]} >= {
+        (TAG_KEY, deployment_id, True)}
+    [policy] = autoscaling.describe_policies(AutoScalingGroupName=deployment_id)["ScalingPolicies"]
+    tracking = policy["TargetTrackingConfiguration"]
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    assert tracking["PredefinedMetricSpecification"]["PredefinedMetricType"] == "ASGAverageCPUUtilization"
+    assert tracking["TargetValue"] == CPU_TARGET_PERCENT
+
+    [target_group] = elbv2.describe_target_groups(TargetGroupArns=group["TargetGroupARNs"])["TargetGroups"]
+    assert (target_group["Protocol"], target_group["Port"]) == ("HTTP", 80)
+    assert (target_group["HealthCheckPath"], target_group["Matcher"]) == ("/readyz", {"HttpCode": "200"})
+    [balancer] = elbv2.describe_load_balancers(LoadBalancerArns=target_group["LoadBalancerArns"])["LoadBalancers"]
+    assert (balancer["Scheme"], balancer["Type"]) == ("internet-facing", "application")
+    [listener] = elbv2.describe_listeners(LoadBalancerArn=balancer["LoadBalancerArn"])["Listeners"]
+    assert (listener["Protocol"], listener["Port"]) == ("HTTP", 80)
+    assert listener["DefaultActions"][0]["TargetGroupArn"] == target_group["TargetGroupArn"]
+
+    # The ALB takes 80 from anywhere; the instances take 80 from the ALB's group only, SSH from one CIDR.
+    [alb_group] = ec2.describe_security_groups(GroupIds=balancer["SecurityGroups"])["SecurityGroups"]
+    assert {p["FromPort"]: [r["CidrIp"] for r in p["IpRanges"]] for p in alb_group["IpPermissions"]} == {
+        80: ["0.0.0.0/0"]}
+    [template] = ec2.describe_launch_template_versions(LaunchTemplateId=group["LaunchTemplate"]["LaunchTemplateId"])[
+        "LaunchTemplateVersions"]
+    data = template["LaunchTemplateData"]
+    [instance_group] = ec2.describe_security_groups(GroupIds=data["SecurityGroupIds"])["SecurityGroups"]
+    rules = {p["FromPort"]: p for p in instance_group["IpPermissions"]}
+    assert set(rules) == {80, 22}
+    assert [g["GroupId"] for g in rules[80]["UserIdGroupPairs"]] == [alb_group["GroupId"]]
+    assert rules[80]["IpRanges"] == [] and [r["CidrIp"] for r in rules[22]["IpRanges"]] == [SSH_CIDR]
+
+    assert data["IamInstanceProfile"] == {"Name": deployment_id}
+    assert data["BlockDeviceMappings"][0]["Ebs"]["Encrypted"] is True
+    assert data["MetadataOptions"]["HttpTokens"] == "required" and data["KeyName"] == "me"
+    user_data = base64.b64decode(data["UserData"]).decode()
+    assert user_data.startswith("#cloud-config\n") and "bentoml import" in user_data and "certbot" not in user_data
+    assert template["VersionDescription"].startswith("bbt:v1 s3://")
+
+    # Every instance carries the deployment's tag and the bento it serves; the ALB reports them healthy.
+    fleet = find_fleets(aws, deployment_id)[deployment_id]
+    assert [(i.state, i.health, i.bento_tag) for i in fleet_instances(aws, fleet)] == [
+        ("InService", "healthy", "bbt:v1")] * 2
+    deployment = find_deployments(aws)[deployment_id]
+    assert deployment.url == f"http://{balancer['DNSName']}/"
+    assert len(deployment.instances) == 2
+
+
+def test_status_shows_the_fleet_its_versions_and_each_instances_bento(aws: boto3.Session, archive: Path,
+                                                                      tmp_path: Path) -> None:
+    deployment_id = deploy(aws, archive, FleetSize(1, 3))
+    release = prepare_release(aws, deployment_id, new_archive(tmp_path, "bbt-v2"), "bbt:v2", "1.4.40",
+                              Ec2Options())
+    roll_out(aws, deployment_id, release, **NO_WAIT)
+
+    result = CliRunner().invoke(app, ["deploy", "status", "--no-probe"])
+    assert result.exit_code == 0, result.output
+    fleet = find_fleets(aws, deployment_id)[deployment_id]
+    assert f"{deployment_id}  " in result.output and fleet.url in result.output
+    assert "min 1  desired 1  max 3" in result.output
+    [instance] = fleet_instances(aws, fleet)
+    assert f"instance {instance.instance_id} InService healthy bbt:v2" in result.output
+    assert "launch template version 2 bbt:v2 (current)" in result.output
+    assert "launch template version 1 bbt:v1 (rollback: `bbt deploy rollback" in result.output
+
+
+def test_a_rollout_moves_every_instance_to_the_new_version_and_rollback_brings_the_old(
+        aws: boto3.Session, archive: Path, tmp_path: Path) -> None:
+    deployment_id = deploy(aws, archive, FleetSize(2, 4))
+    url = find_deployments(aws)[deployment_id].url
+    old_ids = {i["InstanceId"] for i in find_fleets(aws, deployment_id)[deployment_id].group["Instances"]}
+    probed: list[str] = []
+    release = prepare_release(aws, deployment_id, new_archive(tmp_path, "bbt-v2"), "bbt:v2", "1.4.40",
+                              Ec2Options())
+
+    assert roll_out(aws, deployment_id, release, probe=lambda u: probed.append(u) or True, **NO_WAIT) == 2
+
+    assert probed == [url], "the probe runs once through the load balancer"
+    assert bentos_served(aws, deployment_id) == ["bbt:v2", "bbt:v2"]
+    fleet = find_fleets(aws, deployment_id)[deployment_id]
+    assert fleet.template_version == 2 and fleet.url == url, "same load balancer, same URL"
+    assert not old_ids & {i["InstanceId"] for i in fleet.group["Instances"]}
+    assert (fleet.group["DesiredCapacity"], fleet.group["MaxSize"]) == (2, 4), "sizes as before the surge"
+    assert fleet.group.get("SuspendedProcesses", []) == []
+    # The instances' role may read the new archive (and the old one, for a rollback).
+    policy = aws.client("iam").get_role_policy(RoleName=deployment_id, PolicyName="read-archive")["PolicyDocument"]
+    assert len(policy["Statement"][0]["Resource"]) == 2
+    assert release.archive_uri.rsplit("/", 1)[-1] == "bbt-v2.bento"
+
+    assert roll_back(aws, deployment_id, **NO_WAIT) == 3
+    assert bentos_served(aws, deployment_id) == ["bbt:v1", "bbt:v1"]
+    versions = template_versions(aws.client("ec2"), find_fleets(aws, deployment_id)[deployment_id])
+    assert [(v.number, v.bento_tag, v.current) for v in versions] == [
+        (3, "bbt:v1", True), (2, "bbt:v2", False), (1, "bbt:v1", False)]
+
+
+@pytest.mark.parametrize("failure", ["probe", "unhealthy"])
+def test_a_failed_rollout_leaves_the_old_version_serving(aws: boto3.Session, archive: Path, tmp_path: Path,
+                                                         failure: str) -> None:
+    deployment_id = deploy(aws, archive, FleetSize(2, 4))
+    before = find_fleets(aws, deployment_id)[deployment_id]
+    old_ids = sorted(i["InstanceId"] for i in before.group["Instances"])
+    release = prepare_release(aws, deployment_id, new_archive(tmp_path, "bbt-broken"), "bbt:broken", "1.4.40",
+                              Ec2Options())
+    def new_instances_never_healthy(line: str) -> None:
+        """The new instances never pass /readyz: the load balancer holds them out of its targets (moto reports
+        every registered running instance healthy, so they leave the target group here)."""
+        if "launched" in line:
+            target_group = find_fleets(aws, deployment_id)[deployment_id].target_group_arn
+            aws.client("elbv2").deregister_targets(TargetGroupArn=target_group, Targets=[
+                {"Id": i, "Port": 80} for i in re.findall(r"i-[0-9a-f]+", line)])
+
+    with pytest.raises(RolloutFailed, match=r"rollout of bbt:broken .* stopped: .*keeps serving bbt:v1 "
+                                            r"\(launch template version 1\)"):
+        if failure == "probe":
+            roll_out(aws, deployment_id, release, probe=lambda url: False, **NO_WAIT)
+        else:
+            roll_out(aws, deployment_id, release, timeout_s=0, echo=new_instances_never_healthy, sleep=lambda _: None)
+
+    after = find_fleets(aws, deployment_id)[deployment_id]
+    assert after.template_version == 1, "the ASG launches the old version again"
+    assert sorted(i["InstanceId"] for i in after.group["Instances"]) == old_ids, "the old instances still serve"
+    assert bentos_served(aws, deployment_id) == ["bbt:v1", "bbt:v1"]
+    assert [i.health for i in fleet_instances(aws, after)] == ["healthy", "healthy"]
+    assert (after.group["DesiredCapacity"], after.group["MaxSize"]) == (2, 4)
+    assert after.group.get("SuspendedProcesses", []) == []
+
+
+def test_destroy_removes_the_fleet_and_nothing_else(aws: boto3.Session, archive: Path) -> None:
+    ec2, elbv2, autoscaling = aws.client("ec2"), aws.client("elbv2"), aws.client("autoscaling")
+    # Someone else's load balancer, target group, template and single-instance deployment must survive.
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
+    other_lb = elbv2.create_load_balancer(Name="other", Subnets=subnets)["LoadBalancers"][0]["LoadBalancerArn"]
+    other_tg = elbv2.create_target_group(Name="other", Protocol="HTTP", Port=80, VpcId=vpc)["TargetGroups"][0][
+        "TargetGroupArn"]
+    other_lt = ec2.create_launch_template(LaunchTemplateName="other", LaunchTemplateData={
+        "ImageId": some_ami(aws)})["LaunchTemplate"]["LaunchTemplateId"]
+    single = deploy_ec2(archive, "bbt:v1", "1.4.40", Ec2Options(ami=some_ami(aws)), aws,
+                        wait_ready=lambda url, timeout: None, echo=lambda _: None).deployment_id
+    deployment_id = deploy(aws, archive, FleetSize(2, 4))
+    fleet = find_fleets(aws, deployment_id)[deployment_id]
+    instance_ids = [i["InstanceId"] for i in fleet.group["Instances"]]
+
+    removed = destroy(aws, deployment_id)
+
+    assert {f"auto scaling group {deployment_id}", f"load balancer {deployment_id}",
+            f"launch template {fleet.launch_template_id}", f"IAM role {deployment_id}"} <= set(removed)
+    assert autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"] == []
+    assert [b["LoadBalancerArn"] for b in elbv2.describe_load_balancers()["LoadBalancers"]] == [other_lb]
+    assert [g["TargetGroupArn"] for g in elbv2.describe_target_groups()["TargetGroups"]] == [other_tg]
+    assert [t["LaunchTemplateId"] for t in ec2.describe_launch_templates()["LaunchTemplates"]] == [other_lt]
+    states = {i["InstanceId"]: i["State"]["Name"] for r in ec2.describe_instances(InstanceIds=instance_ids)[
+        "Reservations"] for i in r["Instances"]}
+    assert set(states.values()) == {"terminated"}
+    assert not [g for g in ec2.describe_security_groups()["SecurityGroups"]
+                if tags_of(g).get(TAG_KEY) == deployment_id]
+    assert list(find_deployments(aws)) == [single], "the single-instance deployment is untouched"
+    assert destroy(aws, deployment_id) == []
+
+
+def test_fleet_sizes_and_options_it_cannot_take_are_refused_clearly() -> None:
+    with pytest.raises(DeployError, match=r"--min 3 --max 2: need 1 <= min <= max"):
+        FleetSize(3, 2)
+    with pytest.raises(DeployError, match="--min 0"):
+        FleetSize(0, 1)
+    result = CliRunner().invoke(app, ["deploy", "ec2", "--min", "3", "--max", "2", "--bento", "bbt:x",
+                                      "--region", "eu-west-1"])
+    assert result.exit_code == 2 and "need 1 <= min <= max" in result.output and "Traceback" not in result.output
