@@ -11,8 +11,10 @@ from __future__ import annotations
 import base64
 import logging
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import boto3
 
@@ -93,6 +95,17 @@ class Fleet:
     def template_version(self) -> int | None:
         """The launch template version the ASG launches now."""
         return int(self.group["LaunchTemplate"]["Version"]) if self.group else None
+
+
+_CLIENTS: weakref.WeakKeyDictionary[boto3.Session, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def client(session: boto3.Session, service: str) -> Any:
+    """One client per session and service: making one takes ~50 ms, and a rollout asks AWS dozens of times."""
+    clients = _CLIENTS.setdefault(session, {})
+    if service not in clients:
+        clients[service] = session.client(service)
+    return clients[service]
 
 
 # --- creating -------------------------------------------------------------------------------------------------
@@ -222,7 +235,7 @@ def _has_tag(resource_tags: list[dict], deployment_id: str | None) -> str | None
 
 def find_fleets(session: boto3.Session, deployment_id: str | None = None) -> dict[str, Fleet]:
     """Every deployment's fleet resources (or one deployment's), by the `bbt:deployment` tag."""
-    ec2, elbv2, autoscaling = session.client("ec2"), session.client("elbv2"), session.client("autoscaling")
+    ec2, elbv2, autoscaling = client(session, "ec2"), client(session, "elbv2"), client(session, "autoscaling")
     found: dict[str, Fleet] = {}
 
     def fleet(owner: str) -> Fleet:
@@ -278,8 +291,8 @@ def fleet_instances(session: boto3.Session, fleet: Fleet) -> list[FleetInstance]
     ids = [i["InstanceId"] for i in fleet.group["Instances"]]
     if not ids:
         return []
-    health = target_health(session.client("elbv2"), fleet.target_group_arn, ids) if fleet.target_group_arn else {}
-    described = {i["InstanceId"]: i for r in session.client("ec2").describe_instances(InstanceIds=ids)["Reservations"]
+    health = target_health(client(session, "elbv2"), fleet.target_group_arn, ids) if fleet.target_group_arn else {}
+    described = {i["InstanceId"]: i for r in client(session, "ec2").describe_instances(InstanceIds=ids)["Reservations"]
                  for i in r["Instances"]}
     return [FleetInstance(i["InstanceId"], i["LifecycleState"], health.get(i["InstanceId"], "unknown"),
                           tag_value(described.get(i["InstanceId"], {}).get("Tags", []), BENTO_TAG))
@@ -295,7 +308,7 @@ def target_health(elbv2, target_group: str, instance_ids: list[str]) -> dict[str
 def wait_healthy(session: boto3.Session, fleet: Fleet, instance_ids: list[str], timeout_s: float,
                  poll_s: float = HEALTH_POLL_S, sleep: Callable[[float], None] = time.sleep) -> None:
     """Until the load balancer reports every one of `instance_ids` healthy; DeployError naming the rest after."""
-    elbv2 = session.client("elbv2")
+    elbv2 = client(session, "elbv2")
     deadline = time.monotonic() + timeout_s
     while True:
         with aws_errors("asking the target group for its health"):
@@ -312,7 +325,7 @@ def wait_healthy(session: boto3.Session, fleet: Fleet, instance_ids: list[str], 
 
 def group_of(session: boto3.Session, deployment_id: str) -> dict:
     with aws_errors(f"looking up the auto scaling group {deployment_id}"):
-        groups = session.client("autoscaling").describe_auto_scaling_groups(
+        groups = client(session, "autoscaling").describe_auto_scaling_groups(
             AutoScalingGroupNames=[deployment_id])["AutoScalingGroups"]
     if not groups:
         raise DeployError(f"deployment {deployment_id} has no auto scaling group: it is a single instance "
@@ -333,7 +346,7 @@ def destroy_fleet(session: boto3.Session, deployment_id: str, poll_s: float = 5.
     fleet = find_fleets(session, deployment_id).get(deployment_id)
     if fleet is None:
         return []
-    ec2, elbv2, autoscaling = session.client("ec2"), session.client("elbv2"), session.client("autoscaling")
+    ec2, elbv2, autoscaling = client(session, "ec2"), client(session, "elbv2"), client(session, "autoscaling")
     removed: list[str] = []
     with aws_errors(f"destroying the fleet of {deployment_id}"):
         if fleet.group:

@@ -23,6 +23,7 @@ from bbt.deploy.ec2 import (
 from bbt.deploy.fleet import (
     FleetSize,
     Release,
+    client,
     create_fleet_security_groups,
     create_group,
     create_launch_template,
@@ -75,7 +76,7 @@ def deploy_fleet(archive: Path, bento_tag: str, bentoml_version: str, options: E
     if not archive.is_file():
         raise DeployError(f"{archive} is not a file: export a bento first (`bentoml export TAG PATH`)")
     deployment_id = new_deployment_id()
-    ec2, elbv2 = session.client("ec2"), session.client("elbv2")
+    ec2, elbv2 = client(session, "ec2"), client(session, "elbv2")
     echo(f"deployment {deployment_id} in {session.region_name}: {size.minimum} to {size.maximum} instance(s) "
          "behind a load balancer")
     image = resolve_ami(session, options.ami)
@@ -92,7 +93,7 @@ def deploy_fleet(archive: Path, bento_tag: str, bentoml_version: str, options: E
         with aws_errors("uploading the bento to S3"):
             bucket = options.bucket
             if bucket is None:
-                bucket = f"{deployment_id}-{session.client('sts').get_caller_identity()['Account']}"
+                bucket = f"{deployment_id}-{client(session, 'sts').get_caller_identity()['Account']}"
                 create_bucket(session, bucket, deployment_id)
             key = upload_archive(session, deployment_id, archive, bucket)
             ec2.create_tags(Resources=[instance_group], Tags=[{"Key": ARCHIVE_TAG, "Value": f"s3://{bucket}/{key}"}])
@@ -107,7 +108,7 @@ def deploy_fleet(archive: Path, bento_tag: str, bentoml_version: str, options: E
         with aws_errors("creating the load balancer"):
             _, target_group, _ = create_load_balancer(elbv2, deployment_id, vpc_id, subnets, alb_group)
         with aws_errors("creating the auto scaling group"):
-            create_group(session.client("autoscaling"), deployment_id, template_id, version, size, subnets,
+            create_group(client(session, "autoscaling"), deployment_id, template_id, version, size, subnets,
                          target_group)
     except BaseException:
         _roll_back(session, deployment_id, echo)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import boto3
 
-from bbt.deploy.fleet import Fleet, fleet_instances, template_versions
+from bbt.deploy.fleet import Fleet, client, fleet_instances, template_versions
 
 
 def fleet_lines(session: boto3.Session, fleet: Fleet) -> list[str]:
@@ -18,7 +18,7 @@ def fleet_lines(session: boto3.Session, fleet: Fleet) -> list[str]:
     for instance in fleet_instances(session, fleet):
         lines.append(f"instance {instance.instance_id} {instance.state} {instance.health} "
                      f"{instance.bento_tag or '(bento unknown)'}")
-    for version in template_versions(session.client("ec2"), fleet):
+    for version in template_versions(client(session, "ec2"), fleet):
         role = ("current" if version.current
                 else f"rollback: `bbt deploy rollback {fleet.deployment_id}`" if version.number
                 < (fleet.template_version or 0) else "not served")

@@ -27,6 +27,7 @@ from bbt.deploy.fleet import (
     HEALTH_POLL_S,
     Fleet,
     Release,
+    client,
     find_fleets,
     group_of,
     template_versions,
@@ -60,13 +61,13 @@ def prepare_release(session: boto3.Session, deployment_id: str, archive: Path, b
     """Upload the new archive next to the current one and let the instances' role read both (rollback needs
     the old one); the release's user data."""
     fleet = fleet_of(session, deployment_id)
-    current = next(v for v in template_versions(session.client("ec2"), fleet) if v.current)
+    current = next(v for v in template_versions(client(session, "ec2"), fleet) if v.current)
     if not current.archive_uri:
         raise DeployError(f"launch template version {current.number} of {deployment_id} names no archive")
     bucket = current.archive_uri.removeprefix("s3://").split("/", 1)[0]
     with aws_errors(f"uploading {archive.name} to s3://{bucket}"):
         key = upload_archive(session, deployment_id, archive, bucket)
-    iam = session.client("iam")
+    iam = client(session, "iam")
     with aws_errors(f"letting the role {deployment_id} read the new archive"):
         policy = iam.get_role_policy(RoleName=deployment_id, PolicyName="read-archive")["PolicyDocument"]
         [statement] = policy["Statement"]
@@ -75,7 +76,7 @@ def prepare_release(session: boto3.Session, deployment_id: str, archive: Path, b
         new = read_archive_policy(bucket, key, partition)["Statement"][0]["Resource"]
         statement["Resource"] = sorted({*resources, new})
         iam.put_role_policy(RoleName=deployment_id, PolicyName="read-archive", PolicyDocument=json.dumps(policy))
-    memory = memory_limits(session.client("ec2"), options)
+    memory = memory_limits(client(session, "ec2"), options)
     return render_release(session, deployment_id, bento_tag, bentoml_version, bucket, key, options, memory)
 
 
@@ -126,7 +127,7 @@ def roll_out(session: boto3.Session, deployment_id: str, release: Release,
     to the old version, and RolloutFailed says why.
     """
     fleet = fleet_of(session, deployment_id)
-    ec2, autoscaling = session.client("ec2"), session.client("autoscaling")
+    ec2, autoscaling = client(session, "ec2"), client(session, "autoscaling")
     group = fleet.group
     old_version, desired, maximum = fleet.template_version, group["DesiredCapacity"], group["MaxSize"]
     old_ids = {i["InstanceId"] for i in group["Instances"]}
@@ -173,7 +174,7 @@ def roll_out(session: boto3.Session, deployment_id: str, release: Release,
 def _back_to(session: boto3.Session, fleet: Fleet, version: int, new_ids: list[str], maximum: int,
              echo: Callable[[str], None]) -> None:
     """The ASG launches `version` again, the new instances go, the sizes are as before the rollout."""
-    autoscaling = session.client("autoscaling")
+    autoscaling = client(session, "autoscaling")
     with aws_errors(f"rolling {fleet.deployment_id} back to launch template version {version}"):
         # The new instances go first: with the desired capacity decremented nothing replaces them.
         launched = [i["InstanceId"] for i in group_of(session, fleet.deployment_id)["Instances"]
@@ -194,13 +195,13 @@ def roll_back(session: boto3.Session, deployment_id: str, probe: Callable[[str],
               sleep: Callable[[float], None] = time.sleep) -> int:
     """Roll the version before the current one out again (a rollout like any other, from its template data)."""
     fleet = fleet_of(session, deployment_id)
-    versions = template_versions(session.client("ec2"), fleet)
+    versions = template_versions(client(session, "ec2"), fleet)
     older = [v for v in versions if v.number < fleet.template_version and v.bento_tag]
     if not older:
         raise DeployError(f"{deployment_id} has no launch template version before {fleet.template_version}: "
                           "nothing to roll back to")
     previous = older[0]
-    [data] = session.client("ec2").describe_launch_template_versions(
+    [data] = client(session, "ec2").describe_launch_template_versions(
         LaunchTemplateId=fleet.launch_template_id, Versions=[str(previous.number)])["LaunchTemplateVersions"]
     user_data = base64.b64decode(data["LaunchTemplateData"]["UserData"]).decode()
     instance_tags = next((s["Tags"] for s in data["LaunchTemplateData"].get("TagSpecifications", [])

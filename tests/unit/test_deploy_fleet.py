@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
 import pytest
+from moto import mock_aws
 from typer.testing import CliRunner
 
 from bbt.cli import app
 from bbt.deploy import DeployError
-from bbt.deploy.ec2 import TAG_KEY, Ec2Options, deploy_ec2, destroy, find_deployments
+from bbt.deploy.ec2 import TAG_KEY, Ec2Options, aws_session, deploy_ec2, destroy, find_deployments
 from bbt.deploy.fleet import (
     CPU_TARGET_PERCENT,
     HEALTH_CHECK_GRACE_S,
@@ -24,30 +26,51 @@ from bbt.deploy.fleet import (
 )
 from bbt.deploy.fleet_deploy import deploy_fleet
 from bbt.deploy.rollout import RolloutFailed, prepare_release, roll_back, roll_out
-from tests.unit import test_deploy as single_instance
-from tests.unit.test_deploy import SSH_CIDR, some_ami, tags_of
-
-# The single-instance tests' fixtures: fake credentials, moto, an archive stand-in.
-aws_env, aws, archive = single_instance.aws_env, single_instance.aws, single_instance.archive
+from tests.unit.test_deploy import REGION, SSH_CIDR, moto_over_https, some_ami
 
 NO_WAIT = {"echo": lambda _: None, "sleep": lambda _: None}
 
 
-@pytest.fixture(autouse=True)
-def moto_versions_keep_user_data(monkeypatch: pytest.MonkeyPatch) -> None:
+def create_version_keeping_user_data(original):
     """moto 5 decodes UserData for CreateLaunchTemplate but not for CreateLaunchTemplateVersion, then fails an
     assertion launching from such a version; AWS takes both alike: decode it the same way here."""
-    from moto.ec2.models.launch_templates import LaunchTemplate
     from moto.ec2.utils import parse_user_data
-
-    original = LaunchTemplate.create_version
 
     def create_version(self, data: dict, description: str):
         if isinstance(data.get("UserData"), str):
             data = {**data, "UserData": parse_user_data(data["UserData"])}
         return original(self, data, description)
 
-    monkeypatch.setattr(LaunchTemplate, "create_version", create_version)
+    return create_version
+
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[boto3.Session]:
+    """One moto account for the module (its EC2 backend takes seconds to start): each test makes its own
+    deployment and looks only at that one's resources, besides checking that the others' survive."""
+    from moto.ec2.models.launch_templates import LaunchTemplate
+    from moto.s3.models import FakeBucket
+
+    folder = tmp_path_factory.mktemp("aws")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+            patch.delenv(name, raising=False)
+        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                            "AWS_DEFAULT_REGION": REGION, "AWS_CONFIG_FILE": str(folder / "no-config"),
+                            "AWS_SHARED_CREDENTIALS_FILE": str(folder / "no-credentials"),
+                            "AWS_EC2_METADATA_DISABLED": "true", "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}.items():
+            patch.setenv(name, value)
+        patch.setattr(FakeBucket, "get_permission", moto_over_https(FakeBucket.get_permission))
+        patch.setattr(LaunchTemplate, "create_version", create_version_keeping_user_data(LaunchTemplate.create_version))
+        with mock_aws():
+            yield aws_session()
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    path = tmp_path / "bbt-v1.bento"
+    path.write_bytes(b"exported bento stand-in " * 100)
+    return path
 
 
 def deploy(session: boto3.Session, archive: Path, size: FleetSize, bento: str = "bbt:v1", **options) -> str:
@@ -206,36 +229,50 @@ def test_a_failed_rollout_leaves_the_old_version_serving(aws: boto3.Session, arc
 
 
 def test_destroy_removes_the_fleet_and_nothing_else(aws: boto3.Session, archive: Path) -> None:
-    ec2, elbv2, autoscaling = aws.client("ec2"), aws.client("elbv2"), aws.client("autoscaling")
-    # Someone else's load balancer, target group, template and single-instance deployment must survive.
+    ec2 = aws.client("ec2")
+    # Someone else's load balancer, target group, template and single-instance deployment must survive, as must
+    # the other tests' fleets in this shared account.
     vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
     subnets = [s["SubnetId"] for s in ec2.describe_subnets()["Subnets"]][:2]
-    other_lb = elbv2.create_load_balancer(Name="other", Subnets=subnets)["LoadBalancers"][0]["LoadBalancerArn"]
-    other_tg = elbv2.create_target_group(Name="other", Protocol="HTTP", Port=80, VpcId=vpc)["TargetGroups"][0][
-        "TargetGroupArn"]
-    other_lt = ec2.create_launch_template(LaunchTemplateName="other", LaunchTemplateData={
-        "ImageId": some_ami(aws)})["LaunchTemplate"]["LaunchTemplateId"]
+    elbv2 = aws.client("elbv2")
+    elbv2.create_load_balancer(Name="other", Subnets=subnets)
+    elbv2.create_target_group(Name="other", Protocol="HTTP", Port=80, VpcId=vpc)
+    ec2.create_launch_template(LaunchTemplateName="other", LaunchTemplateData={"ImageId": some_ami(aws)})
     single = deploy_ec2(archive, "bbt:v1", "1.4.40", Ec2Options(ami=some_ami(aws)), aws,
                         wait_ready=lambda url, timeout: None, echo=lambda _: None).deployment_id
     deployment_id = deploy(aws, archive, FleetSize(2, 4))
     fleet = find_fleets(aws, deployment_id)[deployment_id]
     instance_ids = [i["InstanceId"] for i in fleet.group["Instances"]]
+    before = everything(aws)
+    ours = {"groups": {deployment_id}, "balancers": {deployment_id}, "target groups": {deployment_id},
+            "templates": {deployment_id}, "security groups": {deployment_id, f"{deployment_id}-alb"},
+            "deployments": {deployment_id}}
+    assert all(ours[kind] <= before[kind] for kind in ours)
 
     removed = destroy(aws, deployment_id)
 
     assert {f"auto scaling group {deployment_id}", f"load balancer {deployment_id}",
             f"launch template {fleet.launch_template_id}", f"IAM role {deployment_id}"} <= set(removed)
-    assert autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"] == []
-    assert [b["LoadBalancerArn"] for b in elbv2.describe_load_balancers()["LoadBalancers"]] == [other_lb]
-    assert [g["TargetGroupArn"] for g in elbv2.describe_target_groups()["TargetGroups"]] == [other_tg]
-    assert [t["LaunchTemplateId"] for t in ec2.describe_launch_templates()["LaunchTemplates"]] == [other_lt]
+    assert everything(aws) == {kind: before[kind] - ours[kind] for kind in before}
+    assert {"other", single} <= everything(aws)["balancers"] | everything(aws)["deployments"]
     states = {i["InstanceId"]: i["State"]["Name"] for r in ec2.describe_instances(InstanceIds=instance_ids)[
         "Reservations"] for i in r["Instances"]}
     assert set(states.values()) == {"terminated"}
-    assert not [g for g in ec2.describe_security_groups()["SecurityGroups"]
-                if tags_of(g).get(TAG_KEY) == deployment_id]
-    assert list(find_deployments(aws)) == [single], "the single-instance deployment is untouched"
     assert destroy(aws, deployment_id) == []
+
+
+def everything(session: boto3.Session) -> dict[str, set[str]]:
+    """The names of every ASG, load balancer, target group, launch template, security group and deployment."""
+    ec2, elbv2 = session.client("ec2"), session.client("elbv2")
+    return {
+        "groups": {g["AutoScalingGroupName"] for g in
+                   session.client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"]},
+        "balancers": {b["LoadBalancerName"] for b in elbv2.describe_load_balancers()["LoadBalancers"]},
+        "target groups": {g["TargetGroupName"] for g in elbv2.describe_target_groups()["TargetGroups"]},
+        "templates": {t["LaunchTemplateName"] for t in ec2.describe_launch_templates()["LaunchTemplates"]},
+        "security groups": {g["GroupName"] for g in ec2.describe_security_groups()["SecurityGroups"]},
+        "deployments": set(find_deployments(session)),
+    }
 
 
 def test_fleet_sizes_and_options_it_cannot_take_are_refused_clearly() -> None:
