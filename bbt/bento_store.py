@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import bentoml
 
 from bbt.errors import ModelError
+from bbt.model_card import CARD_FILE, CARD_TAG
 from bbt.tracking import setup_tracking, tracking_uri
 
 log = logging.getLogger(__name__)
@@ -24,13 +26,16 @@ def import_version(model_name: str, version: str) -> bentoml.Tag:
     from mlflow import MlflowClient
 
     setup_tracking()
-    run_id = MlflowClient().get_model_version(model_name, str(version)).run_id
+    found = MlflowClient().get_model_version(model_name, str(version))
+    run_id = found.run_id
     try:
         existing = sorted(bentoml.models.list(model_name), key=lambda m: m.info.creation_time)
     except bentoml.exceptions.NotFound:
         existing = []
+    # An entry imported before its version's card was written is imported again, card included.
     if existing and existing[-1].info.labels.get(REGISTRY_VERSION) == str(version) \
-            and existing[-1].info.labels.get(REGISTRY_RUN) == run_id:
+            and existing[-1].info.labels.get(REGISTRY_RUN) == run_id \
+            and (CARD_TAG not in found.tags or (Path(existing[-1].path) / "mlflow_model" / CARD_FILE).is_file()):
         return existing[-1].tag
     model = bentoml.mlflow.import_model(
         model_name,

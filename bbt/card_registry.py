@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,17 +38,20 @@ def faces_per_split(labels: Any, train: Any, test: Any) -> dict[str, dict[str, i
 
 
 def card_inputs(params: Params, name: str, version: str, when: str, model_info: dict, model_md5: str,
-                test_metrics: dict, params_hash: str) -> CardInputs:
-    """A card's inputs from the working tree the register stage runs in (artifacts/, data.dvc, review/)."""
+                test_metrics: dict, params_hash: str, recorded: Mapping[str, str]) -> CardInputs:
+    """A card's inputs from the working tree the register stage runs in (artifacts/, data.dvc, review/); the
+    hashes and commit the version recorded at registration (`recorded`: its tags) win over today's."""
     from bbt.featurize import load_faces, load_split
 
     train, test = load_split()
     faces = faces_per_split(load_faces()["labels"], train, test)
     metrics = {k: v for k, v in test_metrics.items() if k != "answers"}
-    return CardInputs(model_name=name, version=str(version), registered_at=when, data_hash=data_hash(),
-                      corrections_hash=corrections_hash(params.data.corrections), git_commit=git_commit(),
-                      params_hash=params_hash, model_md5=model_md5, model_info=model_info, faces=faces,
-                      test_metrics=metrics, search=asdict(params.search))
+    return CardInputs(model_name=name, version=str(version), registered_at=when,
+                      data_hash=recorded.get("data_hash") or data_hash(),
+                      corrections_hash=recorded.get("corrections_hash") or corrections_hash(params.data.corrections),
+                      git_commit=recorded.get("git_commit") or git_commit(),
+                      params_hash=recorded.get("params_hash") or params_hash, model_md5=model_md5,
+                      model_info=model_info, faces=faces, test_metrics=metrics, search=asdict(params.search))
 
 
 def logged_model_id(found: ModelVersion) -> str | None:
@@ -106,8 +110,9 @@ def write_card(client: MlflowClient, params: Params, version: str, model_info: d
     from bbt.model_card import build_card
 
     name = params.register.model_name
+    recorded = client.get_model_version(name, str(version)).tags
     inputs = card_inputs(params, name, version, registered_at(client, name, version), model_info, model_md5,
-                         test_metrics, params_hash)
+                         test_metrics, params_hash, recorded)
     return log_card(client, name, version, build_card(inputs))
 
 

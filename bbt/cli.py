@@ -122,6 +122,33 @@ def register() -> None:
 
 @app.command()
 @friendly
+def card(
+    version: str = typer.Argument("", help="The registry version (default: the one register.alias points at)."),
+    write: bool = typer.Option(False, "--write", help="First write VERSION's card; its model must be the one in "
+                                                      "artifacts/model (a version registered before cards)."),
+) -> None:
+    """Print a registered version's model card (markdown), as `bbt register` logged it with the model."""
+    from mlflow import MlflowClient
+
+    from bbt.card_registry import alias_version, require_card
+    from bbt.config import load_params
+    from bbt.errors import ModelError
+    from bbt.register import run_write_card
+    from bbt.tracking import setup_tracking
+
+    params = load_params()
+    if write and not version:
+        raise ModelError("`bbt card --write` needs the VERSION whose card to write, e.g. `bbt card --write 3`")
+    if write:
+        run_write_card(params, version)
+    setup_tracking()
+    client = MlflowClient()
+    name = params.register.model_name
+    typer.echo(require_card(client, name, version or alias_version(client, name, params.register.alias)), nl=False)
+
+
+@app.command()
+@friendly
 def leaderboard(top: int = typer.Option(0, help="Show only the best N candidates (0 = all).")) -> None:
     """Print the candidates of the latest grid search, best first, from MLflow."""
     from rich.console import Console

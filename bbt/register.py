@@ -18,7 +18,9 @@ from mlflow.models import infer_signature
 from bbt import artifacts
 from bbt.bento_store import import_version
 from bbt.candidates import FAMILIES
+from bbt.card_registry import has_card, write_card
 from bbt.config import Params, RegisterParams
+from bbt.errors import ModelError
 from bbt.evaluate import load_model, score, test_faces
 from bbt.faces import DETECTORS
 from bbt.feature_sets import FEATURE_SETS
@@ -131,8 +133,9 @@ def run_register(params: Params) -> dict:
     name, alias = params.register.model_name, params.register.alias
     version = registered_version(client, name, model_md5)
     champion = current_champion(client, params.register)
+    needs_card = version is None or not has_card(client, name, version)
     new: dict = {}
-    if version is None or champion != version:
+    if version is None or champion != version or needs_card:
         crops, labels = test_faces()
         new = score(model, crops, labels)
     if version is None:
@@ -146,6 +149,8 @@ def run_register(params: Params) -> dict:
                 "params_hash": training_params_hash(params)}
         for key, value in tags.items():
             client.set_model_version_tag(name, version, key, value)
+    if needs_card:  # a new version, or one registered before cards existed: this file is its model
+        write_card(client, params, version, info, model_md5, new, training_params_hash(params))
     if champion == version:
         promote, reason = False, f"version {version} (this model) is already @{alias}"
     else:
@@ -168,3 +173,24 @@ def run_register(params: Params) -> dict:
         {"model_name": name, "model_md5": model_md5, "candidate": info["candidate"]}, indent=2) + "\n")
     return {"version": int(version), "champion": champion_version == version,
             "champion_version": int(champion_version) if champion_version else None, "reason": reason}
+
+
+def run_write_card(params: Params, version: str) -> str:
+    """`bbt card --write VERSION`: (re)write the card of a version whose model is the one in artifacts/model."""
+    model, info = load_model()
+    model_md5 = file_md5(artifacts.MODEL)
+    setup_tracking()
+    client = MlflowClient()
+    name = params.register.model_name
+    try:
+        held = client.get_model_version(name, str(version)).tags.get(MODEL_MD5_TAG)
+    except MlflowException:
+        raise ModelError(f"{name} version {version} is not in the MLflow registry: give a registered version") \
+            from None
+    if held != model_md5:
+        raise ModelError(f"{name} version {version} holds the model with md5 {held}, artifacts/model holds "
+                         f"{model_md5}: a card describes its own model's data and params, so check out the commit "
+                         f"in the version's git_commit tag and `dvc checkout` first, then `bbt card --write {version}`")
+    crops, labels = test_faces()
+    return write_card(client, params, str(version), info, model_md5, score(model, crops, labels),
+                      training_params_hash(params))

@@ -24,7 +24,7 @@ import cv2
 import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -46,6 +46,7 @@ from bbt.errors import ModelError
 from bbt.feedback import open_store
 from bbt.feedback_route import FEEDBACK_ERRORS, OPENAPI_BODY, FeedbackKept, report_wrong_answer
 from bbt.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_cost, decode_photo
+from bbt.model_card_route import card_and_page, card_response
 from bbt.monitoring import ServedModel, log_answer, log_feedback
 from bbt.openset import Timer
 from bbt.predict import ActorClassifier, FacePrediction
@@ -212,6 +213,7 @@ class ActorService:
         self.index_html = ((WEB_DIR / "index.html").read_text().replace("{{max_upload_bytes}}", str(self.max_bytes))
                            .replace("{{supported_formats}}", SUPPORTED_FOR_PEOPLE)
                            .replace("{{feedback}}", "off" if self.feedback is None else "on"))
+        self.card, self.index_html = card_and_page(self.bento_model.path_of("mlflow_model"), self.index_html)
         self.upload_limits = {"/classify": self.max_bytes, "/classify_image": self.legacy_max_bytes,
                               "/feedback": self.max_bytes + ENVELOPE_BYTES}
         log.info("serving %s version %s (%s)", self.model_info.name, self.model_info.version, self.bento_model.tag)
@@ -279,6 +281,11 @@ class ActorService:
     async def favicon(self) -> FileResponse:
         # Browsers ask for /favicon.ico on pages without a <link rel="icon">, e.g. /docs.json.
         return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
+
+    @web.get("/model-card", summary="The served model's card: markdown with Accept: text/markdown, else a page",
+             responses={404: {"description": "The served model has no card"}})
+    async def model_card(self, request: Request) -> Response:
+        return card_response(self.card, request)
 
     @web.post("/classify", response_model=Classification, responses=ERRORS,
               summary="Find every face in a photo and name the actor")

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from bbt.faces import Box
+from bbt.tracking import data_hash
 from tests.conftest import Project, Server, start_server, stop_server
 
 pytestmark = pytest.mark.integration
@@ -123,6 +124,19 @@ def test_strangers_of_the_held_out_split_are_unknown(bento_server: Server) -> No
         faces = post(bento_server, photo.data, photo.path.name).json()["faces"]
         matches = [f for f in faces if box_of(f).iou(photo.box) >= 0.5]
         assert matches and matches[0]["label"] == "unknown", f"{photo.path.name}: {matches}"
+
+
+def test_the_champion_has_a_card_in_mlflow_and_the_page_links_the_served_one(trained_project: Project,
+                                                                           bento_server: Server) -> None:
+    card = trained_project.run("bbt", "card").stdout  # the @champion's, from MLflow (require_card)
+    assert card.startswith("# Model card: bbt-actor-classifier version ")
+    assert data_hash(trained_project.root / "data.dvc") in card and "false-accept rate" in card
+    page = httpx.get(f"{bento_server.url}/").text
+    assert '<a href="model-card">model card</a>' in page and "<span hidden>" not in page
+    served = httpx.get(f"{bento_server.url}/model-card", headers={"Accept": "text/markdown"})
+    assert served.status_code == 200 and served.text == card  # the copy that travelled into the BentoML store
+    shown = httpx.get(f"{bento_server.url}/model-card")
+    assert shown.headers["content-type"].startswith("text/html") and "# Model card: bbt-actor-classifier" in shown.text
 
 
 def test_no_face_is_an_empty_list(bento_server: Server) -> None:

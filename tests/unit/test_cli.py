@@ -87,3 +87,19 @@ def test_pull_without_the_remote_folder_says_so_in_one_line(tmp_path: Path) -> N
         f"error: the DVC remote 'store' is the folder {tmp_path.parent / 'no-such-store'}, which does not exist: "
         "put the shared dataset store there (../shared/dvc-store beside the project), or point the remote at it "
         "with `dvc remote modify --local store url <folder>`")]
+
+
+def test_card_on_an_empty_store_says_there_is_no_champion() -> None:
+    result = run("card")
+    assert result.exit_code == 2
+    assert "models:/bbt-actor-classifier@champion does not exist" in result.output
+
+
+def test_card_write_needs_the_version() -> None:
+    result = run("card", "--write")
+    assert result.exit_code == 2 and "needs the VERSION" in result.output
+
+
+def test_card_write_before_search_names_the_stage() -> None:
+    result = run("card", "--write", "3")
+    assert result.exit_code == 2 and "run `dvc repro search`" in result.output

@@ -4,6 +4,7 @@ MLflow store (require_card), and served by GET /model-card from a generated mode
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -83,10 +84,11 @@ def test_faces_per_split_counts_each_label() -> None:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> MlflowClient:
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowClient]:
     """A real SQLite MLflow store with one registered model of two versions: one from a run, one from a
     logged model (how mlflow.sklearn.log_model registers)."""
     folder = tmp_path_factory.mktemp("mlflow")
+    tracking, registry = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     uri = f"sqlite:///{folder}/mlflow.db"
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -97,7 +99,9 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> MlflowClient:
     client.create_model_version("m", f"{run.info.artifact_uri}/model", run_id=run.info.run_id)
     logged = client.create_logged_model(experiment, name="model", source_run_id=run.info.run_id)
     client.create_model_version("m", f"models:/{logged.model_id}", run_id=run.info.run_id)
-    return client
+    yield client
+    mlflow.set_tracking_uri(tracking)  # MLflow's process-wide URIs come back for the tests that follow
+    mlflow.set_registry_uri(registry)
 
 
 def test_require_card_names_the_version_and_the_fix_when_there_is_none(client: MlflowClient) -> None:
