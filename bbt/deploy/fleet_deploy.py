@@ -43,9 +43,12 @@ log = logging.getLogger(__name__)
 
 
 def render_release(session: boto3.Session, deployment_id: str, bento_tag: str, bentoml_version: str,
-                   bucket: str, key: str, options: Ec2Options, memory: MemoryLimits) -> Release:
-    """The user data that makes an instance serve `bento_tag` from s3://bucket/key (plain HTTP behind the ALB)."""
-    site = SiteSettings.for_service(options.serve)
+                   bucket: str, key: str, options: Ec2Options, memory: MemoryLimits, vpc_id: str) -> Release:
+    """The user data that makes an instance serve `bento_tag` from s3://bucket/key (plain HTTP behind the ALB,
+    which connects from inside the VPC)."""
+    with aws_errors(f"looking up VPC {vpc_id}"):
+        [vpc] = client(session, "ec2").describe_vpcs(VpcIds=[vpc_id])["Vpcs"]
+    site = SiteSettings.for_service(options.serve, trusted_proxies=(vpc["CidrBlock"],))
     user_data = render_user_data(deployment_id, bento_tag, Archive(bucket, key, session.region_name),
                                  bentoml_version, site, memory=memory, keep_feedback=options.keep_feedback)
     return Release(bento_tag, f"s3://{bucket}/{key}", user_data)
@@ -100,7 +103,8 @@ def deploy_fleet(archive: Path, bento_tag: str, bentoml_version: str, options: E
         echo(f"bento {bento_tag} uploaded to s3://{bucket}/{key}")
         with aws_errors("creating the instances' IAM role (read access to the archive only)"):
             profile = create_instance_role(session, deployment_id, bucket, key)
-        release = render_release(session, deployment_id, bento_tag, bentoml_version, bucket, key, options, memory)
+        release = render_release(session, deployment_id, bento_tag, bentoml_version, bucket, key, options, memory,
+                                 vpc_id)
         with aws_errors("creating the launch template"):
             data = template_data(image, options.instance_type, instance_group, profile, options.key_name,
                                  options.volume_gb, deployment_id, release)

@@ -55,6 +55,8 @@ class SiteSettings:
     proxy_connect_timeout_s: int = 5
     client_body_timeout_s: int = 60
     tls: TlsSettings | None = None
+    # Behind a load balancer: the addresses it connects from, so the per-client limits see the real client.
+    trusted_proxies: tuple[str, ...] = ()
 
     @classmethod
     def for_service(cls, serve: ServeParams, **overrides: Any) -> SiteSettings:

@@ -50,7 +50,7 @@ class RolloutFailed(DeployError):
 
 def fleet_of(session: boto3.Session, deployment_id: str) -> Fleet:
     fleet = find_fleets(session, deployment_id).get(deployment_id)
-    if fleet is None or fleet.group is None or fleet.launch_template_id is None or fleet.target_group_arn is None:
+    if fleet is None or None in (fleet.group, fleet.load_balancer, fleet.launch_template_id, fleet.target_group_arn):
         raise DeployError(f"deployment {deployment_id} has no auto scaling group behind a load balancer: deploy it "
                           "with `bbt deploy ec2 --min N --max M` (see `bbt deploy status`)")
     return fleet
@@ -77,7 +77,8 @@ def prepare_release(session: boto3.Session, deployment_id: str, archive: Path, b
         statement["Resource"] = sorted({*resources, new})
         iam.put_role_policy(RoleName=deployment_id, PolicyName="read-archive", PolicyDocument=json.dumps(policy))
     memory = memory_limits(client(session, "ec2"), options)
-    return render_release(session, deployment_id, bento_tag, bentoml_version, bucket, key, options, memory)
+    return render_release(session, deployment_id, bento_tag, bentoml_version, bucket, key, options, memory,
+                          fleet.load_balancer["VpcId"])
 
 
 def create_version(ec2, fleet: Fleet, release: Release) -> int:

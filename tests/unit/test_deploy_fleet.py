@@ -10,10 +10,12 @@ from pathlib import Path
 
 import boto3
 import pytest
+import yaml
 from moto import mock_aws
 from typer.testing import CliRunner
 
 from bbt.cli import app
+from bbt.config import load_params
 from bbt.deploy import DeployError
 from bbt.deploy.ec2 import TAG_KEY, Ec2Options, aws_session, deploy_ec2, destroy, find_deployments
 from bbt.deploy.fleet import (
@@ -25,7 +27,9 @@ from bbt.deploy.fleet import (
     template_versions,
 )
 from bbt.deploy.fleet_deploy import deploy_fleet
+from bbt.deploy.render import SiteSettings, render_site
 from bbt.deploy.rollout import RolloutFailed, prepare_release, roll_back, roll_out
+from bbt.deploy.staging import check_nginx_config, write_nginx_config
 from tests.unit.test_deploy import REGION, SSH_CIDR, moto_over_https, some_ami
 
 NO_WAIT = {"echo": lambda _: None, "sleep": lambda _: None}
@@ -138,6 +142,10 @@ def test_a_fleet_of_2_to_4_behind_a_load_balancer(aws: boto3.Session, archive: P
     user_data = base64.b64decode(data["UserData"]).decode()
     assert user_data.startswith("#cloud-config\n") and "bentoml import" in user_data and "certbot" not in user_data
     assert template["VersionDescription"].startswith("bbt:v1 s3://")
+    # nginx's per-client limits count the clients the ALB forwards, not the ALB's nodes in the VPC.
+    [vpc] = ec2.describe_vpcs(VpcIds=[balancer["VpcId"]])["Vpcs"]
+    site = next(f["content"] for f in yaml.safe_load(user_data)["write_files"] if f["path"].endswith("bbt.conf"))
+    assert f"set_real_ip_from {vpc['CidrBlock']};\nreal_ip_header X-Forwarded-For;" in site
 
     # Every instance carries the deployment's tag and the bento it serves; the ALB reports them healthy.
     fleet = find_fleets(aws, deployment_id)[deployment_id]
@@ -283,3 +291,9 @@ def test_fleet_sizes_and_options_it_cannot_take_are_refused_clearly() -> None:
     result = CliRunner().invoke(app, ["deploy", "ec2", "--min", "3", "--max", "2", "--bento", "bbt:x",
                                       "--region", "eu-west-1"])
     assert result.exit_code == 2 and "need 1 <= min <= max" in result.output and "Traceback" not in result.output
+
+
+def test_nginx_accepts_the_site_behind_a_load_balancer(tmp_path: Path) -> None:
+    site = SiteSettings.for_service(load_params().serve, trusted_proxies=("172.31.0.0/16", "10.0.0.0/8"))
+    assert "test is successful" in check_nginx_config(write_nginx_config(tmp_path, site))
+    assert "set_real_ip_from" not in render_site(SiteSettings()), "a single instance trusts no forwarded address"
