@@ -83,6 +83,29 @@ def test_faces_per_split_counts_each_label() -> None:
         "train": {"howard": 1, "raj": 1, "unknown": 1}, "test": {"howard": 1, "raj": 1}}
 
 
+def test_card_inputs_count_the_split_files_and_prefer_what_the_version_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    from bbt import artifacts
+    from bbt.card_registry import card_inputs
+    from bbt.config import Params
+
+    monkeypatch.chdir(tmp_path)
+    artifacts.FACES.parent.mkdir(parents=True)
+    artifacts.SPLIT.parent.mkdir(parents=True)
+    np.savez(artifacts.FACES, labels=np.array(["raj", "raj", "unknown", "sheldon"]))
+    np.savez(artifacts.SPLIT, train=np.array([0, 2, 3]), test=np.array([1]))
+    recorded = {"data_hash": "then.dir", "corrections_hash": "c0", "git_commit": "abc123", "params_hash": "p0"}
+    got = card_inputs(Params(), "m", "4", "2026-11-26T00:00:00Z", MODEL_INFO, "md5", {**METRICS, "answers": ["raj"]},
+                      "today", recorded)
+    assert got.faces == {"train": {"raj": 1, "sheldon": 1, "unknown": 1}, "test": {"raj": 1}}
+    assert (got.data_hash, got.corrections_hash, got.git_commit, got.params_hash) == ("then.dir", "c0", "abc123", "p0")
+    assert "answers" not in got.test_metrics and got.search["objective"] == Params().search.objective
+    today = card_inputs(Params(), "m", "4", "2026-11-26T00:00:00Z", MODEL_INFO, "md5", METRICS, "today", {})
+    assert today.params_hash == "today" and today.data_hash == "unknown"  # no data.dvc here
+
+
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowClient]:
     """A real SQLite MLflow store with one registered model of two versions: one from a run, one from a
