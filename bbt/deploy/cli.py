@@ -52,12 +52,14 @@ def ec2(
     from bbt.deploy.bento import build_bento, export_bento
     from bbt.deploy.ec2 import Ec2Options, aws_session, deploy_ec2
     from bbt.deploy.fleet import FleetSize
-    from bbt.deploy.fleet_deploy import deploy_fleet
+    from bbt.deploy.fleet_deploy import check_fleet_options, deploy_fleet
 
     size = None if single else FleetSize(minimum, maximum)
     options = Ec2Options(region=region, profile=profile, instance_type=instance_type, ami=ami, key_name=key_name,
                          ssh_cidr=ssh_cidr, https=https, domain=domain, bucket=bucket, subnet_id=subnet_id,
                          serve=load_params().serve, ready_timeout_s=ready_timeout, keep_feedback=keep_feedback)
+    if size is not None:
+        check_fleet_options(options)
     session = aws_session(region, profile)  # fail on credentials/region before the slow build
     tag = bento or build_bento(Path.cwd())
     with tempfile.TemporaryDirectory(prefix="bbt-export-") as folder:

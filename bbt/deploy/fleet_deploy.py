@@ -60,6 +60,16 @@ def memory_limits(ec2, options: Ec2Options) -> MemoryLimits:
     return MemoryLimits.for_instance(instance_memory_mib(ec2, options.instance_type))
 
 
+def check_fleet_options(options: Ec2Options) -> None:
+    """What a fleet cannot take (yet), said before anything is built."""
+    if options.https:
+        raise DeployError("--https with the load balancer needs an ACM certificate, which bbt does not manage yet: "
+                          "deploy without --https, or add --single for one instance with Let's Encrypt")
+    if options.subnet_id:
+        raise DeployError("--subnet-id picks one subnet; the load balancer needs two zones: drop it (the default "
+                          "VPC's subnets are used), or add --single")
+
+
 def deploy_fleet(archive: Path, bento_tag: str, bentoml_version: str, options: Ec2Options,
                  size: FleetSize | None = None, session: boto3.Session | None = None,
                  echo: Callable[[str], None] = log.info, wait: bool = True,
@@ -69,12 +79,7 @@ def deploy_fleet(archive: Path, bento_tag: str, bentoml_version: str, options: E
     If a step before the ASG exists fails, whatever was created is removed again.
     """
     size = size or FleetSize()
-    if options.https:
-        raise DeployError("--https with the load balancer needs an ACM certificate, which bbt does not manage yet: "
-                          "deploy without --https, or use --single for one instance with Let's Encrypt")
-    if options.subnet_id:
-        raise DeployError("--subnet-id picks one subnet; the load balancer needs two zones: drop it (the default "
-                          "VPC's subnets are used), or use --single")
+    check_fleet_options(options)
     session = session or aws_session(options.region, options.profile)
     if not archive.is_file():
         raise DeployError(f"{archive} is not a file: export a bento first (`bentoml export TAG PATH`)")

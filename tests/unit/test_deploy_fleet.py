@@ -291,6 +291,10 @@ def test_fleet_sizes_and_options_it_cannot_take_are_refused_clearly() -> None:
     result = CliRunner().invoke(app, ["deploy", "ec2", "--min", "3", "--max", "2", "--bento", "bbt:x",
                                       "--region", "eu-west-1"])
     assert result.exit_code == 2 and "need 1 <= min <= max" in result.output and "Traceback" not in result.output
+    for extra, said in ((["--https", "--domain", "bbt.example.org"], "needs an ACM certificate"),
+                        (["--subnet-id", "subnet-0abc"], "the load balancer needs two zones")):
+        result = CliRunner().invoke(app, ["deploy", "ec2", "--bento", "bbt:x", "--region", "eu-west-1", *extra])
+        assert result.exit_code == 2 and said in result.output and "--single" in result.output, result.output
 
 
 def test_nginx_accepts_the_site_behind_a_load_balancer(tmp_path: Path) -> None:
