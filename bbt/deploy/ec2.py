@@ -21,7 +21,7 @@ import botocore.exceptions
 from bbt.config import ServeParams
 from bbt.deploy import DeployError
 from bbt.deploy.aws import ARCHIVE_TAG, TAG_KEY, aws_errors, aws_session, error_code, tag_value, tags
-from bbt.deploy.fleet import destroy_fleet, find_fleets
+from bbt.deploy.fleet import destroy_fleet, find_fleets, template_versions
 from bbt.deploy.iam import create_instance_role, delete_instance_role, find_roles
 from bbt.deploy.instances import DEFAULT_INSTANCE_TYPE, INSTANCE_MEMORY_MIB, MemoryLimits
 from bbt.deploy.render import Archive, SiteSettings, TlsSettings, render_user_data
@@ -319,14 +319,20 @@ def find_deployments(session: boto3.Session, deployment_id: str | None = None) -
     for owner, fleet in find_fleets(session, deployment_id).items():
         deployment = entry([{"Key": TAG_KEY, "Value": owner}])
         deployment.load_balancer_dns = fleet.load_balancer["DNSName"] if fleet.load_balancer else None
+        # Every bento a rollout shipped, so `destroy` also removes those it put in a bucket it did not create.
+        with aws_errors("listing the launch template versions"):
+            versions = template_versions(ec2, fleet)
+        for uri in (v.archive_uri for v in versions if v.archive_uri):
+            if uri not in deployment.archives:
+                deployment.archives.append(uri)
     return found
 
 
 def destroy(session: boto3.Session, deployment_id: str) -> list[str]:
     """The fleet (ASG, ALB, launch template) if any; terminate the instance; delete the security groups, the IAM
     role, the archive and the bucket if bbt made it."""
+    deployment = find_deployments(session, deployment_id).get(deployment_id)  # archives named by the fleet too
     removed = destroy_fleet(session, deployment_id)
-    deployment = find_deployments(session, deployment_id).get(deployment_id)
     if deployment is None:
         return removed
     ec2, s3 = session.client("ec2"), session.client("s3")

@@ -236,7 +236,7 @@ def test_a_failed_rollout_leaves_the_old_version_serving(aws: boto3.Session, arc
     assert after.group.get("SuspendedProcesses", []) == []
 
 
-def test_destroy_removes_the_fleet_and_nothing_else(aws: boto3.Session, archive: Path) -> None:
+def test_destroy_removes_the_fleet_and_nothing_else(aws: boto3.Session, archive: Path, tmp_path: Path) -> None:
     ec2 = aws.client("ec2")
     # Someone else's load balancer, target group, template and single-instance deployment must survive, as must
     # the other tests' fleets in this shared account.
@@ -248,7 +248,12 @@ def test_destroy_removes_the_fleet_and_nothing_else(aws: boto3.Session, archive:
     ec2.create_launch_template(LaunchTemplateName="other", LaunchTemplateData={"ImageId": some_ami(aws)})
     single = deploy_ec2(archive, "bbt:v1", "1.4.40", Ec2Options(ami=some_ami(aws)), aws,
                         wait_ready=lambda url, timeout: None, echo=lambda _: None).deployment_id
-    deployment_id = deploy(aws, archive, FleetSize(2, 4))
+    s3 = aws.client("s3")
+    s3.create_bucket(Bucket="team-artifacts", CreateBucketConfiguration={"LocationConstraint": REGION})
+    s3.put_object(Bucket="team-artifacts", Key="keep/me.txt", Body=b"x")
+    deployment_id = deploy(aws, archive, FleetSize(2, 4), bucket="team-artifacts")
+    release = prepare_release(aws, deployment_id, new_archive(tmp_path, "bbt-v2"), "bbt:v2", "1.4.40", Ec2Options())
+    roll_out(aws, deployment_id, release, **NO_WAIT)
     fleet = find_fleets(aws, deployment_id)[deployment_id]
     instance_ids = [i["InstanceId"] for i in fleet.group["Instances"]]
     before = everything(aws)
@@ -267,6 +272,8 @@ def test_destroy_removes_the_fleet_and_nothing_else(aws: boto3.Session, archive:
         "Reservations"] for i in r["Instances"]}
     assert set(states.values()) == {"terminated"}
     assert destroy(aws, deployment_id) == []
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="team-artifacts")["Contents"]] == ["keep/me.txt"], \
+        "both bentos it shipped are gone from a bucket it did not create, the bucket's own objects stay"
 
 
 def everything(session: boto3.Session) -> dict[str, set[str]]:
