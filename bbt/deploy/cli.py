@@ -95,11 +95,12 @@ def status(region: str = REGION, profile: str = PROFILE,
             answer = probe_url(f"{deployment.url}readyz")
             ready = "  ready" if answer == 200 else f"  not ready ({answer or 'no answer'})"
         typer.echo(f"{deployment.deployment_id}  {deployment.state}  {deployment.public_url or '-'}{ready}")
-        if deployment.deployment_id in fleets:
+        if deployment.deployment_id in fleets:  # its instances with their health and bento, its versions
             for line in fleet_lines(session, fleets[deployment.deployment_id]):
                 typer.echo(f"  {line}")
-        for instance in deployment.instances:
-            typer.echo(f"  instance {instance['InstanceId']} {instance['InstanceType']} {instance['ImageId']}")
+        else:
+            for instance in deployment.instances:
+                typer.echo(f"  instance {instance['InstanceId']} {instance['InstanceType']} {instance['ImageId']}")
         for group in deployment.security_groups:
             typer.echo(f"  security group {group}")
         for archive in deployment.archives:

@@ -163,15 +163,32 @@ def test_status_shows_the_fleet_its_versions_and_each_instances_bento(aws: boto3
                               Ec2Options())
     roll_out(aws, deployment_id, release, **NO_WAIT)
 
+    fleet = find_fleets(aws, deployment_id)[deployment_id]
+    [instance] = fleet_instances(aws, fleet)
+    lines = status_of(deployment_id)
+    assert lines[0].split() == [deployment_id, "running", fleet.url]
+    assert lines[1:] == [
+        f"load balancer {fleet.url}",
+        f"auto scaling group {deployment_id}: min 1  desired 1  max 3",
+        f"instance {instance.instance_id} InService healthy bbt:v2",
+        "launch template version 2 bbt:v2 (current)",
+        f"launch template version 1 bbt:v1 (rollback: `bbt deploy rollback {deployment_id}`)",
+        *lines[6:]]
+    assert all(line.startswith(("security group", "archive", "bucket", "IAM role")) for line in lines[6:])
+
+    result = CliRunner().invoke(app, ["deploy", "rollback", deployment_id])
+    assert result.exit_code == 0 and f"{deployment_id} serves launch template version 3" in result.output
+    assert "launch template version 3 bbt:v1 (current)" in status_of(deployment_id)
+
+
+def status_of(deployment_id: str) -> list[str]:
+    """The lines `bbt deploy status` prints for one deployment, its header first."""
     result = CliRunner().invoke(app, ["deploy", "status", "--no-probe"])
     assert result.exit_code == 0, result.output
-    fleet = find_fleets(aws, deployment_id)[deployment_id]
-    assert f"{deployment_id}  " in result.output and fleet.url in result.output
-    assert "min 1  desired 1  max 3" in result.output
-    [instance] = fleet_instances(aws, fleet)
-    assert f"instance {instance.instance_id} InService healthy bbt:v2" in result.output
-    assert "launch template version 2 bbt:v2 (current)" in result.output
-    assert "launch template version 1 bbt:v1 (rollback: `bbt deploy rollback" in result.output
+    lines = result.output.splitlines()
+    start = next(n for n, line in enumerate(lines) if line.startswith(f"{deployment_id}  "))
+    end = next((n for n in range(start + 1, len(lines)) if not lines[n].startswith("  ")), len(lines))
+    return [lines[start]] + [line.strip() for line in lines[start + 1:end]]
 
 
 def test_a_rollout_moves_every_instance_to_the_new_version_and_rollback_brings_the_old(
