@@ -131,6 +131,31 @@ def test_the_registry_follows_the_lock(trained_project: Project, tmp_path) -> No
     assert list((tmp_path / "b" / "models" / "bbt-actor-classifier").glob("*/model.yaml"))
 
 
+def test_register_and_card_write_give_a_version_registered_before_cards_its_card(trained_project: Project,
+                                                                                 tmp_path) -> None:
+    """A version without a card (as registered before cards existed) gets one from `bbt register`, which also
+    imports it again into the BentoML store with the card; `bbt card --write` rewrites the same card."""
+    from bbt.card_registry import require_card
+    from bbt.errors import ModelError
+
+    fresh = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db", "BENTOML_HOME": str(tmp_path / "b")}
+    trained_project.run("bbt", "register", env_extra=fresh)
+    client = MlflowClient(fresh["MLFLOW_TRACKING_URI"], fresh["MLFLOW_TRACKING_URI"])
+    card = require_card(client, "bbt-actor-classifier", "1")
+    assert card == trained_project.run("bbt", "card", "1", env_extra=fresh).stdout
+    client.delete_model_version_tag("bbt-actor-classifier", "1", "model_card")
+    with pytest.raises(ModelError, match="version 1 has no model card"):
+        require_card(client, "bbt-actor-classifier", "1")
+    stored = tmp_path / "b" / "models" / "bbt-actor-classifier"
+    for entry in stored.glob("*/mlflow_model/model_card.md"):
+        entry.unlink()  # the stored entry of before cards
+    trained_project.run("bbt", "register", env_extra=fresh)
+    assert require_card(client, "bbt-actor-classifier", "1") == card
+    assert len(list(stored.glob("*/mlflow_model/model_card.md"))) == 1  # imported again, card included
+    rewritten = trained_project.run("bbt", "card", "--write", "1", env_extra=fresh).stdout
+    assert rewritten == card
+
+
 def test_leaderboard_lists_the_latest_search(trained_project: Project) -> None:
     board = trained_project.run("bbt", "leaderboard").stdout
     assert board.count("pixel_wavelet/") >= 14
