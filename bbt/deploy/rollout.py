@@ -40,8 +40,11 @@ from bbt.deploy.s3 import upload_archive
 
 log = logging.getLogger(__name__)
 
-# Scaling stays put while two versions run side by side: the CPU policy must not scale in the new instances.
-PAUSED_PROCESSES = ["AlarmNotification", "ScheduledActions", "AZRebalance"]
+# Scaling stays put while two versions run side by side (the CPU policy must not scale in the new instances),
+# and the old instances, out of the load balancer while the probe runs, must not count as unhealthy and go.
+PAUSED_PROCESSES = ["AlarmNotification", "ScheduledActions", "AZRebalance", "HealthCheck", "ReplaceUnhealthy"]
+# How long a rollback waits for the old instances to pass the health check again once back in the target group.
+RESTORE_TIMEOUT_S = 300
 
 
 class RolloutFailed(DeployError):
@@ -123,9 +126,10 @@ def roll_out(session: boto3.Session, deployment_id: str, release: Release,
              sleep: Callable[[float], None] = time.sleep) -> int:
     """Serve `release` on the fleet; returns the new launch template version.
 
-    `probe(url)` runs against the load balancer once the new instances are healthy (the old ones still serve
-    beside them); False stops the rollout. On any failure the new instances are terminated, the ASG goes back
-    to the old version, and RolloutFailed says why.
+    `probe(url)` runs against the load balancer once the new instances are healthy, with the old ones taken out
+    of its target group meanwhile so that it sees the new version alone; False stops the rollout. On any
+    failure the old instances go back into the target group, the new ones are terminated once the old pass
+    the health check again, the ASG launches the old version again, and RolloutFailed says why.
     """
     fleet = fleet_of(session, deployment_id)
     ec2, autoscaling = client(session, "ec2"), client(session, "autoscaling")
@@ -151,10 +155,14 @@ def roll_out(session: boto3.Session, deployment_id: str, release: Release,
              "healthy on them")
         wait_healthy(session, fleet, new_ids, max(0.0, deadline - time.monotonic()), poll_s, sleep)
         echo(f"new instance(s) {', '.join(new_ids)} healthy behind {fleet.url}")
-        if probe is not None and not probe(fleet.url):
-            raise DeployError(f"the probe of {fleet.url} failed with {release.bento_tag} serving")
+        if probe is not None:
+            with aws_errors("taking the old instances out of the load balancer for the probe"):
+                targets(session, fleet, old_ids, register=False)
+            echo(f"old instance(s) {', '.join(sorted(old_ids))} out of the load balancer: probing {fleet.url}")
+            if not probe(fleet.url):
+                raise DeployError(f"the probe of {fleet.url} failed with {release.bento_tag} serving")
     except BaseException as err:
-        _back_to(session, fleet, old_version, new_ids, maximum, echo)
+        _back_to(session, fleet, old_version, new_ids, maximum, echo, poll_s, sleep)
         if isinstance(err, DeployError):
             raise RolloutFailed(f"rollout of {release.bento_tag} to {deployment_id} stopped: {err}; production "
                                 f"keeps serving {old_bento or 'the old bento'} (launch template version "
@@ -172,10 +180,24 @@ def roll_out(session: boto3.Session, deployment_id: str, release: Release,
     return new_version
 
 
+def targets(session: boto3.Session, fleet: Fleet, instance_ids: set[str], register: bool) -> None:
+    """Put instances into the fleet's target group, or take them out (the ALB sends them no new request)."""
+    if not instance_ids:
+        return
+    elbv2 = client(session, "elbv2")
+    call = elbv2.register_targets if register else elbv2.deregister_targets
+    call(TargetGroupArn=fleet.target_group_arn, Targets=[{"Id": i, "Port": 80} for i in sorted(instance_ids)])
+
+
 def _back_to(session: boto3.Session, fleet: Fleet, version: int, new_ids: list[str], maximum: int,
-             echo: Callable[[str], None]) -> None:
-    """The ASG launches `version` again, the new instances go, the sizes are as before the rollout."""
+             echo: Callable[[str], None], poll_s: float, sleep: Callable[[float], None]) -> None:
+    """The old instances serve again, the new ones go, the ASG launches `version`, the sizes are as before."""
     autoscaling = client(session, "autoscaling")
+    old_ids = {i["InstanceId"] for i in fleet.group["Instances"]}
+    with aws_errors(f"putting the old instances of {fleet.deployment_id} back into the load balancer"):
+        targets(session, fleet, old_ids, register=True)
+    # The new instances stay until the old ones pass the health check again: the URL always has someone behind it.
+    wait_healthy(session, fleet, sorted(old_ids), RESTORE_TIMEOUT_S, poll_s, sleep)
     with aws_errors(f"rolling {fleet.deployment_id} back to launch template version {version}"):
         # The new instances go first: with the desired capacity decremented nothing replaces them.
         launched = [i["InstanceId"] for i in group_of(session, fleet.deployment_id)["Instances"]

@@ -196,13 +196,24 @@ def test_a_rollout_moves_every_instance_to_the_new_version_and_rollback_brings_t
     deployment_id = deploy(aws, archive, FleetSize(2, 4))
     url = find_deployments(aws)[deployment_id].url
     old_ids = {i["InstanceId"] for i in find_fleets(aws, deployment_id)[deployment_id].group["Instances"]}
-    probed: list[str] = []
+    probed: list[tuple[str, dict[str, str]]] = []
     release = prepare_release(aws, deployment_id, new_archive(tmp_path, "bbt-v2"), "bbt:v2", "1.4.40",
                               Ec2Options())
 
-    assert roll_out(aws, deployment_id, release, probe=lambda u: probed.append(u) or True, **NO_WAIT) == 2
+    def probe(probed_url: str) -> bool:
+        """What the load balancer sends requests to while the probe runs."""
+        target_group = find_fleets(aws, deployment_id)[deployment_id].target_group_arn
+        described = aws.client("elbv2").describe_target_health(TargetGroupArn=target_group)
+        probed.append((probed_url, {d["Target"]["Id"]: d["TargetHealth"]["State"]
+                                    for d in described["TargetHealthDescriptions"]}))
+        return True
 
-    assert probed == [url], "the probe runs once through the load balancer"
+    assert roll_out(aws, deployment_id, release, probe=probe, **NO_WAIT) == 2
+
+    [(probed_url, serving)] = probed
+    assert probed_url == url, "the probe runs once, through the load balancer"
+    assert len(serving) == 2 and not old_ids & set(serving) and set(serving.values()) == {"healthy"}, \
+        "the probe sees the new version alone"
     assert bentos_served(aws, deployment_id) == ["bbt:v2", "bbt:v2"]
     fleet = find_fleets(aws, deployment_id)[deployment_id]
     assert fleet.template_version == 2 and fleet.url == url, "same load balancer, same URL"
