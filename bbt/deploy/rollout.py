@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import boto3
@@ -62,7 +63,8 @@ def fleet_of(session: boto3.Session, deployment_id: str) -> Fleet:
 def prepare_release(session: boto3.Session, deployment_id: str, archive: Path, bento_tag: str,
                     bentoml_version: str, options: Ec2Options) -> Release:
     """Upload the new archive next to the current one and let the instances' role read both (rollback needs
-    the old one); the release's user data."""
+    the old one); the release's user data, for the fleet's instance type (`options` gives the serve params and
+    keep_feedback)."""
     fleet = fleet_of(session, deployment_id)
     current = next(v for v in template_versions(client(session, "ec2"), fleet) if v.current)
     if not current.archive_uri:
@@ -79,6 +81,10 @@ def prepare_release(session: boto3.Session, deployment_id: str, archive: Path, b
         new = read_archive_policy(bucket, key, partition)["Statement"][0]["Resource"]
         statement["Resource"] = sorted({*resources, new})
         iam.put_role_policy(RoleName=deployment_id, PolicyName="read-archive", PolicyDocument=json.dumps(policy))
+    # The unit's memory limits follow the instances the fleet runs, whatever `options` defaults to.
+    [data] = client(session, "ec2").describe_launch_template_versions(
+        LaunchTemplateId=fleet.launch_template_id, Versions=[str(current.number)])["LaunchTemplateVersions"]
+    options = replace(options, instance_type=data["LaunchTemplateData"].get("InstanceType", options.instance_type))
     memory = memory_limits(client(session, "ec2"), options)
     return render_release(session, deployment_id, bento_tag, bentoml_version, bucket, key, options, memory,
                           fleet.load_balancer["VpcId"])

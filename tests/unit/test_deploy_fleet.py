@@ -158,9 +158,10 @@ def test_a_fleet_of_2_to_4_behind_a_load_balancer(aws: boto3.Session, archive: P
 
 def test_status_shows_the_fleet_its_versions_and_each_instances_bento(aws: boto3.Session, archive: Path,
                                                                       tmp_path: Path) -> None:
-    deployment_id = deploy(aws, archive, FleetSize(1, 3))
+    deployment_id = deploy(aws, archive, FleetSize(1, 3), instance_type="t3.large")
     release = prepare_release(aws, deployment_id, new_archive(tmp_path, "bbt-v2"), "bbt:v2", "1.4.40",
                               Ec2Options())
+    assert "MemoryMax=6963M" in release.user_data, "85% of the fleet's t3.large, not of the default type"
     roll_out(aws, deployment_id, release, **NO_WAIT)
 
     fleet = find_fleets(aws, deployment_id)[deployment_id]
