@@ -24,11 +24,16 @@ def service(answer: Callable[[LabelledFace], str], version: str = "7", broken: s
             status: int = 200) -> httpx.Client:
     """A generated service: each photo's face gets `answer(face)`; `broken` breaks one part of it."""
     by_name = {Path(f.image).name + f.label: f for f in FACES}
+    limited: set[bytes] = set()  # photos refused once
 
     def handle(request: httpx.Request) -> httpx.Response:
         if request.url.path in ("/livez", "/readyz"):
             return httpx.Response(503 if broken == "not ready" else 200)
         body = request.content
+        photo = next((key for key in (f"{f.label}-{f.box.x}".encode() for f in FACES) if key in body), b"")
+        if broken == "rate limited" and photo not in limited:  # nginx's limit: each photo's first try is refused
+            limited.add(photo)
+            return httpx.Response(429, headers={"Retry-After": "0"}, json={"error": "too many requests"})
         if b"not a photo" in body:
             return httpx.Response(500 if broken == "500 on bad input" else 400, json={"error": "not an image"})
         face = next(f for key, f in by_name.items() if f"{f.label}-{f.box.x}".encode() in body)
@@ -61,6 +66,10 @@ def test_a_model_that_answers_right_passes_every_check(raw: Path) -> None:
     checks = run(raw, service(lambda f: f.label))
     assert checks == {"probes": True, "contract": True, "model version": True, "actors named right": True,
                       "strangers not named": True, "latency": True, "bad upload refused": True}
+
+
+def test_a_rate_limited_service_is_waited_out_not_failed(raw: Path) -> None:
+    assert all(run(raw, service(lambda f: f.label, broken="rate limited")).values())
 
 
 def test_a_model_that_names_everyone_howard_is_stopped(raw: Path) -> None:
