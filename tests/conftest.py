@@ -102,6 +102,19 @@ def trained_project(pulled_project: Project) -> Project:
     return pulled_project
 
 
+def clone_trained_project(trained: Project, root: Path) -> Project:
+    """A copy of the trained project (data, DVC cache, pipeline products) with MLflow, BentoML and Prefect stores
+    of its own, its champion registered afresh from the products: for a test that changes data or the registry,
+    which no other test may see."""
+    shutil.copytree(trained.root, root, symlinks=True,
+                    ignore=shutil.ignore_patterns("mlruns", "bentoml", "prefect", "*.log"))
+    env = {**trained.env, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db",
+           "BENTOML_HOME": str(root / "bentoml"), "PREFECT_HOME": str(root / "prefect")}
+    clone = Project(root, env)
+    clone.run("bbt", "register")
+    return clone
+
+
 def reads_folder(project: Project) -> Path:
     """Where the trained project's `dvc repro` recorded what each stage read."""
     return project.root.parent / f"{project.root.name}-reads"

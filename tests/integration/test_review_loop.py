@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from bbt.faces import Box
 from bbt.ready import free_port, wait_until_ready
-from tests.conftest import Project, Server, start_server, stop_server
+from tests.conftest import Project, Server, clone_trained_project, start_server, stop_server
 from tests.integration.test_browser import CHROMIUM, FLAGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -26,16 +25,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 @pytest.fixture(scope="module")
 def project(trained_project: Project, tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """A copy of the trained project (data, DVC cache, pipeline products) with stores of its own: this test adds
-    a photo and retrains, which no other test may see. Its champion is registered afresh from the products."""
-    root = tmp_path_factory.mktemp("loop") / "project"
-    shutil.copytree(trained_project.root, root, symlinks=True,
-                    ignore=shutil.ignore_patterns("mlruns", "bentoml", "prefect", "*.log"))
-    env = {**trained_project.env, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlruns/mlflow.db",
-           "BENTOML_HOME": str(root / "bentoml"), "PREFECT_HOME": str(root / "prefect")}
-    copy = Project(root, env)
-    copy.run("bbt", "register")
-    return copy
+    """This test adds a photo and retrains: in a copy of the trained project with stores of its own."""
+    return clone_trained_project(trained_project, tmp_path_factory.mktemp("loop") / "project")
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +117,7 @@ def test_a_wrong_answer_reported_on_the_page_is_reviewed_and_learned(project: Pr
         page.wait_for_selector("#progress:has-text('1 of')", timeout=30_000)
         assert "saved" in page.inner_text("#message")
         page.close()
+        refused_requests_change_nothing(f"http://127.0.0.1:{port}", project.root)
     finally:
         os.killpg(review.pid, 15)
         review.wait(timeout=30)
@@ -161,3 +153,24 @@ def report_wrong_answer(page, box: Box, actor: str) -> None:
     assert "photo" in consent and "version" in consent, consent
     page.click("#feedback-keep")
     page.wait_for_selector("#feedback-status[data-state=stored]", timeout=60_000)
+
+
+def refused_requests_change_nothing(url: str, root: Path) -> None:
+    """Bad input to the running review app: a clear JSON error each, and review/corrections.csv as it was."""
+    before = (root / "review/corrections.csv").read_bytes()
+    queue = httpx.get(f"{url}/api/queue").json()
+    pending = next(item for item in queue["items"] if not item["verdict"] and item["source"] != "feedback")
+    item = httpx.get(f"{url}/api/items/{pending['n']}").json()
+    verdict = {"key": item["key"], "verdict": "raj", "image": item["image"], "box": item["box"]}
+    for change, message in (({"verdict": "penny"}, "not one of"),
+                            ({"box": {**item["box"], "x": item["box"]["x"] + 7}}, "reload the page"),
+                            ({"key": "unreviewed:raj/none.jpg:1,2,3,4"}, "no face"),
+                            ({"image": "../../params.yaml"}, "outside"),
+                            ({"image": "/etc/passwd"}, "outside"),
+                            ({"note": 7}, "invalid request")):
+        answer = httpx.post(f"{url}/api/verdict", json={**verdict, **change})
+        assert answer.status_code == 400 and message in answer.json()["error"], (change, answer.text)
+    assert httpx.post(f"{url}/api/verdict", content=b"{", headers={"content-type": "application/json"}
+                      ).status_code == 400
+    assert (root / "review/corrections.csv").read_bytes() == before
+    assert httpx.get(f"{url}/api/queue").json()["done"] == queue["done"]
