@@ -246,8 +246,9 @@ def find_fleets(session: boto3.Session, deployment_id: str | None = None) -> dic
             for group in page["AutoScalingGroups"]:
                 if owner := _has_tag(group.get("Tags", []), deployment_id):
                     fleet(owner).group = group
-        balancers = elbv2.describe_load_balancers()["LoadBalancers"]
-        groups = elbv2.describe_target_groups()["TargetGroups"]
+        balancers = [b for page in elbv2.get_paginator("describe_load_balancers").paginate()
+                     for b in page["LoadBalancers"]]
+        groups = [g for page in elbv2.get_paginator("describe_target_groups").paginate() for g in page["TargetGroups"]]
         arns = [b["LoadBalancerArn"] for b in balancers] + [g["TargetGroupArn"] for g in groups]
         owners = {}
         for start in range(0, len(arns), 20):  # DescribeTags takes 20 ARNs at most
