@@ -148,13 +148,13 @@ def roll_out(session: boto3.Session, deployment_id: str, release: Release,
     echo(f"{deployment_id}: launch template version {new_version} serves {release.bento_tag}; "
          f"launching {desired} instance(s) beside the {len(old_ids)} of version {old_version}")
     new_ids: list[str] = []
-    with aws_errors("starting the rollout"):
-        autoscaling.suspend_processes(AutoScalingGroupName=deployment_id, ScalingProcesses=PAUSED_PROCESSES)
-        autoscaling.update_auto_scaling_group(
-            AutoScalingGroupName=deployment_id,
-            LaunchTemplate={"LaunchTemplateId": fleet.launch_template_id, "Version": str(new_version)},
-            MaxSize=max(maximum, desired * 2), DesiredCapacity=desired * 2)
     try:
+        with aws_errors("starting the rollout"):
+            autoscaling.suspend_processes(AutoScalingGroupName=deployment_id, ScalingProcesses=PAUSED_PROCESSES)
+            autoscaling.update_auto_scaling_group(
+                AutoScalingGroupName=deployment_id,
+                LaunchTemplate={"LaunchTemplateId": fleet.launch_template_id, "Version": str(new_version)},
+                MaxSize=max(maximum, desired * 2), DesiredCapacity=desired * 2)
         deadline = time.monotonic() + timeout_s
         new_ids = _wait_launched(session, deployment_id, old_ids, desired, timeout_s, poll_s, sleep)
         echo(f"new instance(s) {', '.join(new_ids)} launched: waiting for the load balancer to find /readyz "
@@ -165,7 +165,7 @@ def roll_out(session: boto3.Session, deployment_id: str, release: Release,
             with aws_errors("taking the old instances out of the load balancer for the probe"):
                 targets(session, fleet, old_ids, register=False)
             echo(f"old instance(s) {', '.join(sorted(old_ids))} out of the load balancer: probing {fleet.url}")
-            if not probe(fleet.url):
+            if not _probe_passes(probe, fleet.url):
                 raise DeployError(f"the probe of {fleet.url} failed with {release.bento_tag} serving")
     except BaseException as err:
         _back_to(session, fleet, old_version, new_ids, maximum, echo, poll_s, sleep)
@@ -184,6 +184,14 @@ def roll_out(session: boto3.Session, deployment_id: str, release: Release,
     echo(f"{deployment_id} serves {release.bento_tag} (version {new_version}); {len(old_ids)} old instance(s) "
          "terminating")
     return new_version
+
+
+def _probe_passes(probe: Callable[[str], bool], url: str) -> bool:
+    """The caller's verdict; a probe that cannot reach the URL or breaks says the new version is not fit either."""
+    try:
+        return bool(probe(url))
+    except Exception as err:  # any failure of the check stops the rollout, with its reason
+        raise DeployError(f"the probe of {url} failed: {type(err).__name__}: {err}") from err
 
 
 def targets(session: boto3.Session, fleet: Fleet, instance_ids: set[str], register: bool) -> None:

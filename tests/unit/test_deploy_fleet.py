@@ -233,7 +233,7 @@ def test_a_rollout_moves_every_instance_to_the_new_version_and_rollback_brings_t
         (3, "bbt:v1", True), (2, "bbt:v2", False), (1, "bbt:v1", False)]
 
 
-@pytest.mark.parametrize("failure", ["probe", "unhealthy"])
+@pytest.mark.parametrize("failure", ["probe", "probe-raises", "unhealthy"])
 def test_a_failed_rollout_leaves_the_old_version_serving(aws: boto3.Session, archive: Path, tmp_path: Path,
                                                          failure: str) -> None:
     deployment_id = deploy(aws, archive, FleetSize(2, 4))
@@ -253,6 +253,8 @@ def test_a_failed_rollout_leaves_the_old_version_serving(aws: boto3.Session, arc
                                             r"\(launch template version 1\)"):
         if failure == "probe":
             roll_out(aws, deployment_id, release, probe=lambda url: False, **NO_WAIT)
+        elif failure == "probe-raises":
+            roll_out(aws, deployment_id, release, probe=unreachable, **NO_WAIT)
         else:
             roll_out(aws, deployment_id, release, timeout_s=0, echo=new_instances_never_healthy, sleep=lambda _: None)
 
@@ -263,6 +265,10 @@ def test_a_failed_rollout_leaves_the_old_version_serving(aws: boto3.Session, arc
     assert [i.health for i in fleet_instances(aws, after)] == ["healthy", "healthy"]
     assert (after.group["DesiredCapacity"], after.group["MaxSize"]) == (2, 4)
     assert after.group.get("SuspendedProcesses", []) == []
+
+
+def unreachable(url: str) -> bool:
+    raise ConnectionError(f"{url} does not answer")
 
 
 def test_destroy_removes_the_fleet_and_nothing_else(aws: boto3.Session, archive: Path, tmp_path: Path) -> None:
