@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
@@ -343,3 +343,31 @@ def test_nginx_accepts_the_site_behind_a_load_balancer(tmp_path: Path) -> None:
     site = SiteSettings.for_service(load_params().serve, trusted_proxies=("172.31.0.0/16", "10.0.0.0/8"))
     assert "test is successful" in check_nginx_config(write_nginx_config(tmp_path, site))
     assert "set_real_ip_from" not in render_site(SiteSettings()), "a single instance trusts no forwarded address"
+
+
+def test_a_release_takes_production_only_when_its_smoke_test_passes_there(aws: boto3.Session, archive: Path,
+                                                                           tmp_path: Path) -> None:
+    """`bbt release --deployment`'s production step: the same smoke test, through the load balancer, gates the
+    switch; a version that fails it there leaves the old one serving, and the release stops with the report."""
+    from bbt.deploy.fleet_release import roll_out_with
+    from bbt.release import ReleaseStopped
+    from bbt.smoke import Check, SmokeReport
+
+    deployment_id = deploy(aws, archive, FleetSize(1, 2))
+    url = find_fleets(aws, deployment_id)[deployment_id].url
+    checked: list[str] = []
+
+    def smoke(passed: bool) -> Callable[[str], SmokeReport]:
+        def check(probed: str) -> SmokeReport:
+            checked.append(probed)
+            return SmokeReport(probed, "8", [Check("actors named right", passed, "38 of 38" if passed else "9 of 38")])
+        return check
+
+    roll_out = roll_out_with(None, None, **NO_WAIT)
+    with pytest.raises(ReleaseStopped, match="version 9 did not take production's traffic") as stopped:
+        roll_out(deployment_id, new_archive(tmp_path, "bbt-9"), "bbt:v9", "9", smoke(False))
+    assert stopped.value.report is not None and not stopped.value.report.passed
+    assert bentos_served(aws, deployment_id) == ["bbt:v1"]
+    roll_out(deployment_id, new_archive(tmp_path, "bbt-8"), "bbt:v8", "8", smoke(True))
+    assert bentos_served(aws, deployment_id) == ["bbt:v8"]
+    assert checked and all(probed.startswith(url.rstrip("/")) for probed in checked)
