@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -153,21 +154,30 @@ def test_a_full_worker_answers_503_with_retry_after_and_recovers(service, client
     assert admission.pending == 0 and admission.reserved == 0
 
 
+@dataclass
+class Hold:
+    """Photos wait at the start of face detection until `release` is set; `entered` is set once one waits there
+    (its decoding's memory is reserved by then)."""
+
+    release: threading.Event = field(default_factory=threading.Event)
+    entered: threading.Event = field(default_factory=threading.Event)
+
+
 @contextmanager
-def held_in_detect(service: object) -> Iterator[threading.Event]:
-    """Photos wait at the start of face detection until the yielded event is set (then go on as usual)."""
-    release = threading.Event()
+def held_in_detect(service: object) -> Iterator[Hold]:
+    hold = Hold()
     original = service.classifier.detect
 
     def detect(photo, timed):
-        release.wait(60)
+        hold.entered.set()
+        hold.release.wait(60)
         return original(photo, timed)
 
     service.classifier.detect = detect
     try:
-        yield release
+        yield hold
     finally:
-        release.set()
+        hold.release.set()
         del service.classifier.detect
         deadline = time.monotonic() + 60
         while service.admission.pending and time.monotonic() < deadline:  # the held photos finish
@@ -184,10 +194,9 @@ def test_photos_past_the_worker_memory_budget_get_503(service, client: TestClien
     data, _, _ = reviewed_face(trained_project)
     budget = service.admission.memory_bytes
     try:
-        with held_in_detect(service) as release, ThreadPoolExecutor(1) as pool:
+        with held_in_detect(service) as hold, ThreadPoolExecutor(1) as pool:
             first = pool.submit(client.post, "/classify", files={"image": ("a.jpg", data)})
-            while service.admission.pending == 0:
-                time.sleep(0.01)
+            assert hold.entered.wait(60), "the first photo never reached detection"
             held = service.admission.reserved
             assert held > UPLOAD_COPIES * len(data) + decode_cost(data, service.classifier.decode_side)
             # Room for the second photo's upload, not for its decoding: refused once its header is read.
@@ -196,7 +205,7 @@ def test_photos_past_the_worker_memory_budget_get_503(service, client: TestClien
             # No room even for the upload: refused before its body is read.
             service.admission.memory_bytes = held
             upload = client.post("/classify", files={"image": ("c.jpg", data)})
-            release.set()
+            hold.release.set()
             assert first.result().status_code == 200
     finally:
         service.admission.memory_bytes = budget
@@ -214,10 +223,10 @@ def test_a_photo_past_its_timeout_gets_504_and_its_work_stops(service, client: T
     monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, timeout_s=1))
     decided = []
     monkeypatch.setattr(service.classifier.model, "decide", lambda *args: decided.append(args))
-    with held_in_detect(service) as release:
+    with held_in_detect(service) as hold:
         late = client.post("/classify", files={"image": ("a.jpg", data)})
         assert service.admission.pending == 1  # still detecting
-        release.set()
+        hold.release.set()
     assert late.status_code == 504
     assert late.json() == {"error": "classifying the photo took longer than the service's 1 s limit, so it was "
                                     "stopped: retry later, or send a smaller photo"}
