@@ -42,9 +42,9 @@ system-deps:  ## Debian packages the tests drive for real: nginx, headless Chrom
 test: setup system-deps  ## the whole test suite: tests/unit, tests/data, tests/integration (servers, browser, flows)
 	pytest
 
-check: setup system-deps  ## the fast path (about a minute): ruff over the project, then the unit tier
+check: setup system-deps  ## the fast path (under a minute): ruff over the project, then the unit tier on 2 workers
 	ruff check bbt flows tests benchmarks
-	pytest tests/unit
+	pytest -n 2 tests/unit
 
 ui: setup  ## the MLflow UI over mlruns/ on http://127.0.0.1:5000
 	bbt ui

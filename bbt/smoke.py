@@ -76,7 +76,8 @@ def held_out_faces(root: Path, per_label: int) -> list[LabelledFace]:
 
 def smoke_test(url: str, raw_dir: Path, faces: list[LabelledFace], params: ReleaseParams,
                expect_version: str | None = None, client: httpx.Client | None = None,
-               clock: Callable[[], float] = time.perf_counter) -> SmokeReport:
+               clock: Callable[[], float] = time.perf_counter,
+               sleep: Callable[[float], None] = time.sleep) -> SmokeReport:
     """Run every check against the service at `url`; never raises for what the service answers."""
     http = client or httpx.Client(timeout=60)
     report = SmokeReport(url, expect_version or "?")
@@ -84,7 +85,7 @@ def smoke_test(url: str, raw_dir: Path, faces: list[LabelledFace], params: Relea
         report.checks.append(_probes(http, url))
         if not report.checks[-1].passed:
             return report
-        answers, latencies, contract = _classify_photos(http, url, raw_dir, faces, clock)
+        answers, latencies, contract = _classify_photos(http, url, raw_dir, faces, clock, sleep)
         report.checks.append(contract)
         served = {a.model.version for a in answers.values()}
         if expect_version is not None:
@@ -92,7 +93,7 @@ def smoke_test(url: str, raw_dir: Path, faces: list[LabelledFace], params: Relea
                                        f"served {', '.join(sorted(served)) or 'nothing'}, expected {expect_version}"))
         report.checks += _accuracy(faces, answers, params)
         report.checks.append(_latency(latencies, params))
-        report.checks.append(_bad_upload(http, url))
+        report.checks.append(_bad_upload(http, url, sleep))
     except httpx.HTTPError as err:
         report.checks.append(Check("reachable", False, f"{type(err).__name__}: {err}"))
     finally:
@@ -108,12 +109,14 @@ def _probes(http: httpx.Client, url: str) -> Check:
 
 
 def _classify_photos(http: httpx.Client, url: str, raw_dir: Path, faces: list[LabelledFace],
-                     clock: Callable[[], float]) -> tuple[dict[str, Classification], list[float], Check]:
+                     clock: Callable[[], float], sleep: Callable[[float], None],
+                     ) -> tuple[dict[str, Classification], list[float], Check]:
     answers: dict[str, Classification] = {}
     latencies: list[float] = []
     problems: list[str] = []
     for image in sorted({f.image for f in faces}):
-        response, seconds = _post_politely(http, url, Path(image).name, (raw_dir / image).read_bytes(), clock)
+        response, seconds = _post_politely(http, url, Path(image).name, (raw_dir / image).read_bytes(), clock,
+                                           sleep)
         latencies.append(seconds)
         if response.status_code != 200:
             problems.append(f"{image}: HTTP {response.status_code} {response.text[:200]}")
@@ -179,8 +182,8 @@ def _latency(latencies: list[float], params: ReleaseParams) -> Check:
                  f"p95 {p95:.0f} ms over {len(latencies)} photos, one at a time (budget {params.latency_budget_ms:.0f} ms)")
 
 
-def _bad_upload(http: httpx.Client, url: str) -> Check:
-    response, _ = _post_politely(http, url, "notes.txt", b"not a photo", time.perf_counter)
+def _bad_upload(http: httpx.Client, url: str, sleep: Callable[[float], None]) -> Check:
+    response, _ = _post_politely(http, url, "notes.txt", b"not a photo", time.perf_counter, sleep)
     try:
         has_error = "error" in response.json()
     except ValueError:

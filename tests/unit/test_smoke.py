@@ -69,7 +69,9 @@ def test_a_model_that_answers_right_passes_every_check(raw: Path) -> None:
 
 
 def test_a_rate_limited_service_is_waited_out_not_failed(raw: Path) -> None:
-    assert all(run(raw, service(lambda f: f.label, broken="rate limited")).values())
+    waited: list[float] = []
+    assert all(run(raw, service(lambda f: f.label, broken="rate limited"), sleep=waited.append).values())
+    assert len(waited) == 16 and min(waited) >= 0.2  # each photo and the bad upload once, never hammering
 
 
 def test_a_model_that_names_everyone_howard_is_stopped(raw: Path) -> None:
