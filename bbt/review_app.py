@@ -138,39 +138,41 @@ def create_app(reviewer: Reviewer, answers: Answers) -> FastAPI:
     def queue() -> dict[str, Any]:
         return state()
 
-    @app.get("/api/items/{n}")
-    def item(n: int) -> JSONResponse:
+    def found(n: int) -> tuple[Item, Photo] | JSONResponse:
+        """Queue item `n` and its decoded photo, or the JSON error: 404 for no such item, 422 for a photo that
+        cannot be read (moved, or not an image any more)."""
         try:
-            found = item_at(n)
-            photo = photo_of(found)
+            queued = item_at(n)
+            return queued, photo_of(queued)
         except (BbtError, ImageError, OSError) as err:
             return error(404 if isinstance(err, ReviewError) else 422, str(err))
-        answer = answers.of(found, photo)
+
+    @app.get("/api/items/{n}")
+    def item(n: int) -> JSONResponse:
+        if isinstance(got := found(n), JSONResponse):
+            return got
+        queued, photo = got
+        answer = answers.of(queued, photo)
         given = {g.item.key: g.verdict for g in reviewer.given}
         return JSONResponse({
-            "n": n, "key": found.key, "source": found.source, "image": found.image, "box": found.box.as_dict(),
-            "why": found.why, "current": found.current, "suggestion": found.suggestion,
-            "width": photo.size[0], "height": photo.size[1], "verdict": given.get(found.key),
+            "n": n, "key": queued.key, "source": queued.source, "image": queued.image, "box": queued.box.as_dict(),
+            "why": queued.why, "current": queued.current, "suggestion": queued.suggestion,
+            "width": photo.size[0], "height": photo.size[1], "verdict": given.get(queued.key),
             "answer": answer, "answer_problem": answers.problem if answer is None else "",
             "unknown": UNKNOWN, "verdicts": list(VERDICTS)})
 
     @app.get("/api/items/{n}/crop.jpg")
     def crop(n: int) -> Response:
-        try:
-            found = item_at(n)
-            photo = photo_of(found)
-        except (BbtError, ImageError, OSError) as err:
-            return error(404, str(err))
-        return jpeg(face_with_margin(photo, found.box))
+        if isinstance(got := found(n), JSONResponse):
+            return got
+        queued, photo = got
+        return jpeg(face_with_margin(photo, queued.box))
 
     @app.get("/api/items/{n}/photo.jpg")
-    def photo(n: int) -> Response:
-        try:
-            found = item_at(n)
-            decoded = photo_of(found)
-        except (BbtError, ImageError, OSError) as err:
-            return error(404, str(err))
-        return jpeg(fit(decoded.image, PHOTO_SIDE))
+    def whole_photo(n: int) -> Response:
+        if isinstance(got := found(n), JSONResponse):
+            return got
+        return jpeg(fit(got[1].image, PHOTO_SIDE))
 
     @app.post("/api/verdict")
     def verdict(body: VerdictIn) -> JSONResponse:

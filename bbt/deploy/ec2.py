@@ -25,7 +25,7 @@ from bbt.deploy.fleet import destroy_fleet, find_fleets, template_versions
 from bbt.deploy.iam import create_instance_role, delete_instance_role, find_roles
 from bbt.deploy.instances import DEFAULT_INSTANCE_TYPE, INSTANCE_MEMORY_MIB, MemoryLimits
 from bbt.deploy.render import Archive, SiteSettings, TlsSettings, render_user_data
-from bbt.deploy.s3 import create_bucket, delete_bucket, upload_archive
+from bbt.deploy.s3 import delete_bucket, ship_archive
 from bbt.ready import NotReady, wait_until_ready
 
 __all__ = ["TAG_KEY", "Deployment", "Ec2Options", "aws_session", "deploy_ec2", "destroy", "find_deployments"]
@@ -230,13 +230,7 @@ def deploy_ec2(archive: Path, bento_tag: str, bentoml_version: str, options: Ec2
         echo(f"security group {group_id}: port 80" + (", 443" if options.https else "")
              + (f", SSH from {options.ssh_cidr}" if options.ssh_cidr else ""))
         with aws_errors("uploading the bento to S3"):
-            bucket = options.bucket
-            if bucket is None:
-                bucket = f"{deployment_id}-{session.client('sts').get_caller_identity()['Account']}"
-                create_bucket(session, bucket, deployment_id)
-            key = upload_archive(session, deployment_id, archive, bucket)
-            # The group outlives the instance; it remembers where the archive is for `destroy`.
-            ec2.create_tags(Resources=[group_id], Tags=[{"Key": ARCHIVE_TAG, "Value": f"s3://{bucket}/{key}"}])
+            bucket, key = ship_archive(session, deployment_id, archive, options.bucket, group_id)
         echo(f"bento {bento_tag} uploaded to s3://{bucket}/{key}")
         with aws_errors("creating the instance's IAM role (read access to the archive only)"):
             profile = create_instance_role(session, deployment_id, bucket, key)

@@ -9,7 +9,7 @@ from pathlib import Path
 import boto3
 
 from bbt.deploy import DeployError
-from bbt.deploy.aws import ARCHIVE_TAG, aws_errors, aws_session
+from bbt.deploy.aws import aws_errors, aws_session
 from bbt.deploy.ec2 import (
     Deployment,
     Ec2Options,
@@ -37,7 +37,7 @@ from bbt.deploy.fleet import (
 from bbt.deploy.iam import create_instance_role
 from bbt.deploy.instances import MemoryLimits
 from bbt.deploy.render import Archive, SiteSettings, render_user_data
-from bbt.deploy.s3 import create_bucket, upload_archive
+from bbt.deploy.s3 import ship_archive
 
 log = logging.getLogger(__name__)
 
@@ -99,12 +99,7 @@ def deploy_fleet(archive: Path, bento_tag: str, bentoml_version: str, options: E
             alb_group, instance_group = create_fleet_security_groups(ec2, deployment_id, vpc_id, False,
                                                                      options.ssh_cidr)
         with aws_errors("uploading the bento to S3"):
-            bucket = options.bucket
-            if bucket is None:
-                bucket = f"{deployment_id}-{client(session, 'sts').get_caller_identity()['Account']}"
-                create_bucket(session, bucket, deployment_id)
-            key = upload_archive(session, deployment_id, archive, bucket)
-            ec2.create_tags(Resources=[instance_group], Tags=[{"Key": ARCHIVE_TAG, "Value": f"s3://{bucket}/{key}"}])
+            bucket, key = ship_archive(session, deployment_id, archive, options.bucket, instance_group)
         echo(f"bento {bento_tag} uploaded to s3://{bucket}/{key}")
         with aws_errors("creating the instances' IAM role (read access to the archive only)"):
             profile = create_instance_role(session, deployment_id, bucket, key)

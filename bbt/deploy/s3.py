@@ -7,7 +7,7 @@ from pathlib import Path
 
 import boto3
 
-from bbt.deploy.aws import TAG_KEY, tags
+from bbt.deploy.aws import ARCHIVE_TAG, TAG_KEY, tags
 
 
 def tls_only_policy(bucket: str, partition: str = "aws") -> dict:
@@ -48,3 +48,17 @@ def delete_bucket(s3, bucket: str) -> None:
         if objects:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": objects})
     s3.delete_bucket(Bucket=bucket)
+
+
+def ship_archive(session: boto3.Session, deployment_id: str, archive: Path, bucket: str | None,
+                 remembered_by: str) -> tuple[str, str]:
+    """Upload the bento archive, into a new private bucket of the deployment unless `bucket` is given; tag the
+    EC2 resource `remembered_by` (a security group: it outlives instances) with where the archive is, for
+    `destroy`. Returns (bucket, key)."""
+    if bucket is None:
+        bucket = f"{deployment_id}-{session.client('sts').get_caller_identity()['Account']}"
+        create_bucket(session, bucket, deployment_id)
+    key = upload_archive(session, deployment_id, archive, bucket)
+    session.client("ec2").create_tags(Resources=[remembered_by],
+                                      Tags=[{"Key": ARCHIVE_TAG, "Value": f"s3://{bucket}/{key}"}])
+    return bucket, key

@@ -48,19 +48,23 @@ REGION = "eu-west-1"
 SSH_CIDR = "203.0.113.0/24"
 
 
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def fake_aws_environment(patch: pytest.MonkeyPatch, folder: Path) -> None:
     """Fake credentials and no AWS config files: nothing here can reach real AWS."""
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        patch.delenv(name, raising=False)
+    patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    patch.setenv("AWS_DEFAULT_REGION", REGION)
+    patch.setenv("AWS_CONFIG_FILE", str(folder / "no-config"))
+    patch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(folder / "no-credentials"))
+    patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     # moto's catalogue of thousands of public AMIs takes seconds to load; the tests register their own.
-    monkeypatch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+    patch.setenv("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake_aws_environment(monkeypatch, tmp_path)
 
 
 def moto_over_https(get_permission):

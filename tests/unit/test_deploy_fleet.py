@@ -30,7 +30,7 @@ from bbt.deploy.fleet_deploy import deploy_fleet
 from bbt.deploy.render import SiteSettings, render_site
 from bbt.deploy.rollout import RolloutFailed, prepare_release, roll_back, roll_out
 from bbt.deploy.staging import check_nginx_config, write_nginx_config
-from tests.unit.test_deploy import REGION, SSH_CIDR, moto_over_https, some_ami
+from tests.unit.test_deploy import REGION, SSH_CIDR, fake_aws_environment, moto_over_https, some_ami
 
 NO_WAIT = {"echo": lambda _: None, "sleep": lambda _: None}
 
@@ -57,13 +57,7 @@ def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[boto3.Session]:
 
     folder = tmp_path_factory.mktemp("aws")
     with pytest.MonkeyPatch.context() as patch:
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
-            patch.delenv(name, raising=False)
-        for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                            "AWS_DEFAULT_REGION": REGION, "AWS_CONFIG_FILE": str(folder / "no-config"),
-                            "AWS_SHARED_CREDENTIALS_FILE": str(folder / "no-credentials"),
-                            "AWS_EC2_METADATA_DISABLED": "true", "MOTO_EC2_LOAD_DEFAULT_AMIS": "false"}.items():
-            patch.setenv(name, value)
+        fake_aws_environment(patch, folder)
         patch.setattr(FakeBucket, "get_permission", moto_over_https(FakeBucket.get_permission))
         patch.setattr(LaunchTemplate, "create_version", create_version_keeping_user_data(LaunchTemplate.create_version))
         with mock_aws():
