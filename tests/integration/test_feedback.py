@@ -1,5 +1,6 @@
-"""POST /feedback and the page's "wrong?" flow against real servers: one keeping feedback in a temporary store,
-one with feedback off (params.yaml as a project would have them; one worker each, shared by the module)."""
+"""POST /feedback and the page's "wrong?" flow against a real server keeping feedback in a temporary store (one
+worker, shared by the module). A server with feedback off is the staging deployment's (tests/integration/
+test_staging.py: public deployments keep nothing)."""
 
 from __future__ import annotations
 
@@ -40,15 +41,6 @@ def feedback_on(trained_project: Project, tmp_path_factory: pytest.TempPathFacto
     root = tmp_path_factory.mktemp("feedback-on")
     server = serve_from(trained_project, served_folder(trained_project, root / "served", str(root / "store")))
     server.store = FeedbackStore(root / "store", STORE_MB)
-    yield server
-    stop_server(server)
-
-
-@pytest.fixture(scope="module")
-def feedback_off(trained_project: Project, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = served_folder(trained_project, tmp_path_factory.mktemp("feedback-off"), "")
-    server = serve_from(trained_project, folder)
-    server.folder = folder
     yield server
     stop_server(server)
 
@@ -164,17 +156,6 @@ def test_bad_requests_get_json_errors(feedback_on: Server, store: FeedbackStore)
     assert {"201", "400", "403", "507"} <= set(schema["responses"])
 
 
-def test_a_server_with_feedback_off_refuses_and_keeps_nothing(feedback_off: Server) -> None:
-    photo = single_face_photo(feedback_off, "sheldon")
-    [face] = classify(feedback_off, photo)["faces"]
-    assert_error(report(feedback_off, photo, face["box"], other_label(face["label"])), 403,
-                 "feedback is off on this server", "nothing was stored")
-    # Nothing under its working directory (where a relative feedback_dir would be) holds the photo or a report.
-    files = [p for p in feedback_off.folder.rglob("*") if p.is_file()]
-    assert not [p for p in files if p.name == "feedback.json" or p.read_bytes() == photo.read_bytes()]
-    assert '<meta name="bbt-feedback" content="off">' in httpx.get(feedback_off.url + "/").text
-
-
 # ---- the page -------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -198,13 +179,6 @@ def open_result(browser, server: Server) -> tuple[object, dict]:
     page.wait_for_selector(".box", timeout=60_000)
     [face] = classify(server, photo)["faces"]
     return page, face
-
-
-def test_the_page_offers_no_report_when_feedback_is_off(browser, feedback_off: Server) -> None:
-    page, _ = open_result(browser, feedback_off)
-    assert page.locator("button.wrong").count() == 0 and not page.locator("#feedback").is_visible()
-    assert "never stored, unless you report a wrong answer" in page.inner_text("header")
-    page.close()
 
 
 def choose_wrong_answer(page, face: dict) -> str:

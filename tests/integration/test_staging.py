@@ -466,3 +466,34 @@ def test_bbt_deploy_ec2_ships_the_real_exported_bento(staging: Staging, trained_
     assert (imported / "bento.yaml").is_file()
     # What the instance's setup script pip-installs: the bento's pinned packages, bentoml itself among them.
     assert "bentoml==" in (imported / "env" / "python" / "requirements.txt").read_text()
+
+
+def test_a_staged_deployment_keeps_no_feedback(staging: Staging, client: httpx.Client,
+                                               trained_project: Project) -> None:
+    """Like a public deployment (no --keep-feedback), staging refuses reports although the bento's params.yaml
+    keeps feedback for `make run`, stores nothing, and its page offers no "wrong?"."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.integration.test_browser import CHROMIUM, FLAGS
+
+    photo, _ = training_photos(trained_project)["sheldon"]
+    [face] = client.post(f"{staging.url}/classify", files={"image": (photo.name, photo.read_bytes())}).json()["faces"]
+    refused = client.post(f"{staging.url}/feedback", files={"image": (photo.name, photo.read_bytes())},
+                          data={**{k: str(v) for k, v in face["box"].items()}, "consent": "true",
+                                "label": "raj" if face["label"] != "raj" else "howard"})
+    assert refused.status_code == 403 and "feedback is off on this server" in refused.json()["error"]
+    assert staging.feedback_dir is None
+    assert not [p for p in staging.workdir.rglob("*") if p.is_file() and
+                (p.name == "feedback.json" or p.stat().st_size == photo.stat().st_size
+                 and p.read_bytes() == photo.read_bytes())]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM),
+                                             args=[*FLAGS, "--ignore-certificate-errors"])
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(staging.url + "/")
+        assert page.get_attribute('meta[name="bbt-feedback"]', "content") == "off"
+        page.set_input_files("#file", str(photo))
+        page.wait_for_selector(".box", timeout=60_000)
+        assert page.locator("button.wrong").count() == 0 and not page.locator("#feedback").is_visible()
+        assert "never stored, unless you report a wrong answer" in page.inner_text("header")
+        browser.close()
