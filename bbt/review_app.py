@@ -109,9 +109,17 @@ def create_app(reviewer: Reviewer, answers: Answers) -> FastAPI:
             raise ReviewError(f"no item {n}: the queue has items 0 to {len(reviewer.queue) - 1}")
         return reviewer.queue[n]
 
+    last: dict[str, Photo] = {}  # the item shown: the page asks for its details, crop and photo at once
+    last_lock = threading.Lock()
+
     def photo_of(item: Item) -> Photo:
-        path = Path(item.image) if item.source == "feedback" else reviewer.inside_raw(item.image)
-        return decode_photo(path.read_bytes(), item.image)
+        with last_lock:
+            if item.key not in last:
+                path = Path(item.image) if item.source == "feedback" else reviewer.inside_raw(item.image)
+                photo = decode_photo(path.read_bytes(), item.image)
+                last.clear()
+                last[item.key] = photo
+            return last[item.key]
 
     def state() -> dict[str, Any]:
         done, total = reviewer.progress()
