@@ -24,6 +24,7 @@ SEARCH_METRICS = METRICS / "search.json"
 EVALUATE_METRICS = METRICS / "evaluate.json"
 REGISTER_METRICS = METRICS / "register.json"
 AUDIT_METRICS = METRICS / "audit.json"
+RELEASE_METRICS = METRICS / "release.json"
 
 REPORTS = Path("reports")
 AUDIT_CSV = REPORTS / "label_audit.csv"

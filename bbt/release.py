@@ -13,6 +13,7 @@ A failed check raises ReleaseStopped with the smoke report; production is left a
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bbt import artifacts
 from bbt.config import Params
 from bbt.errors import BbtError, ModelError
 from bbt.smoke import SmokeReport, held_out_faces, smoke_test
@@ -161,6 +163,53 @@ def release(root: Path, params: Params, version: str | None = None, deployment: 
             produce(root, params, candidate, deployment, roll_out, Path(scratch), echo)
     promote(candidate, echo)
     return ReleaseResult(candidate.version, candidate.previous, candidate.bento_tag, report, deployment)
+
+
+def pending(params: Params) -> str | None:
+    """The version a pipeline run releases: @champion, when release.enabled and it is not @production yet (a
+    new champion, or one whose release was stopped before and is tried again)."""
+    if not params.release.enabled:
+        return None
+    client = _client()
+    champion = version_of(client, params.register.model_name, params.register.alias)
+    if champion is None or champion == version_of(client, params.register.model_name, PRODUCTION_ALIAS):
+        return None
+    return champion
+
+
+def run_release_stage(root: Path, params: Params, roll_out: RollOut | None = None,
+                      echo: Callable[[str], None] = log.info) -> dict:
+    """dvc.yaml's release stage: release the pending version (`pending`), if any, to release.deployment; then
+    write metrics/release.json, the release policy the pipeline's model went through (only what follows from
+    the inputs: version numbers belong to one MLflow store). ReleaseStopped when a check fails, so the stage
+    fails and the next `dvc repro` tries again."""
+    model_md5 = registered_md5(root)
+    if params.release.enabled:
+        version = pending(params)
+        if version is None:
+            echo(f"release: @{params.register.alias} is already @{PRODUCTION_ALIAS}, nothing to release")
+        else:
+            release(root, params, version, params.release.deployment or None, roll_out, echo)
+    else:
+        echo("release: off (params.yaml release.enabled: false); `bbt release` releases by hand")
+    return write_release_metrics(root, params, model_md5)
+
+
+def registered_md5(root: Path) -> str:
+    """The md5 of the model the pipeline's register stage registered (metrics/register.json)."""
+    return json.loads((root / artifacts.REGISTER_METRICS).read_text())["model_md5"]
+
+
+def write_release_metrics(root: Path, params: Params, model_md5: str) -> dict:
+    """metrics/release.json: whether this model went through a release, to where, past which gates."""
+    gates = params.release
+    policy = {"model_md5": model_md5, "enabled": gates.enabled, "deployment": gates.deployment,
+              "gates": {"faces_per_label": gates.faces_per_label, "min_actor_recall": gates.min_actor_recall,
+                        "max_false_accept": gates.max_false_accept, "latency_budget_ms": gates.latency_budget_ms}}
+    path = root / artifacts.RELEASE_METRICS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(policy, indent=2) + "\n")
+    return policy
 
 
 def record(client, name: str, version: str, previous: str | None) -> None:

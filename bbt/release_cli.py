@@ -1,7 +1,10 @@
-"""`bbt release`: take the champion through staging to production; `bbt release rollback`: the version before."""
+"""`bbt release`: take the champion through staging to production; `bbt release rollback`: the version before;
+`bbt release pipeline`: dvc.yaml's release stage."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -31,18 +34,40 @@ def release(
     if ctx.invoked_subcommand is not None:
         return
     from bbt.config import load_params
-    from bbt.release import ReleaseStopped
     from bbt.release import release as run_release
 
-    try:
+    with stopped_exits():
         result = run_release(Path("."), load_params(), version, deployment,
                              roll_out=fleet_roll_out(region, profile) if deployment else None, echo=typer.echo)
+    typer.echo(result.staging.as_markdown())
+
+
+@release_app.command()
+@friendly
+def pipeline(region: str = REGION, profile: str = PROFILE) -> None:
+    """dvc.yaml's release stage: with release.enabled in params.yaml, release @champion (when it is not
+    @production yet) to release.deployment; writes metrics/release.json. Off, it only writes the file."""
+    from bbt.config import load_params
+    from bbt.release import run_release_stage
+
+    params = load_params()
+    with stopped_exits():
+        run_release_stage(Path("."), params, fleet_roll_out(region, profile) if params.release.deployment else None,
+                          echo=typer.echo)
+
+
+@contextmanager
+def stopped_exits() -> Iterator[None]:
+    """A stopped release prints its smoke report and exits 3 (a check failed, not the tool)."""
+    from bbt.release import ReleaseStopped
+
+    try:
+        yield
     except ReleaseStopped as err:
         if err.report is not None:
             typer.echo(err.report.as_markdown())
         typer.secho(f"release stopped: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(3) from None
-    typer.echo(result.staging.as_markdown())
 
 
 @release_app.command()

@@ -1,8 +1,10 @@
-"""The release as Prefect tasks (the steps of bbt/release.py): prepare, staging smoke test, production roll-out,
-promote. The smoke test's report is a markdown artifact of the flow run, passed or not."""
+"""dvc.yaml's release stage as Prefect tasks (the steps of bbt/release.py): prepare, staging smoke test, production
+roll-out, promote, then metrics/release.json. The smoke test's report is a markdown artifact of the flow run,
+passed or not."""
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,18 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from bbt.config import Params
-from bbt.release import Candidate, ReleaseStopped, prepare, produce, promote, stage
+from bbt.errors import BbtError
+from bbt.release import (
+    Candidate,
+    ReleaseStopped,
+    pending,
+    prepare,
+    produce,
+    promote,
+    registered_md5,
+    stage,
+    write_release_metrics,
+)
 
 SMOKE_KEY = "release-smoke-test"
 
@@ -61,3 +74,24 @@ def release_champion(params: Params, version: str) -> dict[str, Any]:
             release_production(params, candidate, workdir)
     release_promote(candidate)
     return {"released": candidate.version, "deployment": params.release.deployment or None}
+
+
+@task(name="release-record", timeout_seconds=120, cache_policy=NO_CACHE)
+def release_record(params: Params, commit: bool) -> None:
+    """metrics/release.json as dvc.yaml's release stage writes it; in dvc.lock when the run used params.yaml's
+    own values (`commit`), so that `dvc repro` does not release the same model again."""
+    write_release_metrics(Path("."), params, registered_md5(Path(".")))
+    if commit:
+        committed = subprocess.run(["dvc", "commit", "-f", "-q", "release"], capture_output=True, text=True,
+                                   check=False)
+        if committed.returncode != 0:
+            raise BbtError(f"dvc commit release failed:\n{committed.stderr.strip()}")
+
+
+def release_stage(params: Params, commit: bool) -> dict[str, Any]:
+    """The release stage: the pending version (bbt.release.pending: @champion when release.enabled and it is not
+    @production yet) through every step, then its record."""
+    version = pending(params)
+    released = release_champion(params, version) if version else {"released": None}
+    release_record(params, commit)
+    return released

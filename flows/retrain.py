@@ -38,13 +38,13 @@ from bbt.ready import probe
 from bbt.register import run_register, training_params_hash
 from bbt.search import run_search
 from bbt.tracking import corrections_hash, data_hash, setup_tracking
-from flows.release import release_champion
+from flows.release import release_stage
 
 # `tcp://host:8786` runs the per-image work on that Dask cluster; `local` starts a 2-worker one for the run.
 DASK_ADDRESS_ENV = "BBT_DASK_ADDRESS"
 # Test hook: `pull-data=1,register=1` makes those tasks fail their first N attempts, to exercise the retries.
 FAULTS_ENV = "BBT_INJECT_FAULTS"
-STAGES = ("pull-data", "clean", "featurize", "audit", "search", "evaluate", "register", "dvc-commit")
+STAGES = ("pull-data", "clean", "featurize", "audit", "search", "evaluate", "register", "dvc-commit", "release-record")
 REPORT_KEY = "retrain-report"
 
 
@@ -248,7 +248,7 @@ def task_runner(address: str | None = None) -> TaskRunner:
 @flow(name="retrain", log_prints=True, task_runner=task_runner())
 def retrain(force: bool = False, families: list[str] | None = None, feature_sets: list[str] | None = None,
             batch_size: int = 32) -> dict[str, Any]:
-    """Pull, clean, featurize, search, evaluate, register - unless the champion already has today's data
+    """Pull, clean, featurize, search, evaluate, register, release - unless the champion already has today's data
     and params (`force` retrains anyway). `families`/`feature_sets` override params.yaml for this run."""
     params = effective_params(families, feature_sets)
     champion = None if force else up_to_date_champion(params)
@@ -270,8 +270,7 @@ def retrain(force: bool = False, families: list[str] | None = None, feature_sets
     create_markdown_artifact(key=REPORT_KEY, description="retrain outcome",
                              markdown=report_markdown(search_summary, metrics, registered, audit_metrics,
                                                       params.data.corrections))
-    released = release_champion(params, str(registered["version"])) \
-        if params.release.enabled and registered["champion"] else {"released": None}
+    released = release_stage(params, commit="register" in committed)
     return {"status": "retrained", **registered, **released, "committed_stages": committed,
             "flow_run_id": str(flow_run.id)}
 

@@ -3,8 +3,10 @@ rollback that puts that version back (with @champion), refusing clearly when the
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -13,7 +15,15 @@ from mlflow import MlflowClient
 
 from bbt.config import Params
 from bbt.errors import ModelError
-from bbt.release import PREVIOUS_TAG, PRODUCTION_ALIAS, record, rollback, version_of
+from bbt.release import (
+    PREVIOUS_TAG,
+    PRODUCTION_ALIAS,
+    pending,
+    record,
+    rollback,
+    run_release_stage,
+    version_of,
+)
 from bbt.tracking import setup_tracking
 
 NAME = Params().register.model_name
@@ -85,3 +95,43 @@ def test_rollback_of_a_deployment_calls_its_roll_back_first(client: MlflowClient
     with pytest.raises(ModelError, match="refresh failed"):
         rollback(Path("."), Params(), "bbt-20260101-000000-abcd", roll_back=failing)
     assert version_of(client, NAME, PRODUCTION_ALIAS) == second, "a failed roll-back moves no alias"
+
+
+def enabled(deployment: str = "") -> Params:
+    params = Params()
+    return replace(params, release=replace(params.release, enabled=True, deployment=deployment))
+
+
+def test_the_pipeline_releases_the_champion_only_when_enabled_and_not_yet_in_production(client: MlflowClient) -> None:
+    first, second = register(client, "a"), register(client, "b")
+    assert pending(enabled()) is None, "no champion, nothing to release"
+    client.set_registered_model_alias(NAME, "champion", first)
+    assert pending(Params()) is None, "release.enabled is false by default"
+    assert pending(enabled()) == first
+    record(client, NAME, first, None)
+    assert pending(enabled()) is None, "the champion is already @production"
+    client.set_registered_model_alias(NAME, "champion", second)
+    assert pending(enabled()) == second, "a new champion, or one whose release was stopped before"
+
+
+def test_the_release_stage_off_releases_nothing_and_writes_its_policy(client: MlflowClient, tmp_path: Path) -> None:
+    client.set_registered_model_alias(NAME, "champion", register(client, "a"))
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/register.json").write_text(json.dumps({"model_md5": "0" * 32}))
+    said: list[str] = []
+    policy = run_release_stage(tmp_path, Params(), echo=said.append)
+    assert version_of(client, NAME, PRODUCTION_ALIAS) is None
+    assert "release.enabled: false" in said[0]
+    assert json.loads((tmp_path / "metrics/release.json").read_text()) == policy
+    assert policy["model_md5"] == "0" * 32 and policy["enabled"] is False
+    assert policy["gates"]["min_actor_recall"] == Params().release.min_actor_recall
+
+
+def test_the_release_stage_with_a_deployment_but_no_way_to_roll_out_refuses(client: MlflowClient,
+                                                                              tmp_path: Path) -> None:
+    client.set_registered_model_alias(NAME, "champion", register(client, "a"))
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/register.json").write_text(json.dumps({"model_md5": "0" * 32}))
+    with pytest.raises(ModelError, match="no way to roll out"):
+        run_release_stage(tmp_path, enabled("bbt-20260101-000000-abcd"))
+    assert not (tmp_path / "metrics/release.json").exists(), "a release that did not happen is not recorded"
