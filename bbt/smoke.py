@@ -79,6 +79,7 @@ def smoke_test(url: str, raw_dir: Path, faces: list[LabelledFace], params: Relea
                clock: Callable[[], float] = time.perf_counter,
                sleep: Callable[[float], None] = time.sleep) -> SmokeReport:
     """Run every check against the service at `url`; never raises for what the service answers."""
+    url = url.rstrip("/")  # a load balancer's URL ends in "/": "//livez" is not the probe
     http = client or httpx.Client(timeout=60)
     report = SmokeReport(url, expect_version or "?")
     try:
