@@ -144,17 +144,20 @@ def service_environment(bentoml_home: Path, feedback_dir: Path | None = None) ->
 def run_staging(project: Path, workdir: Path, port: int | None = None, bento_tag: str | None = None,
                 serve: ServeParams | None = None, source_home: Path | None = None,
                 ready_timeout_s: float = 180, tls: bool = False, https_port: int | None = None,
-                keep_feedback: bool = False) -> Iterator[Staging]:
-    """Build (unless `bento_tag`), export, import into `workdir`, serve behind nginx; stop both on exit.
+                keep_feedback: bool = False, archive: Path | None = None) -> Iterator[Staging]:
+    """Build (unless `bento_tag`), export (unless `archive`, an exported `bento_tag`), import into `workdir`,
+    serve behind nginx; stop both on exit.
 
     `source_home` is the BENTOML_HOME holding the model (default: the environment's). With `tls`, nginx serves
     HTTPS on `https_port` with a self-signed certificate and redirects HTTP to it, as on EC2 with --https.
     Like EC2, the service keeps no feedback unless `keep_feedback` (then in `workdir`/feedback).
     """
     workdir.mkdir(parents=True, exist_ok=True)
+    if archive is not None and bento_tag is None:
+        raise DeployError(f"staging {archive} needs the tag of the bento it holds")
     tag = bento_tag or build_bento(project, source_home)
     log.info("staging bento %s", tag)
-    archive = export_bento(tag, workdir / "export" / "bento.bento", source_home)
+    archive = archive or export_bento(tag, workdir / "export" / "bento.bento", source_home)
     home = workdir / "bentoml"
     import_bento(archive, home)
 
