@@ -73,7 +73,7 @@ def release_champion(params: Params, version: str) -> dict[str, Any]:
         if params.release.deployment:
             release_production(params, candidate, workdir)
     release_promote(candidate)
-    return {"released": candidate.version, "deployment": params.release.deployment or None}
+    return {"released": candidate.version, "bento": candidate.bento_tag, "deployment": params.release.deployment or None}
 
 
 @task(name="release-record", timeout_seconds=120, cache_policy=NO_CACHE)

@@ -248,8 +248,9 @@ def task_runner(address: str | None = None) -> TaskRunner:
 @flow(name="retrain", log_prints=True, task_runner=task_runner())
 def retrain(force: bool = False, families: list[str] | None = None, feature_sets: list[str] | None = None,
             batch_size: int = 32) -> dict[str, Any]:
-    """Pull, clean, featurize, search, evaluate, register, release - unless the champion already has today's data
-    and params (`force` retrains anyway). `families`/`feature_sets` override params.yaml for this run."""
+    """Pull, clean, featurize, search, evaluate, register - unless the champion already has today's data and
+    params (`force` retrains anyway) - then release (with release.enabled, the champion if not yet @production).
+    `families`/`feature_sets` override params.yaml for this run."""
     params = effective_params(families, feature_sets)
     champion = None if force else up_to_date_champion(params)
     if champion is not None:
@@ -258,7 +259,10 @@ def retrain(force: bool = False, families: list[str] | None = None, feature_sets
             markdown=f"# Up to date\n\nChampion version {champion} was trained on data `{data_hash()}` with "
                      "these params: nothing to retrain (run with `force` to retrain anyway).")
         print(f"up to date: champion version {champion}")
-        return {"status": "up to date", "champion_version": int(champion), "flow_run_id": str(flow_run.id)}
+        # A champion not yet released (release.enabled turned on since, or its release was stopped) goes now.
+        released = release_stage(params, commit=params == load_params()) if params.release.enabled else {}
+        return {"status": "up to date", "champion_version": int(champion), **released,
+                "flow_run_id": str(flow_run.id)}
     pull_data()
     clean(params, batch_size)
     featurize(params)
