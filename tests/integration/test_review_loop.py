@@ -17,7 +17,7 @@ import pytest
 
 from bbt.faces import Box
 from bbt.ready import free_port, wait_until_ready
-from tests.conftest import Project, Server, clone_trained_project, start_server, stop_server
+from tests.conftest import CHAMPIONS_SEARCH, Project, Server, clone_trained_project, start_server, stop_server
 from tests.integration.test_browser import CHROMIUM, FLAGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -25,8 +25,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 @pytest.fixture(scope="module")
 def project(trained_project: Project, tmp_path_factory: pytest.TempPathFactory) -> Project:
-    """This test adds a photo and retrains: in a copy of the trained project with stores of its own."""
-    return clone_trained_project(trained_project, tmp_path_factory.mktemp("loop") / "project")
+    """This test adds a photo and retrains: in a copy of the trained project with stores of its own, searching
+    the champion's own family."""
+    project = clone_trained_project(trained_project, tmp_path_factory.mktemp("loop") / "project")
+    project.set_params(CHAMPIONS_SEARCH)
+    return project
 
 
 @pytest.fixture(scope="module")
