@@ -39,9 +39,8 @@ system-deps:  ## Debian packages the tests drive for real: nginx, headless Chrom
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
 	fi
 
-test: setup system-deps  ## the whole test suite: tests/unit (on 2 workers), then tests/data and tests/integration
-	pytest -n 2 tests/unit
-	pytest tests/data tests/integration
+test: setup system-deps  ## the whole test suite (unit, data, integration) on 2 workers, grouped as tests/conftest.py says
+	pytest -n 2 --dist loadgroup
 
 check: setup system-deps  ## the fast path (under a minute): ruff over the project, then the unit tier on 2 workers
 	ruff check bbt flows tests benchmarks

@@ -80,6 +80,20 @@ def copy_project(destination: Path) -> Project:
     return project
 
 
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """For `pytest -n 2 --dist loadgroup` (make test): the tests on the session's trained project run on one
+    worker, which trains once; each other data or integration module runs on one worker, which makes its module
+    fixtures once; unit tests run wherever a worker is free. Without -n the groups change nothing. (Marked as
+    each test is collected: xdist reads the groups in its own pytest_collection_modifyitems.)"""
+    if "trained_project" in item.fixturenames:
+        group = "trained-project"
+    elif item.get_closest_marker("integration") or item.get_closest_marker("data"):
+        group = item.module.__name__
+    else:
+        return
+    item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session")
 def expected() -> dict:
     """The dataset's counts (tests/data/expectations.yaml), for the data and integration tiers."""
@@ -99,13 +113,14 @@ def pulled_project(tmp_path_factory: pytest.TempPathFactory) -> Project:
 
 @pytest.fixture(scope="session")
 def trained_project(pulled_project: Project) -> Project:
-    """The pulled project after `make train` (`dvc repro`, then `bbt register`: in a fresh copy the pipeline's
-    products come out as committed, so DVC has nothing to register): champion registered and in BentoML.
+    """The pulled project after `make train`: champion registered and in BentoML. In a fresh copy the pipeline's
+    products come out as committed, so `dvc repro` skips register and release (their inputs did not change):
+    they are forced after it, as `make train` runs `bbt register`.
 
-    The stages DVC runs record what they read (bbt/reads.py) into `reads_folder`, for tests/test_dag.py."""
-    pulled_project.run("dvc", "repro", timeout=1200,
-                       env_extra={"BBT_RECORD_READS": str(reads_folder(pulled_project))})
-    pulled_project.run("bbt", "register")
+    Every stage records what it read (bbt/reads.py) into `reads_folder`, for tests/integration/test_dag.py."""
+    record = {"BBT_RECORD_READS": str(reads_folder(pulled_project))}
+    pulled_project.run("dvc", "repro", timeout=1200, env_extra=record)
+    pulled_project.run("dvc", "repro", "--force", "--single-item", "register", "release", env_extra=record)
     return pulled_project
 
 

@@ -27,6 +27,7 @@ from prefect import get_client
 from prefect.client.schemas.filters import (
     ArtifactFilter,
     ArtifactFilterFlowRunId,
+    ArtifactFilterKey,
     FlowRunFilter,
     FlowRunFilterId,
     LogFilter,
@@ -40,8 +41,9 @@ from bbt.candidates import candidates
 from bbt.clean import list_images, plan_jobs
 from bbt.config import load_params
 from flows.deploy import TIMEZONE, WEEKLY_CRON
+from flows.release import SMOKE_KEY
 from flows.retrain import REPORT_KEY, STAGES
-from tests.conftest import Project, copy_project
+from tests.conftest import Project, clone_trained_project, copy_project
 
 pytestmark = pytest.mark.integration
 MODEL = "bbt-actor-classifier"
@@ -196,6 +198,33 @@ def test_second_run_is_up_to_date_without_a_new_version(small_project: Project, 
     assert registry_versions(small_project) == versions_before
     stages = {stage_of(r.name) for r in task_runs_of(outcome["flow_run_id"])}
     assert stages == {"check-champion"}, f"nothing but the check should run ({elapsed:.0f} s)"
+
+
+def test_a_run_with_the_release_on_releases_the_champion_as_tasks(small_project: Project, prefect_api: str,
+                                                                 forced_run: tuple[dict, list[dict]],
+                                                                 tmp_path: Path) -> None:
+    """release.enabled (staging only): the up-to-date champion, not yet @production, goes through the release's
+    tasks, with the smoke test's report as an artifact of the run. In a copy of the small project, whose model is
+    not what this checks: its smoke test's gates are opened to one actor named right and most strangers named."""
+    project = clone_trained_project(small_project, tmp_path / "project")
+    project.set_params({"release": {"enabled": True, "faces_per_label": 3, "min_actor_recall": 0.01,
+                                    "max_false_accept": 0.99}})
+    champion = str(MlflowClient(project.tracking_uri, project.tracking_uri)
+                   .get_model_version_by_alias(MODEL, "champion").version)
+    outcome = outcome_of(run_in_project(project, prefect_api, "bbt", "prefect", "run"))
+    assert outcome["status"] == "up to date" and outcome["released"] == champion, outcome
+    tasks = {stage_of(run.name): run.state.type.value for run in task_runs_of(outcome["flow_run_id"])}
+    assert tasks == {"check-champion": "COMPLETED", "release-prepare": "COMPLETED", "release-staging": "COMPLETED",
+                     "release-promote": "COMPLETED", "release-record": "COMPLETED"}, "no deployment, no roll-out"
+    with get_client(sync_client=True) as client:
+        [smoke] = client.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=[SMOKE_KEY]), flow_run_id=ArtifactFilterFlowRunId(any_=[
+                UUID(outcome["flow_run_id"])])))
+    assert "Smoke test passed" in smoke.data and f"model version {champion} " in smoke.data, smoke.data
+    registry = MlflowClient(project.tracking_uri, project.tracking_uri)
+    assert str(registry.get_model_version_by_alias(MODEL, "production").version) == champion
+    assert json.loads((project.root / "metrics/release.json").read_text())["enabled"] is True
+    assert "Data and pipelines are up to date" in project.run("dvc", "status").stdout, "release.json is in dvc.lock"
 
 
 def test_a_family_override_is_not_up_to_date(small_project: Project, prefect_api: str,

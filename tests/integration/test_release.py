@@ -1,34 +1,20 @@
-"""Issue 16 from a trained project: the weekly Prefect flow, with the release turned on, releases the champion as
-tasks: it passes the smoke test in the real staging (nginx in front of the bento) and becomes @production; a deliberately broken version (it names every face Howard) is stopped there,
+"""Issue 16 from a trained project: the champion passes the smoke test in the real staging (nginx in front of the
+bento) and becomes @production; a deliberately broken version (it names every face Howard) is stopped there,
 with the report, and the production fleet keeps serving the version it had; `dvc repro` with a changed param
 registers a new champion and releases it, through staging, to the running production fleet on moto, same URL;
-`bbt release rollback` puts the version before back. The fleet is moto's (tests/integration/fleet_stand_in.py)."""
+`bbt release rollback` puts the version before back. The fleet is moto's (tests/integration/fleet_stand_in.py).
+The flow's release tasks are tested in tests/integration/test_flow.py."""
 
 from __future__ import annotations
 
-import flows  # noqa: F401  (first: it sets Prefect's offline defaults before Prefect is imported)
-
-# isort: split
-import json
 import re
 from pathlib import Path
-from uuid import UUID
 
 import httpx
 import joblib
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from prefect import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
-    ArtifactFilterKey,
-    FlowRunFilter,
-    FlowRunFilterId,
-)
-from prefect.settings import PREFECT_API_URL
-from prefect.testing.utilities import prefect_test_harness
 from sklearn.dummy import DummyClassifier
 from sklearn.pipeline import Pipeline
 
@@ -36,7 +22,6 @@ from bbt import ACTORS
 from bbt.config import ServeParams
 from bbt.deploy.fleet import find_fleets, fleet_instances
 from bbt.release import PRODUCTION_ALIAS, REPORT, STAGING_TAG
-from flows.release import SMOKE_KEY
 from tests.conftest import CHAMPIONS_SEARCH, Project, clone_trained_project
 from tests.integration.fleet_stand_in import MotoFleetWorld, moto_fleet_world
 
@@ -83,37 +68,18 @@ def version_answering(world: MotoFleetWorld, url: str, photo: Path) -> str:
     return answer.json()["model"]["version"]
 
 
-def weekly_run(project: Project) -> tuple[dict, dict[str, str], str]:
-    """`bbt prefect run` on a Prefect server of its own: the flow's outcome, its task runs' final states by task,
-    and the smoke test's report artifact."""
-    with prefect_test_harness(server_startup_timeout=180):
-        ran = project.run("bbt", "prefect", "run", env_extra={"PREFECT_API_URL": str(PREFECT_API_URL.value())})
-        outcome = json.loads([line for line in ran.stdout.splitlines() if line.startswith("{")][-1])
-        flow_run = UUID(outcome["flow_run_id"])
-        with get_client(sync_client=True) as prefect:
-            runs = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run])))
-            [smoke] = prefect.read_artifacts(artifact_filter=ArtifactFilter(
-                key=ArtifactFilterKey(any_=[SMOKE_KEY]), flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run])))
-    return outcome, {run.name.rsplit("-", 1)[0]: run.state.type.value for run in runs}, smoke.data
-
-
 def test_releases_reach_the_fleet_only_through_the_smoke_test_and_roll_back(project: Project,
                                                                            tmp_path: Path) -> None:
     client = registry(project)
     champion = str(client.get_model_version_by_alias(NAME, "champion").version)
-    project.set_params({"release": {"enabled": True}})
-    outcome, tasks, smoke_report = weekly_run(project)
-    assert outcome["status"] == "up to date" and outcome["released"] == champion, outcome
-    assert tasks == {"check-champion": "COMPLETED", "release-prepare": "COMPLETED", "release-staging": "COMPLETED",
-                     "release-promote": "COMPLETED", "release-record": "COMPLETED"}, "no deployment, no roll-out"
-    assert "Smoke test passed" in smoke_report
+    released = project.run("bbt", "release", timeout=900)
+    assert "Smoke test passed" in released.stdout, released.stdout
     assert str(client.get_model_version_by_alias(NAME, PRODUCTION_ALIAS).version) == champion
     assert client.get_model_version(NAME, champion).tags[STAGING_TAG] == "passed"
-    project.set_params({"release": {"enabled": False}})
 
     with moto_fleet_world(tmp_path / "aws", ServeParams()) as world:
         # Production: a fleet of 1-2 instances serving the bento the release staged.
-        bento = outcome["bento"]
+        bento = re.search(r"built (\S+), pinned to version", released.stdout).group(1)
         deployed = project.run("bbt", "deploy", "ec2", "--min", "1", "--max", "2", "--ami", world.ami,
                                "--bento", bento, env_extra=world.env, timeout=900)
         deployment = re.search(r"\(deployment (\S+);", deployed.stdout).group(1)
