@@ -111,7 +111,7 @@ def test_releases_reach_the_fleet_only_through_the_smoke_test_and_roll_back(proj
         assert client.get_model_version(NAME, new).tags["previous_production"] == champion
         new_url, new_bentos = fleet_serves(world, deployment)
         assert new_url == url and len(new_bentos) == 1 and new_bentos != first_bentos
-        photo = next((project.root / "data/raw/sheldon").iterdir())
+        photo = min((project.root / "data/raw/sheldon").iterdir())
         assert version_answering(world, url, photo) == new
         assert "up to date" in project.run("dvc", "status").stdout, "the release stage is in dvc.lock"
 
