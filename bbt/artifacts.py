@@ -9,7 +9,7 @@ from bbt.errors import DataError
 ARTIFACTS = Path("artifacts")
 FACES = ARTIFACTS / "faces" / "faces.npz"
 DETECTIONS = ARTIFACTS / "faces" / "detections.csv"
-# Per-photo detections kept between clean runs (bbt/detection_cache.py); not a stage product, DVC never sees it.
+# Per-photo detections kept between clean runs (bbt/pipeline/detection_cache.py); not a stage product, DVC never sees it.
 CLEAN_CACHE = ARTIFACTS / "cache" / "clean"
 FEATURES_DIR = ARTIFACTS / "features"
 SPLIT = FEATURES_DIR / "split.npz"
@@ -52,3 +52,19 @@ def load_features(feature_set: str) -> np.ndarray:
         raise DataError(f"{path} not found: run `dvc repro featurize` (it caches {feature_set!r})")
     with np.load(path) as cached:
         return cached["X"]
+
+
+def load_faces() -> dict[str, np.ndarray]:
+    """The labelled face crops written by the clean stage."""
+    if not FACES.exists():
+        raise DataError(f"{FACES} not found: run `dvc repro clean` (or `bbt clean`) first")
+    with np.load(FACES) as faces:
+        return {key: faces[key] for key in faces.files}
+
+
+def load_split() -> tuple[np.ndarray, np.ndarray]:
+    """Indices into the faces of the training and the held-out test split."""
+    if not SPLIT.exists():
+        raise DataError(f"{SPLIT} not found: run `dvc repro featurize` (or `bbt featurize`) first")
+    with np.load(SPLIT) as split:
+        return split["train"], split["test"]

@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 
 from bbt.cli_support import friendly, setup_logging
 from bbt.deploy.cli import deploy_app
-from bbt.release_cli import release_app
+from bbt.release.cli import release_app
 
 
 class WithLazyApps(TyperGroup):
@@ -49,7 +49,7 @@ def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logg
 @friendly
 def pull() -> None:
     """`dvc pull` of the photos (data/), after checking that a local DVC remote exists."""
-    from bbt.remote import pull as run_pull
+    from bbt.pipeline.remote import pull as run_pull
 
     run_pull()
 
@@ -58,8 +58,8 @@ def pull() -> None:
 @friendly
 def clean() -> None:
     """Stage 1: decode photos, detect faces, keep the accepted ones (artifacts/faces, metrics/clean.json)."""
-    from bbt.clean import run_clean
     from bbt.config import load_params
+    from bbt.pipeline.clean import run_clean
 
     params = load_params()
     run_clean(params.data, params.clean)
@@ -70,7 +70,7 @@ def clean() -> None:
 def featurize() -> None:
     """Stage 2: split train/test and cache each feature set's matrix (artifacts/features)."""
     from bbt.config import load_params
-    from bbt.featurize import run_featurize
+    from bbt.pipeline.featurize import run_featurize
 
     params = load_params()
     run_featurize(params.split, params.featurize)
@@ -80,8 +80,8 @@ def featurize() -> None:
 @friendly
 def audit() -> None:
     """Flag accepted faces whose label the other faces disagree with (reports/label_audit.*) for a second review."""
-    from bbt.audit import run_audit
     from bbt.config import load_params
+    from bbt.pipeline.audit import run_audit
 
     params = load_params()
     run_audit(params.audit, params.featurize, params.data, params.search)
@@ -92,7 +92,7 @@ def audit() -> None:
 def search() -> None:
     """Stage 3: cross-validate every candidate, one MLflow child run each; refit the best."""
     from bbt.config import load_params
-    from bbt.search import run_search
+    from bbt.pipeline.search import run_search
 
     run_search(load_params())
 
@@ -101,7 +101,7 @@ def search() -> None:
 @friendly
 def evaluate() -> None:
     """Stage 4: score the best pipeline on the held-out test split (metrics/evaluate.json, plots/)."""
-    from bbt.evaluate import run_evaluate
+    from bbt.pipeline.evaluate import run_evaluate
 
     run_evaluate()
 
@@ -113,7 +113,7 @@ def register() -> None:
 
     Also what brings the registry back after a wiped mlruns/ or with a new tracking server, without retraining."""
     from bbt.config import load_params
-    from bbt.register import run_register
+    from bbt.pipeline.register import run_register
 
     params = load_params()
     result = run_register(params)
@@ -130,11 +130,11 @@ def card(
     """Print a registered version's model card (markdown), as `bbt register` logged it with the model."""
     from mlflow import MlflowClient
 
-    from bbt.card_registry import alias_version, require_card
     from bbt.config import load_params
     from bbt.errors import ModelError
-    from bbt.register import run_write_card
-    from bbt.tracking import setup_tracking
+    from bbt.pipeline.register import run_write_card
+    from bbt.registry.model_cards import alias_version, require_card
+    from bbt.registry.tracking import setup_tracking
 
     params = load_params()
     if write and not version:
@@ -154,7 +154,7 @@ def leaderboard(top: int = typer.Option(0, help="Show only the best N candidates
     from rich.console import Console
     from rich.table import Table
 
-    from bbt.leaderboard import latest_leaderboard
+    from bbt.registry.leaderboard import latest_leaderboard
 
     run_id, board = latest_leaderboard(top or None)
     table = Table(title=f"Grid search {run_id} (MLflow)")
@@ -169,7 +169,7 @@ def leaderboard(top: int = typer.Option(0, help="Show only the best N candidates
 @app.command()
 def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1.")) -> None:
     """Open the MLflow UI over the project's store on http://127.0.0.1:PORT, at the experiment's training runs."""
-    from bbt.tracking import setup_tracking, tracking_uri
+    from bbt.registry.tracking import setup_tracking, tracking_uri
 
     experiment_id = setup_tracking()
     # MLflow 3 opens experiments on its GenAI pages unless the URL asks for the machine-learning view.
@@ -186,8 +186,8 @@ def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1.")) -> None:
 @friendly
 def import_champion() -> None:
     """Copy models:/<register.model_name>@<register.alias> into the BentoML model store (for `bentoml build`)."""
-    from bbt.bento_store import import_champion as run_import
     from bbt.config import load_params
+    from bbt.registry.bento_store import import_champion as run_import
 
     params = load_params().register
     typer.echo(str(run_import(params.model_name, params.alias)))
@@ -200,14 +200,14 @@ def serve(
     port: int = typer.Option(3000, help="Port to listen on."),
 ) -> None:
     """Serve the champion with the web page: import models:/...@champion into BentoML, then `bentoml serve`."""
-    from bbt.bento_store import import_champion as run_import
     from bbt.config import load_params
+    from bbt.registry.bento_store import import_champion as run_import
 
     params = load_params().register
     tag = run_import(params.model_name, params.alias)
     typer.echo(f"serving {tag} on http://{host}:{port} (page /, API /classify, OpenAPI /docs.json); Ctrl-C stops it")
     # A fresh interpreter (not this one, which imported MLflow to import the champion) runs the server.
-    os.execv(sys.executable, [sys.executable, "-m", "bbt.bento_serve", "bbt.service:ActorService",
+    os.execv(sys.executable, [sys.executable, "-m", "bbt.serving.bento_serve", "bbt.serving.service:ActorService",
                               "--host", host, "--port", str(port)])
 
 
@@ -222,7 +222,7 @@ def review(
     local page, one key per verdict; each verdict is saved to data.corrections (review/corrections.csv) at once."""
     from pathlib import Path
 
-    from bbt.review_app import serve_review
+    from bbt.review.app import serve_review
 
     serve_review(Path("."), port, model or None)
 
@@ -245,8 +245,8 @@ def monitor(
     from datetime import UTC, datetime
 
     from bbt.config import load_params
-    from bbt.monitor_logs import period_of
-    from bbt.monitor_report import run_monitor
+    from bbt.monitoring.logs import period_of
+    from bbt.monitoring.report import run_monitor
 
     params = load_params()
     period = period_of(since or None, until or None, days or params.monitor.days, datetime.now(UTC))

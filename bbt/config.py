@@ -9,19 +9,17 @@ from typing import Any, ClassVar, TypeVar
 import yaml
 
 from bbt import MAX_PIXELS, reads
-from bbt.errors import BbtError
-from bbt.faces import DETECTORS, DetectorSettings
-from bbt.feature_sets import FEATURE_SETS
-from bbt.images import peak_bytes_per_pixel
+from bbt.errors import ConfigError
+from bbt.model.candidates import FAMILIES
+from bbt.model.feature_sets import FEATURE_SETS
+from bbt.model.openset import OBJECTIVES, RULES
+from bbt.vision.faces import DETECTORS, DetectorSettings
+from bbt.vision.images import peak_bytes_per_pixel
 
 PARAMS_FILE = Path("params.yaml")
 # BentoML's own cut-off for a whole request (reading the body included); serve.timeout_s stays under it.
 SERVER_TIMEOUT_S = 60
 MIB = 1024 * 1024
-
-
-class ConfigError(BbtError, ValueError):
-    """A params.yaml problem the user can fix."""
 
 
 class Section:
@@ -46,7 +44,7 @@ class DataParams(Section):
 
 @dataclass(frozen=True)
 class CleanParams(Section, DetectorSettings):
-    """The detector's settings (bbt.faces.DetectorSettings, defaults there), and how faces meet reviews."""
+    """The detector's settings (bbt.vision.faces.DetectorSettings, defaults there), and how faces meet reviews."""
 
     section: ClassVar[str] = "clean"
     iou_threshold: float = 0.5
@@ -106,14 +104,14 @@ class ServeParams(Section):
     max_pending: int = 16
     worker_memory_mb: float = 768
     timeout_s: float = 30
-    monitoring_dir: Path = Path("monitoring")  # what the service answers, per request (bbt/monitoring.py)
-    feedback_dir: str = ""  # where reported wrong answers are kept (bbt/feedback.py); empty = off
+    monitoring_dir: Path = Path("monitoring")  # what the service answers, per request (bbt/monitoring/answers.py)
+    feedback_dir: str = ""  # where reported wrong answers are kept (bbt/review/feedback.py); empty = off
     feedback_max_mb: float = 500.0
 
 
 @dataclass(frozen=True)
 class MonitorParams(Section):
-    """How `bbt monitor` judges drift (bbt/monitor_report.py)."""
+    """How `bbt monitor` judges drift (bbt/monitoring/report.py)."""
 
     section: ClassVar[str] = "monitor"
     days: int = 7
@@ -123,7 +121,7 @@ class MonitorParams(Section):
 
 @dataclass(frozen=True)
 class ReleaseParams(Section):
-    """The gate a model passes before it takes traffic (bbt/smoke.py), in staging and in production."""
+    """The gate a model passes before it takes traffic (bbt/release/smoke.py), in staging and in production."""
 
     section: ClassVar[str] = "release"
     enabled: bool = False  # the retrain flow releases a new champion (bbt release) when it moves @champion
@@ -228,10 +226,6 @@ def validate(params: Params, source: str | Path) -> None:
         fail("split.test_size", "must be a fraction between 0 and 1")
     if params.search.cv_folds < 2:
         fail("search.cv_folds", "must be at least 2")
-    # The registries live beside their implementations, which import this module: look them up at call time.
-    from bbt.candidates import FAMILIES
-    from bbt.openset import OBJECTIVES, RULES
-
     choices("search.families", params.search.families, tuple(FAMILIES), "family")
     choices("search.open_set_rules", params.search.open_set_rules, tuple(RULES), "open-set rule")
     if params.search.objective not in OBJECTIVES:

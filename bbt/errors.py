@@ -11,3 +11,7 @@ class DataError(BbtError):
 
 class ModelError(BbtError):
     """A model, run or registry entry the command needs is missing."""
+
+
+class ConfigError(BbtError, ValueError):
+    """A params.yaml problem the user can fix."""

@@ -30,8 +30,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bbt import artifacts
-from bbt.clean import run_clean
 from bbt.config import load_params
+from bbt.pipeline.clean import run_clean
 
 
 def reencoded(path: Path, quality: int) -> bytes:

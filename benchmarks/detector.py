@@ -20,10 +20,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bbt.clean import list_images, plan_jobs, reviewed_annotations
 from bbt.config import DataParams
-from bbt.faces import Box, DetectorSettings, FaceDetector
-from bbt.images import ImageError, decode_photo
+from bbt.pipeline.clean import list_images, plan_jobs, reviewed_annotations
+from bbt.vision.faces import Box, DetectorSettings, FaceDetector
+from bbt.vision.images import ImageError, decode_photo
 
 SETTINGS = {
     "yunet, 640 px, JPEG decoded to >= 1280 px (shipped)": DetectorSettings(detector="yunet", decode_side=1280),

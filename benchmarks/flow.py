@@ -32,7 +32,7 @@ import flows  # first: Prefect's offline defaults
 import pandas as pd
 from prefect import flow
 from prefect.testing.utilities import prefect_test_harness
-from bbt.clean import run_clean
+from bbt.pipeline.clean import run_clean
 from bbt.config import DataParams, load_params
 from flows.retrain import map_over_task_runner, task_runner
 

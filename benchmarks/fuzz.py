@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bbt.config import load_params
-from bbt.ready import free_port
+from bbt.serving.ready import free_port
 from benchmarks.load import start_server, stop_server, wait_ready
 from tests.fuzz_strategies import Case, Limits, dataset_photos, error_class, problems, uploads
 

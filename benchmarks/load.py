@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from bbt.ready import NotReady, free_port, wait_until_ready
+from bbt.serving.ready import NotReady, free_port, wait_until_ready
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
 
@@ -194,8 +194,8 @@ def serve_reference(port: int) -> None:
     from sklearn.svm import SVC
 
     from bbt.config import load_params
-    from bbt.faces import Box, crop_face
-    from bbt.features import PixelWaveletFeatures
+    from bbt.vision.faces import Box, crop_face
+    from bbt.vision.features import PixelWaveletFeatures
 
     crop_size = load_params().clean.crop_size
     faces = np.load("artifacts/faces/faces.npz")

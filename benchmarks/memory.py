@@ -4,7 +4,7 @@
     python benchmarks/memory.py --per-pixel        # decode_photo's peak bytes per pixel, format by mode
 
 `--per-pixel` decodes a 20-megapixel image of each format and mode in a fresh process and prints the growth of
-its resident memory per pixel: the figures behind bbt.images.PEAK_BYTES_PER_PIXEL.
+its resident memory per pixel: the figures behind bbt.vision.images.PEAK_BYTES_PER_PIXEL.
 
 Prints, for the server's whole process tree (supervisor and workers):
 - its memory idle, and at peak while 10 clients each send a photo at the limits (40 megapixels, as JPEG, as
@@ -202,8 +202,8 @@ PER_PIXEL_PROBE = """
 import ctypes, io, sys, threading, time
 import numpy as np
 from PIL import Image
-from bbt.allocator import return_big_frees_to_the_os
-from bbt.images import decode_photo
+from bbt.serving.allocator import return_big_frees_to_the_os
+from bbt.vision.images import decode_photo
 return_big_frees_to_the_os()  # as the service does
 fmt, mode, width, height = sys.argv[1], sys.argv[2], 5000, 4000
 noise = np.random.default_rng(0).integers(0, 255, (height // 8, width // 8, 3), np.uint8)
@@ -232,7 +232,7 @@ print((peak - start) / (width * height))
 
 
 def per_pixel_peaks() -> None:
-    from bbt.images import peak_bytes_per_pixel
+    from bbt.vision.images import peak_bytes_per_pixel
 
     print("| format | mode | peak bytes per pixel (measured) | budgeted |\n|---|---|---|---|")
     for fmt, mode in PER_PIXEL_CASES:

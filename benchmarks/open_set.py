@@ -23,14 +23,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bbt import UNKNOWN
-from bbt.artifacts import load_features
-from bbt.candidates import Candidate, heads
+from bbt.artifacts import load_faces, load_features, load_split
 from bbt.config import load_params
-from bbt.evaluate import score
-from bbt.faces import Box, crop_face
-from bbt.featurize import load_faces, load_split
-from bbt.openset import EMBEDDING_SPACE
-from bbt.search import out_of_fold, ranking_key, refit, score_rule
+from bbt.model.candidates import Candidate, heads
+from bbt.model.openset import EMBEDDING_SPACE
+from bbt.pipeline.evaluate import score
+from bbt.pipeline.search import out_of_fold, ranking_key, refit, score_rule
+from bbt.vision.faces import Box, crop_face
 
 
 def best_per_family(params, faces: dict, train: np.ndarray) -> list[tuple[Candidate, dict, object]]:
@@ -62,7 +61,7 @@ def best_per_family(params, faces: dict, train: np.ndarray) -> list[tuple[Candid
 
 def photos_with_faces(root: Path, faces: dict, count: int) -> list[tuple[np.ndarray, list[Box]]]:
     """Decoded photos with their reviewed boxes (so detection does not blur the rule's cost)."""
-    from bbt.images import decode_image
+    from bbt.vision.images import decode_image
 
     by_image: dict[str, list[Box]] = {}
     for image, box in zip(faces["images"], faces["boxes"]):
@@ -73,7 +72,7 @@ def photos_with_faces(root: Path, faces: dict, count: int) -> list[tuple[np.ndar
 
 def cost_per_face(model, photos: list, crop_size: int, repeats: int = 20) -> tuple[float, float]:
     """CPU ms per face of the whole open-set answer (embedding, classifier, rule) and of the rule alone."""
-    from bbt.openset import RULES
+    from bbt.model.openset import RULES
 
     batches = [np.stack([crop_face(image, box, crop_size) for box in boxes]) for image, boxes in photos]
     n = sum(len(b) for b in batches)

@@ -62,13 +62,13 @@ def main() -> None:
 
     import cv2
 
-    from bbt.admission import MB
-    from bbt.clean import list_images
     from bbt.config import load_params
-    from bbt.contract import Classification, Face, ImageSize, ModelInfo
-    from bbt.embeddings import FaceEmbeddings, resnet
-    from bbt.images import ImageError, decode_photo
-    from bbt.upload_limits import keep_uploads_in_memory
+    from bbt.pipeline.clean import list_images
+    from bbt.serving.admission import MB
+    from bbt.serving.contract import Classification, Face, ImageSize, ModelInfo
+    from bbt.serving.upload_limits import keep_uploads_in_memory
+    from bbt.vision.embeddings import FaceEmbeddings, resnet
+    from bbt.vision.images import ImageError, decode_photo
 
     cv2.setNumThreads(1)
     times: dict[str, list[float]] = defaultdict(list)
@@ -109,7 +109,7 @@ def main() -> None:
         faces = classifier.classify(photo, timed)  # times detect, crop, features, classify
         faces_per_photo.append(len(faces))
         if faces:
-            from bbt.faces import crop_photo_face
+            from bbt.vision.faces import crop_photo_face
 
             crops = np.stack([crop_photo_face(photo, f.box, classifier.crop_size) for f in faces])
             with timed("align"):

@@ -26,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bbt import ACTORS
-from bbt.faces import Box, DetectorSettings, FaceDetector
-from bbt.images import decode_photo
+from bbt.vision.faces import Box, DetectorSettings, FaceDetector
+from bbt.vision.images import decode_photo
 
 CANVAS = (1920, 1280)
 GREY = 114
@@ -81,11 +81,11 @@ def cases(root: Path, width: int, limit: int) -> list[Case]:
     return built
 
 
-def served_classifier(root: Path):  # -> bbt.predict.ActorClassifier
+def served_classifier(root: Path):  # -> bbt.model.predict.ActorClassifier
     os.chdir(root)
     from bbt.config import load_params
-    from bbt.predict import ActorClassifier
-    from bbt.tracking import setup_tracking
+    from bbt.model.predict import ActorClassifier
+    from bbt.registry.tracking import setup_tracking
 
     params = load_params(root / "params.yaml")
     setup_tracking()

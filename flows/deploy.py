@@ -10,9 +10,9 @@ from uuid import UUID
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron
 
+from bbt.deploy.shutdown import sigterm_as_interrupt
 from bbt.errors import BbtError
-from bbt.ready import wait_until_ready
-from bbt.shutdown import sigterm_as_interrupt
+from bbt.serving.ready import wait_until_ready
 from flows.retrain import retrain
 
 # The one place the schedule is set: Mondays 03:00 UTC (`bbt prefect serve --cron` overrides it per run).

@@ -1,4 +1,4 @@
-"""dvc.yaml's release stage as Prefect tasks (the steps of bbt/release.py): prepare, staging smoke test, production
+"""dvc.yaml's release stage as Prefect tasks (the steps of bbt/release/steps.py): prepare, staging smoke test, production
 roll-out, promote, then metrics/release.json. The smoke test's report is a markdown artifact of the flow run,
 passed or not."""
 
@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from bbt.config import Params
 from bbt.errors import BbtError
-from bbt.release import (
+from bbt.release.steps import (
     Candidate,
     ReleaseStopped,
     pending,
@@ -55,7 +55,7 @@ def release_staging(params: Params, candidate: Candidate, workdir: str) -> str:
 
 @task(name="release-production", timeout_seconds=3600, cache_policy=NO_CACHE)
 def release_production(params: Params, candidate: Candidate, workdir: str) -> None:
-    from bbt.deploy.fleet_release import roll_out_with
+    from bbt.release.fleet import roll_out_with
 
     produce(Path("."), params, candidate, params.release.deployment, roll_out_with(None, None), Path(workdir), _log)
 
@@ -89,7 +89,7 @@ def release_record(params: Params, commit: bool) -> None:
 
 
 def release_stage(params: Params, commit: bool) -> dict[str, Any]:
-    """The release stage: the pending version (bbt.release.pending: @champion when release.enabled and it is not
+    """The release stage: the pending version (bbt.release.steps.pending: @champion when release.enabled and it is not
     @production yet) through every step, then its record."""
     version = pending(params)
     released = release_champion(params, version) if version else {"released": None}

@@ -25,19 +25,19 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from bbt import artifacts
-from bbt.audit import run_audit
-from bbt.clean import BatchWork, ImageJob, run_clean
 from bbt.config import ConfigError, Params, load_params
 from bbt.config import validate as validate_params
-from bbt.detection_cache import Detected
 from bbt.errors import BbtError
-from bbt.evaluate import run_evaluate
-from bbt.featurize import run_featurize
-from bbt.progress import progress
-from bbt.ready import probe
-from bbt.register import run_register, training_params_hash
-from bbt.search import run_search
-from bbt.tracking import corrections_hash, data_hash, setup_tracking
+from bbt.pipeline.audit import run_audit
+from bbt.pipeline.clean import BatchWork, ImageJob, run_clean
+from bbt.pipeline.detection_cache import Detected
+from bbt.pipeline.evaluate import run_evaluate
+from bbt.pipeline.featurize import run_featurize
+from bbt.pipeline.progress import progress
+from bbt.pipeline.register import run_register, training_params_hash
+from bbt.pipeline.search import run_search
+from bbt.registry.tracking import corrections_hash, data_hash, setup_tracking
+from bbt.serving.ready import probe
 from flows.release import release_stage
 
 # `tcp://host:8786` runs the per-image work on that Dask cluster; `local` starts a 2-worker one for the run.
@@ -114,7 +114,7 @@ def detect_faces(batch: list[ImageJob], work: BatchWork) -> list[Detected]:
 
 
 def map_over_task_runner(batches: list[list[ImageJob]], work: BatchWork) -> list[list[Detected]]:
-    """bbt.clean's BatchMapper: one detect-faces task per batch, on the flow's task runner."""
+    """bbt.pipeline.clean's BatchMapper: one detect-faces task per batch, on the flow's task runner."""
     futures = detect_faces.map(batches, work=unmapped(work))
     with progress("clean: detecting faces, batches", total=len(futures)) as advance:
         for _ in as_completed(futures):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bbt.ready import NotReady, free_port, wait_until_ready
+from bbt.serving.ready import NotReady, free_port, wait_until_ready
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BBT_SHARED", REPO.parent / "shared"))

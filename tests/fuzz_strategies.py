@@ -26,14 +26,14 @@ import numpy as np
 from hypothesis import strategies as st
 from PIL import Image
 
-from bbt.images import SUPPORTED_FORMATS
+from bbt.vision.images import SUPPORTED_FORMATS
 
 Size = tuple[int, int]
 Expect = Literal["ok", "refused", "any"]
 
 MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV",
          "I", "I;16", "I;16B", "F")
-# Formats Pillow writes; the ones outside bbt.images.SUPPORTED_FORMATS must be refused by name.
+# Formats Pillow writes; the ones outside bbt.vision.images.SUPPORTED_FORMATS must be refused by name.
 WRITABLE = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "MPO", "ICO", "AVIF", "BLP", "DDS", "DIB", "ICNS", "IM",
             "JPEG2000", "MSP", "PCX", "PPM", "QOI", "SGI", "SPIDER", "TGA", "XBM", "EPS", "PDF", "PALM")
 TIFF_COMPRESSIONS = (None, "tiff_lzw", "tiff_deflate", "tiff_adobe_deflate", "packbits")
@@ -605,7 +605,7 @@ def malformed_requests(draw: st.DrawFn, photos: Sequence[tuple[str, bytes]]) -> 
         return Case("malformed", f"{kind} {method}", path, "refused", content=body, headers=multipart_type,
                     method=method)
     if kind == "route":
-        route = draw(st.sampled_from(["/CLASSIFY", "/classify_images", "/classify%00", "/static/../bbt/service.py",
+        route = draw(st.sampled_from(["/CLASSIFY", "/classify_images", "/classify%00", "/static/../bbt/serving/service.py",
                                       "/classify/../readyz", "/docs", "/metrics/x"]))
         return Case("malformed", f"{kind} {route}", route, "refused", content=body, headers=multipart_type)
     if kind == "chunked":

@@ -1,4 +1,5 @@
-"""Ship the bento: AWS EC2 behind nginx (`bbt deploy ec2`) and the same setup locally (`bbt deploy staging`)."""
+"""Ship the bento: AWS EC2 behind nginx (`bbt deploy ec2`, a fleet or one instance) and the same setup locally
+(`bbt deploy staging`). Imports `bbt.serving` (readiness), `bbt.review` (the feedback folder) and the layers below."""
 
 from bbt.errors import BbtError
 

@@ -82,7 +82,7 @@ def status(region: str = REGION, profile: str = PROFILE,
     from bbt.deploy.ec2 import aws_session, find_deployments
     from bbt.deploy.fleet import find_fleets
     from bbt.deploy.fleet_status import fleet_lines
-    from bbt.ready import probe as probe_url
+    from bbt.serving.ready import probe as probe_url
 
     session = aws_session(region, profile)
     deployments = find_deployments(session)
@@ -175,8 +175,8 @@ def staging(
     import threading
 
     from bbt.config import load_params
+    from bbt.deploy.shutdown import sigterm_as_interrupt
     from bbt.deploy.staging import run_staging
-    from bbt.shutdown import sigterm_as_interrupt
 
     workdir = Path(tempfile.mkdtemp(prefix="bbt-staging-"))
     typer.echo(f"building, exporting and importing the bento in {workdir} ...")

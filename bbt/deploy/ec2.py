@@ -26,7 +26,7 @@ from bbt.deploy.iam import create_instance_role, delete_instance_role, find_role
 from bbt.deploy.instances import DEFAULT_INSTANCE_TYPE, INSTANCE_MEMORY_MIB, MemoryLimits
 from bbt.deploy.render import Archive, SiteSettings, TlsSettings, render_user_data
 from bbt.deploy.s3 import delete_bucket, ship_archive
-from bbt.ready import NotReady, wait_until_ready
+from bbt.serving.ready import NotReady, wait_until_ready
 
 __all__ = ["TAG_KEY", "Deployment", "Ec2Options", "aws_session", "deploy_ec2", "destroy", "find_deployments"]
 

@@ -12,7 +12,7 @@ import jinja2
 
 from bbt.config import ServeParams
 from bbt.deploy.instances import DEFAULT_INSTANCE_TYPE, INSTANCE_MEMORY_MIB, MemoryLimits
-from bbt.feedback import FEEDBACK_DIR_ENV
+from bbt.review.feedback import FEEDBACK_DIR_ENV
 
 # Room for the multipart envelope (boundaries, part headers) around a photo at the service's own limit.
 MULTIPART_ROOM_KB = 64

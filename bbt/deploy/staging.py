@@ -28,8 +28,8 @@ from bbt.deploy.render import (
     render_site,
     serve_command,
 )
-from bbt.feedback import FEEDBACK_DIR_ENV
-from bbt.ready import NotReady, free_port, wait_until_ready
+from bbt.review.feedback import FEEDBACK_DIR_ENV
+from bbt.serving.ready import NotReady, free_port, wait_until_ready
 
 log = logging.getLogger(__name__)
 NGINX_TEMP_DIRS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")

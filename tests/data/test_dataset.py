@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bbt import ACTORS
-from bbt.annotations import COLUMNS, load_annotations, load_corrections
+from bbt.pipeline.annotations import COLUMNS, load_annotations, load_corrections
 from tests.conftest import Project
 
 pytestmark = pytest.mark.data

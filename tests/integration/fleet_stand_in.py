@@ -26,9 +26,9 @@ from bbt.config import ServeParams
 from bbt.deploy.aws import ARCHIVE_TAG, tag_value
 from bbt.deploy.fleet import BENTO_TAG, find_fleets
 from bbt.deploy.staging import run_staging
-from bbt.ready import free_port
-from tests.unit.test_deploy import REGION, fake_aws_environment, moto_over_https, some_ami
-from tests.unit.test_deploy_fleet import create_version_keeping_user_data
+from bbt.serving.ready import free_port
+from tests.unit.deploy.test_deploy import REGION, fake_aws_environment, moto_over_https, some_ami
+from tests.unit.deploy.test_deploy_fleet import create_version_keeping_user_data
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
               "content-length", "host", "proxy-authorization"}

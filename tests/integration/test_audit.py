@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 from bbt import artifacts
-from bbt.audit import run_audit
 from bbt.config import AuditParams, DataParams, FeaturizeParams, SearchParams
+from bbt.pipeline.audit import run_audit
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration
@@ -19,9 +19,9 @@ def test_without_the_second_review_the_audit_flags_the_mislabelled_boxes(
     pulled_project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On the real data with review/corrections.csv emptied: the three boxes it relabels are all suspects."""
-    from bbt.clean import run_clean
     from bbt.config import CleanParams, SplitParams
-    from bbt.featurize import run_featurize
+    from bbt.pipeline.clean import run_clean
+    from bbt.pipeline.featurize import run_featurize
 
     root = pulled_project.root
     empty = tmp_path / "none.csv"

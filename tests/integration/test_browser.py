@@ -110,8 +110,8 @@ def group_photo(server: Server, path: Path) -> list[str]:
     returns the labels, left to right."""
     import cv2
 
-    from bbt.faces import Box
-    from bbt.images import decode_image
+    from bbt.vision.faces import Box
+    from bbt.vision.images import decode_image
 
     root = server.project.root
     faces = np.load(root / "artifacts/faces/faces.npz")
@@ -178,7 +178,7 @@ def test_a_stranger_is_not_one_of_the_four(page, bento_server: Server) -> None:
 def test_the_page_has_a_favicon_and_one_list_of_formats(page, bento_server: Server) -> None:
     import httpx
 
-    from bbt.images import SUPPORTED_FOR_PEOPLE
+    from bbt.vision.images import SUPPORTED_FOR_PEOPLE
 
     icon = page.locator('link[rel="icon"]').get_attribute("href")
     assert icon == "static/favicon.svg"

@@ -11,10 +11,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bbt import artifacts, clean
-from bbt.clean import POOL_MIN_PHOTOS, detect_jobs, list_images, plan_jobs, reviewed_annotations, run_clean
+from bbt import artifacts
+from bbt.pipeline import clean
 from bbt.config import CleanParams, DataParams
 from bbt.errors import DataError
+from bbt.pipeline.clean import (
+    POOL_MIN_PHOTOS,
+    detect_jobs,
+    list_images,
+    plan_jobs,
+    reviewed_annotations,
+    run_clean,
+)
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration

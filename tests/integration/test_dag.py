@@ -19,7 +19,7 @@ EXEMPT_MODULES = {
     "bbt/cli_support.py",  # turns the errors a user can cause into messages
     "bbt/config.py",  # parses params.yaml: the values a stage reads are declared key by key as params
     "bbt/errors.py",  # exception classes
-    "bbt/progress.py",  # progress bars
+    "bbt/pipeline/progress.py",  # progress bars
     "bbt/reads.py",  # this recording
 }
 # Read by a stage but not declarable: DVC refuses a .dvc file as a dependency. It only feeds MLflow tags (the data
@@ -29,7 +29,7 @@ UNDECLARABLE = {"data.dvc"}
 # what it reads back (its own logged model), not inputs of the pipeline.
 STORES = ("mlruns/", "bentoml/", "prefect/")
 # clean's per-photo detection cache: found by the photo's content hash, the settings and the detection code's
-# own hash (bbt/detection_cache.py), so it can save work but never change a product (tests/test_clean.py).
+# own hash (bbt/pipeline/detection_cache.py), so it can save work but never change a product (tests/test_clean.py).
 CACHES = ("artifacts/cache/",)
 
 

@@ -8,11 +8,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bbt.annotations import load_annotations
-from bbt.clean import list_images, map_images, plan_jobs, reviewed_annotations, summarize
 from bbt.config import CleanParams, DataParams, load_params
-from bbt.faces import DetectorSettings, FaceDetector
-from bbt.images import decode_image
+from bbt.pipeline.annotations import load_annotations
+from bbt.pipeline.clean import list_images, map_images, plan_jobs, reviewed_annotations, summarize
+from bbt.vision.faces import DetectorSettings, FaceDetector
+from bbt.vision.images import decode_image
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration

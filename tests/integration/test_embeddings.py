@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 from bbt import ACTORS
-from bbt.embeddings import FaceEmbeddings
-from bbt.faces import Box, crop_face
-from bbt.images import decode_image
+from bbt.vision.embeddings import FaceEmbeddings
+from bbt.vision.faces import Box, crop_face
+from bbt.vision.images import decode_image
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration

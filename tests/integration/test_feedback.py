@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from bbt.feedback import FeedbackStore
+from bbt.review.feedback import FeedbackStore
 from tests.conftest import Project, Server, start_server, stop_server
 from tests.integration.test_browser import CHROMIUM, FLAGS, single_face_photo
 

@@ -37,9 +37,9 @@ from prefect.settings import PREFECT_API_URL
 from prefect.testing.utilities import prefect_test_harness
 
 from bbt import ACTORS
-from bbt.candidates import candidates
-from bbt.clean import list_images, plan_jobs
 from bbt.config import load_params
+from bbt.model.candidates import candidates
+from bbt.pipeline.clean import list_images, plan_jobs
 from flows.deploy import TIMEZONE, WEEKLY_CRON
 from flows.release import SMOKE_KEY
 from flows.retrain import REPORT_KEY, STAGES

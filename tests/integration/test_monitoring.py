@@ -1,4 +1,4 @@
-"""Integration: what the real `bbt serve` answers is logged (bbt/monitoring.py) and `bbt monitor` counts it."""
+"""Integration: what the real `bbt serve` answers is logged (bbt/monitoring/answers.py) and `bbt monitor` counts it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from bbt import UNKNOWN
-from bbt.monitor_logs import in_period, period_of, read_records
+from bbt.monitoring.logs import in_period, period_of, read_records
 from tests.conftest import Server
 
 pytestmark = pytest.mark.integration

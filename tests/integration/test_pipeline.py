@@ -135,8 +135,8 @@ def test_register_and_card_write_give_a_version_registered_before_cards_its_card
                                                                                  tmp_path) -> None:
     """A version without a card (as registered before cards existed) gets one from `bbt register`, which also
     imports it again into the BentoML store with the card; `bbt card --write` rewrites the same card."""
-    from bbt.card_registry import require_card
     from bbt.errors import ModelError
+    from bbt.registry.model_cards import require_card
 
     fresh = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlruns/mlflow.db", "BENTOML_HOME": str(tmp_path / "b")}
     trained_project.run("bbt", "register", env_extra=fresh)
@@ -234,11 +234,11 @@ KNN_DRIVER = """
 import sys
 from sklearn.neighbors import KNeighborsClassifier
 
-from bbt.candidates import FAMILIES, Family
+from bbt.model.candidates import FAMILIES, Family
 from bbt.config import load_params
-from bbt.evaluate import run_evaluate
-from bbt.register import run_register
-from bbt.search import run_search
+from bbt.pipeline.evaluate import run_evaluate
+from bbt.pipeline.register import run_register
+from bbt.pipeline.search import run_search
 
 # The one entry of docs/models.md's worked example, and nothing else.
 FAMILIES["knn"] = Family(lambda hp, seed: KNeighborsClassifier(**hp), frozenset({"n_neighbors", "weights"}),
@@ -287,7 +287,7 @@ def test_a_registered_family_is_searched_logged_registered_and_served(trained_pr
         (project.root / "artifacts/model/model.joblib").read_bytes()).hexdigest()
 
     # The server process has not run the driver's entry: give it params.yaml without the k-NN grid (serving
-    # reads only the serve and register sections; in the worked example the entry is in bbt/candidates.py).
+    # reads only the serve and register sections; in the worked example the entry is in bbt/model/candidates.py).
     (project.root / "params.yaml").write_text((trained_project.root / "params.yaml").read_text())
     (project.root / "data").symlink_to(trained_project.root / "data")
     server = start_server(project, ["bbt", "serve"], tmp_path / "knn-serve.log")

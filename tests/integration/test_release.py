@@ -21,7 +21,7 @@ from sklearn.pipeline import Pipeline
 from bbt import ACTORS
 from bbt.config import ServeParams
 from bbt.deploy.fleet import find_fleets, fleet_instances
-from bbt.release import PRODUCTION_ALIAS, REPORT, STAGING_TAG
+from bbt.release.steps import PRODUCTION_ALIAS, REPORT, STAGING_TAG
 from tests.conftest import CHAMPIONS_SEARCH, Project, clone_trained_project
 from tests.integration.fleet_stand_in import MotoFleetWorld, moto_fleet_world
 

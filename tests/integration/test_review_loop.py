@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
-from bbt.faces import Box
-from bbt.ready import free_port, wait_until_ready
+from bbt.serving.ready import free_port, wait_until_ready
+from bbt.vision.faces import Box
 from tests.conftest import CHAMPIONS_SEARCH, Project, Server, clone_trained_project, start_server, stop_server
 from tests.integration.test_browser import CHROMIUM, FLAGS
 

@@ -19,8 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from bbt.faces import Box
-from bbt.tracking import data_hash
+from bbt.registry.tracking import data_hash
+from bbt.vision.faces import Box
 from tests.conftest import Project, Server, start_server, stop_server
 
 pytestmark = pytest.mark.integration

@@ -21,8 +21,8 @@ from PIL import Image
 from starlette.testclient import TestClient
 
 from bbt.config import load_params
-from bbt.faces import Box
-from bbt.images import ImageError
+from bbt.vision.faces import Box
+from bbt.vision.images import ImageError
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration
@@ -35,7 +35,7 @@ def service(trained_project: Project) -> Iterator[object]:
     from bentoml._internal.configuration.containers import BentoMLContainer
     from bentoml._internal.models import ModelStore
 
-    from bbt.service import ActorService
+    from bbt.serving.service import ActorService
 
     previous = os.getcwd()
     os.chdir(trained_project.root)
@@ -53,7 +53,7 @@ def service(trained_project: Project) -> Iterator[object]:
 @pytest.fixture()
 def client(service: object) -> Iterator[TestClient]:
     """Calls into the FastAPI app the service mounts, without a network server."""
-    from bbt.service import web
+    from bbt.serving.service import web
 
     with TestClient(web, raise_server_exceptions=False) as test_client:
         yield test_client
@@ -87,7 +87,7 @@ def test_loads_the_champion_once_with_its_registry_version(service, trained_proj
     # fallback of a model that stored none (Haar, full-size decoding).
     from mlflow.models import Model
 
-    from bbt.faces import DetectorSettings
+    from bbt.vision.faces import DetectorSettings
 
     local = mlflow.artifacts.download_artifacts(champion.source, tracking_uri=trained_project.tracking_uri)
     trained = DetectorSettings.from_metadata(Model.load(f"{local}/MLmodel").metadata["detector"])
@@ -188,8 +188,8 @@ def test_photos_past_the_worker_memory_budget_get_503(service, client: TestClien
                                                       trained_project: Project) -> None:
     """Each photo reserves its upload (before the body is read) and its decoding's most memory (once its header
     is read); one that does not fit beside the photos in the worker is refused, and nothing stays reserved."""
-    from bbt.images import decode_cost
-    from bbt.upload_limits import UPLOAD_COPIES
+    from bbt.serving.upload_limits import UPLOAD_COPIES
+    from bbt.vision.images import decode_cost
 
     data, _, _ = reviewed_face(trained_project)
     budget = service.admission.memory_bytes

@@ -1,6 +1,6 @@
 """The staging copy of production, for real: exported-then-imported bento behind Debian's nginx on loopback, and
 nginx's limits, TLS and JSON errors in front of a stand-in service. (The rendered files' checks with the real
-tools, `nginx -t`, `cloud-init schema` and `systemd-analyze`, are in tests/unit/test_staging.py.)
+tools, `nginx -t`, `cloud-init schema` and `systemd-analyze`, are in tests/unit/deploy/test_staging.py.)
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from bbt.deploy.staging import (
     self_signed_certificate,
     write_nginx_config,
 )
-from bbt.ready import free_port, wait_until_ready
+from bbt.serving.ready import free_port, wait_until_ready
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration
@@ -436,7 +436,7 @@ def test_bbt_deploy_ec2_ships_the_real_exported_bento(staging: Staging, trained_
     monkeypatch.setenv("BENTOML_HOME", str(trained_project.bentoml_home))
     from moto.s3.models import FakeBucket
 
-    from tests.unit.test_deploy import moto_over_https
+    from tests.unit.deploy.test_deploy import moto_over_https
 
     monkeypatch.setattr(FakeBucket, "get_permission", moto_over_https(FakeBucket.get_permission))
     with mock_aws():

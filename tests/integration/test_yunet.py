@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from bbt.images import decode_image
-from bbt.yunet import YuNet, library_path
+from bbt.vision.images import decode_image
+from bbt.vision.yunet import YuNet, library_path
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bbt.candidates import candidates, heads
 from bbt.config import ConfigError, load_params
+from bbt.model.candidates import candidates, heads
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -77,7 +77,7 @@ def test_the_bento_pins_what_the_lock_file_installs_and_the_model_imports() -> N
     the logged model needs must be pinned."""
     import tomllib
 
-    from bbt.register import RUNTIME_PACKAGES
+    from bbt.pipeline.register import RUNTIME_PACKAGES
 
     root = Path(__file__).resolve().parents[2]
     locked = {p["name"]: p["version"] for p in tomllib.loads((root / "uv.lock").read_text())["package"]

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bbt.candidates import FAMILIES
 from bbt.config import ConfigError, load_params
-from bbt.detection_cache import DETECTION_MODULES, DETECTION_PACKAGES
-from bbt.faces import DETECTORS
-from bbt.feature_sets import FEATURE_SETS
-from bbt.register import RUNTIME_PACKAGES
+from bbt.model.candidates import FAMILIES
+from bbt.model.feature_sets import FEATURE_SETS
+from bbt.pipeline.detection_cache import DETECTION_MODULES, DETECTION_PACKAGES
+from bbt.pipeline.register import RUNTIME_PACKAGES
+from bbt.vision.faces import DETECTORS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,8 +13,9 @@ REPO = Path(__file__).resolve().parents[2]
 UV = Path(sys.executable).with_name("uv")
 PACKAGE_DATA = ["bbt/deploy/templates/bbt.service.j2", "bbt/deploy/templates/cloud-init.yaml.j2",
                 "bbt/deploy/templates/nginx-site.conf.j2", "bbt/deploy/templates/nginx-staging.conf.j2",
-                "bbt/web/index.html", "bbt/web/app.js", "bbt/web/app.css", "bbt/web/favicon.svg",
-                "bbt/review_web/review.html", "bbt/review_web/review.js", "bbt/review_web/review.css"]
+                "bbt/serving/web/index.html", "bbt/serving/web/app.js", "bbt/serving/web/app.css",
+                "bbt/serving/web/favicon.svg",
+                "bbt/review/web/review.html", "bbt/review/web/review.js", "bbt/review/web/review.css"]
 
 
 def test_the_unpacked_wheel_renders_the_deployment_and_holds_the_page(tmp_path: Path) -> None:
@@ -31,7 +32,7 @@ def test_the_unpacked_wheel_renders_the_deployment_and_holds_the_page(tmp_path: 
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site")}
     check = ("import bbt, importlib.resources as r; print(bbt.__file__); "
-             "print((r.files('bbt') / 'web' / 'index.html').read_text()[:15])")
+             "print((r.files('bbt') / 'serving' / 'web' / 'index.html').read_text()[:15])")
     shown = subprocess.run([sys.executable, "-c", check], cwd=work, env=env, capture_output=True, text=True,
                            timeout=120, check=True).stdout.splitlines()
     assert shown == [str(tmp_path / "site" / "bbt" / "__init__.py"), "<!doctype html>"]

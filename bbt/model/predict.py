@@ -1,0 +1,96 @@
+"""Classify the faces in a photo with a registered model: the one inference path, used by the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bbt import UNKNOWN
+from bbt.model.openset import OpenSetClassifier, Timer, untimed
+from bbt.vision.faces import Box, DetectorSettings, FaceDetector, crop_photo_face
+from bbt.vision.images import Photo
+
+
+@dataclass(frozen=True)
+class FacePrediction:
+    box: Box
+    label: str  # an actor, or UNKNOWN
+    closest_actor: str
+    confidence: float  # the closed-set probability of closest_actor among the four
+    probabilities: dict[str, float]
+    distance: float  # the open-set rule's distance; the face is named when it is <= threshold
+    threshold: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"box": self.box.as_dict(), "label": self.label, "closest_actor": self.closest_actor,
+                "confidence": self.confidence, "probabilities": self.probabilities,
+                "distance": self.distance, "threshold": self.threshold}
+
+
+class ActorClassifier:
+    """Detect faces with the training detector settings, then answer each with the model's open-set rule.
+
+    `classify(photo, timed)`: `timed(stage)` (a context manager factory) wraps each stage: detect, crop,
+    features, classify. The service passes one that measures each stage and stops a photo past its deadline.
+    """
+
+    def __init__(self, model: OpenSetClassifier, detector: DetectorSettings, crop_size: int) -> None:
+        if not isinstance(model, OpenSetClassifier):
+            raise TypeError(f"expected an open-set model (bbt.model.openset.OpenSetClassifier), got "
+                            f"{type(model).__name__}: retrain it with `dvc repro`")
+        self.model = model
+        self.detector = FaceDetector(detector)
+        self.crop_size = crop_size
+        self.classes = [str(c) for c in model.classes_]
+
+    @classmethod
+    def from_mlflow(cls, model_path: str | Path) -> ActorClassifier:
+        """Load an MLflow model directory (or models:/ URI) logged by `bbt register`."""
+        import mlflow.sklearn
+        from mlflow.models import Model
+
+        local = Path(mlflow.artifacts.download_artifacts(str(model_path))) if "://" in str(model_path) \
+            else Path(model_path)
+        meta = Model.load(local / "MLmodel").metadata or {}
+        return cls(mlflow.sklearn.load_model(str(local)), DetectorSettings.from_metadata(meta["detector"]),
+                   int(meta["crop_size"]))
+
+    def warm_up(self) -> None:
+        """Load what the model loads on first use (the embedding network: ~0.2 s) now, not in a request."""
+        self.model.decide(np.zeros((1, self.crop_size, self.crop_size, 3), np.uint8))
+
+    @property
+    def decode_side(self) -> int:
+        """The smallest longer side a JPEG may be reduced to when decoded (the training setting)."""
+        return self.detector.settings.decode_side
+
+    def detect(self, photo: Photo, timed: Timer = untimed) -> list[Box]:
+        with timed("detect"):
+            return self.detector.detect_photo(photo)
+
+    def classify(self, photo: Photo | np.ndarray, timed: Timer = untimed) -> list[FacePrediction]:
+        """Every detected face with its answer (boxes in the photo's own pixels), actors first, then by
+        confidence; unknown faces last."""
+        if isinstance(photo, np.ndarray):
+            photo = Photo(photo, (photo.shape[1], photo.shape[0]))
+        return self.answer_boxes(photo, self.detect(photo, timed), timed)
+
+    def answer_boxes(self, photo: Photo, boxes: list[Box], timed: Timer = untimed) -> list[FacePrediction]:
+        """The model's answer for each given box (in the photo's own pixels), actors first, then by confidence;
+        unknown faces last. `bbt review` asks this of boxes a person reviews."""
+        if not boxes:
+            return []
+        with timed("crop"):
+            crops = np.stack([crop_photo_face(photo, box, self.crop_size) for box in boxes])
+        decisions = self.model.decide(crops, timed)
+        faces = [
+            FacePrediction(box, str(label), str(closest), round(float(row.max()), 4),
+                           {c: round(float(p), 4) for c, p in zip(self.classes, row)},
+                           round(float(distance), 4), round(float(decisions.threshold), 4))
+            for box, label, closest, row, distance in zip(boxes, decisions.labels, decisions.closest,
+                                                         decisions.proba, decisions.distances)
+        ]
+        return sorted(faces, key=lambda f: (f.label == UNKNOWN, -f.confidence, f.box.x, f.box.y))

@@ -1,0 +1,196 @@
+"""Stage `register`: log the chosen model to MLflow's registry and move the alias only if it is no worse."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+from dataclasses import asdict, fields
+
+import mlflow
+import mlflow.sklearn
+import numpy as np
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from bbt import artifacts
+from bbt.config import Params, RegisterParams
+from bbt.errors import ModelError
+from bbt.model.candidates import FAMILIES
+from bbt.model.feature_sets import FEATURE_SETS
+from bbt.monitoring.reference import METADATA_KEY, reference_on_test_split
+from bbt.pipeline.evaluate import load_model, score, test_faces
+from bbt.registry.bento_store import import_version
+from bbt.registry.model_cards import has_card, write_card
+from bbt.registry.tracking import (
+    MODEL_MD5_TAG,
+    corrections_hash,
+    data_hash,
+    file_md5,
+    git_commit,
+    model_run_id,
+    setup_tracking,
+)
+from bbt.vision.faces import DETECTORS
+
+log = logging.getLogger(__name__)
+
+
+# What loading the pipeline imports: the base, and what each registered family, feature set and detector says
+# it needs. Pinning them beats MLflow's slow guess from the whole environment.
+BASE_PACKAGES = ("scikit-learn", "numpy", "scipy", "skops", "opencv-python-headless")
+RUNTIME_PACKAGES = tuple(dict.fromkeys([
+    *BASE_PACKAGES,
+    *(p for family in FAMILIES.values() for p in family.packages),
+    *(p for feature_set in FEATURE_SETS.values() for p in feature_set.packages),
+    *(p for detector in DETECTORS.values() for p in detector.packages),
+]))
+
+
+def model_requirements() -> list[str]:
+    found = []
+    for package in RUNTIME_PACKAGES:
+        try:
+            found.append(f"{package}=={importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def training_params_hash(params: Params) -> str:
+    """A hash of the params that decide the trained model (not the worker count, not serving)."""
+    clean = {f.name: getattr(params.clean, f.name) for f in fields(params.clean) if f.name != "workers"}
+    decisive = {"data": asdict(params.data), "clean": clean,
+                "featurize": asdict(params.featurize), "split": asdict(params.split), "search": asdict(params.search)}
+    return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def skops_trusted_types(model: object) -> list[str]:
+    """The types skops does not trust by default that the pipeline holds: bbt's transformers and the private
+    helpers of scikit-learn itself (e.g. the calibrated SVM's `_CalibratedClassifier`); nothing else."""
+    import skops.io
+
+    found = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    return sorted(name for name in found if name.startswith(("bbt.", "sklearn.")))
+
+
+def current_champion(client: MlflowClient, params: RegisterParams) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(params.model_name, params.alias).version)
+    except MlflowException:
+        return None
+
+
+def registered_version(client: MlflowClient, model_name: str, model_md5: str) -> str | None:
+    """The registry version that holds this very model file, if it was registered before."""
+    try:
+        versions = client.search_model_versions(f"name = '{model_name}'")
+    except MlflowException:
+        return None
+    same = [v for v in versions if v.tags.get(MODEL_MD5_TAG) == model_md5]
+    return str(max(int(v.version) for v in same)) if same else None
+
+
+def promotion(new: dict, old: dict | None, alias: str, champion: str | None) -> tuple[bool, str]:
+    """Move the alias only to a model no worse on either count, both scored on today's test split: actor
+    macro-F1 (unknown = wrong) and the share of strangers given an actor's name."""
+    if old is None:
+        return True, f"no {alias} yet"
+    promote = new["actor_f1"] >= old["actor_f1"] and new["false_accept_rate"] <= old["false_accept_rate"]
+    verdict = "no worse" if promote else "worse"
+    return promote, (f"{verdict} than {alias} version {champion} on today's test split: actor macro-F1 "
+                     f"{new['actor_f1']:.4f} vs {old['actor_f1']:.4f}, strangers given a name "
+                     f"{new['false_accept_rate']:.4f} vs {old['false_accept_rate']:.4f}")
+
+
+def log_and_register(model: object, info: dict, model_md5: str, crops: np.ndarray, model_name: str) -> str:
+    """Log the model to the run that made it (or a new run, in a store that lacks it) and register it."""
+    with mlflow.start_run(run_id=model_run_id(model_md5)):
+        logged = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            signature=infer_signature(crops[:2], model.predict(crops[:2])),
+            input_example=crops[:1],
+            registered_model_name=model_name,
+            pip_requirements=model_requirements(),
+            skops_trusted_types=skops_trusted_types(model),
+            metadata={"detector": info["detector"], "crop_size": info["crop_size"], "classes": info["classes"],
+                      "candidate": info["candidate"], "open_set": info["open_set"],
+                      METADATA_KEY: reference_on_test_split(model).as_metadata()},
+        )
+    return str(logged.registered_model_version)
+
+
+def run_register(params: Params) -> dict:
+    """Register artifacts/model unless the registry already holds it; move the alias when it is no worse than
+    the champion (`promotion`). Idempotent: after a wiped MLflow store it registers the same model again."""
+    model, info = load_model()
+    model_md5 = file_md5(artifacts.MODEL)
+    setup_tracking()
+    client = MlflowClient()
+    name, alias = params.register.model_name, params.register.alias
+    version = registered_version(client, name, model_md5)
+    champion = current_champion(client, params.register)
+    needs_card = version is None or not has_card(client, name, version)
+    new: dict = {}
+    if version is None or champion != version or needs_card:
+        crops, labels = test_faces()
+        new = score(model, crops, labels)
+    if version is None:
+        version = log_and_register(model, info, model_md5, crops, name)
+        tags = {MODEL_MD5_TAG: model_md5, "candidate": info["candidate"], "feature_set": info["feature_set"],
+                "open_set_rule": info["open_set"]["rule"], "open_set_threshold": f"{info['open_set']['threshold']:.4f}",
+                "test_actor_f1": f"{new['actor_f1']:.4f}", "test_actor_accuracy": f"{new['actor_accuracy']:.4f}",
+                "test_false_accept_rate": f"{new['false_accept_rate']:.4f}",
+                "data_hash": data_hash(), "git_commit": git_commit(),
+                "corrections_hash": corrections_hash(params.data.corrections),
+                "params_hash": training_params_hash(params)}
+        for key, value in tags.items():
+            client.set_model_version_tag(name, version, key, value)
+    if needs_card:  # a new version, or one registered before cards existed: this file is its model
+        write_card(client, params, version, info, model_md5, new, training_params_hash(params))
+    if champion == version:
+        promote, reason = False, f"version {version} (this model) is already @{alias}"
+    else:
+        old = None if champion is None else score(mlflow.sklearn.load_model(f"models:/{name}/{champion}"), crops,
+                                                  labels)
+        promote, reason = promotion(new, old, alias, champion)
+    if promote:
+        client.set_registered_model_alias(name, alias, version)
+        log.info("register: version %s is now @%s (%s)", version, alias, reason)
+    elif champion != version:
+        log.warning("register: version %s registered without @%s: %s", version, alias, reason)
+    else:
+        log.info("register: %s", reason)
+    champion_version = version if promote else champion
+    if champion_version == version:
+        import_version(name, version)
+    # Only what follows from the inputs goes to the DVC metric; version numbers belong to one MLflow store.
+    artifacts.REGISTER_METRICS.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.REGISTER_METRICS.write_text(json.dumps(
+        {"model_name": name, "model_md5": model_md5, "candidate": info["candidate"]}, indent=2) + "\n")
+    return {"version": int(version), "champion": champion_version == version,
+            "champion_version": int(champion_version) if champion_version else None, "reason": reason}
+
+
+def run_write_card(params: Params, version: str) -> str:
+    """`bbt card --write VERSION`: (re)write the card of a version whose model is the one in artifacts/model."""
+    model, info = load_model()
+    model_md5 = file_md5(artifacts.MODEL)
+    setup_tracking()
+    client = MlflowClient()
+    name = params.register.model_name
+    try:
+        held = client.get_model_version(name, str(version)).tags.get(MODEL_MD5_TAG)
+    except MlflowException:
+        raise ModelError(f"{name} version {version} is not in the MLflow registry: give a registered version") \
+            from None
+    if held != model_md5:
+        raise ModelError(f"{name} version {version} holds the model with md5 {held}, artifacts/model holds "
+                         f"{model_md5}: a card describes its own model's data and params, so check out the commit "
+                         f"in the version's git_commit tag and `dvc checkout` first, then `bbt card --write {version}`")
+    crops, labels = test_faces()
+    return write_card(client, params, str(version), info, model_md5, score(model, crops, labels),
+                      training_params_hash(params))

@@ -1,0 +1,207 @@
+"""Stage `search`: cross-validate every candidate on the training split, one MLflow child run each.
+
+A candidate is a classifier head on a feature set plus an open-set rule. In each fold the head is fitted on the
+actors' faces of the other folds; the held-out fold's faces, strangers included, are answered, and the rule's
+distances are kept. Each rule's threshold is then learned on those out-of-fold distances for
+`search.target_false_accept`, and the candidate is scored on `search.objective` at that threshold.
+
+The feature transformers are stateless, so cross-validating the scaler and classifier on the cached feature
+matrix is the same as cross-validating the whole pipeline, at a fraction of the cost. Everything written to DVC
+outputs is a function of the inputs; timings go to MLflow only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict
+
+import joblib
+import mlflow
+import numpy as np
+import pandas as pd
+from sklearn.metrics import f1_score
+from sklearn.model_selection import StratifiedKFold
+from sklearn.pipeline import Pipeline
+
+from bbt import UNKNOWN, artifacts
+from bbt.artifacts import load_faces, load_split
+from bbt.config import Params
+from bbt.errors import DataError
+from bbt.model.candidates import Candidate, Head, candidates
+from bbt.model.feature_sets import build_features
+from bbt.model.openset import (
+    EMBEDDING_SPACE,
+    RULES,
+    OpenSetClassifier,
+    learn_threshold,
+    open_set_labels,
+    open_set_scores,
+)
+from bbt.pipeline.progress import progress
+from bbt.registry.tracking import MODEL_MD5_TAG, corrections_hash, data_hash, git_commit, setup_tracking
+
+log = logging.getLogger(__name__)
+# Scores equal to this many decimals are a tie (float noise must not pick the winner).
+TIE_DECIMALS = 9
+MIN_STRANGERS = 5
+
+
+def search_params(params: Params) -> dict[str, str]:
+    """What the search reads from params.yaml, flattened to `section.key` strings, as MLflow params."""
+    flat: dict[str, str] = {}
+    for section in ("featurize", "search"):
+        for key, value in asdict(getattr(params, section)).items():
+            flat[f"{section}.{key}"] = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return flat
+
+
+def out_of_fold(head: Head, X: np.ndarray, E: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
+                seed: int, rules: tuple[str, ...]) -> dict:
+    """Out-of-fold closed-set answers, every rule's distances, per-fold closed-set macro-F1 and fit time.
+
+    `folds` split the actors' faces. The strangers' faces are answered by every fold's model, and each keeps its
+    smallest distance: a stranger counts as let through when any of the models would let it through. That is
+    its distance to the whole training gallery, as the refitted model will see it; scoring each stranger in one
+    fold only would compare it with 80% of the gallery and flatter the threshold.
+    """
+    strangers = np.flatnonzero(y == UNKNOWN)
+    answers = {rule: np.empty(len(y), dtype=object) for rule in rules}
+    distances = {rule: np.full(len(y), np.inf) for rule in rules}
+    fold_f1, fit_seconds = [], []
+    for train, held_out in folds:
+        start = time.perf_counter()
+        model = head.head(seed).fit(X[train], y[train])
+        fit_seconds.append(time.perf_counter() - start)
+        answered = np.concatenate([held_out, strangers])
+        proba = model.predict_proba(X[answered])
+        index = proba.argmax(axis=1)
+        named = model.classes_[index]
+        gallery_index = np.searchsorted(model.classes_, y[train])
+        for rule in rules:
+            found = RULES[rule].distance(E[answered], proba, index, E[train], gallery_index)
+            closer = found < distances[rule][answered]
+            closer[:len(held_out)] = True
+            distances[rule][answered[closer]] = found[closer]
+            answers[rule][answered[closer]] = named[closer]
+        fold_f1.append(f1_score(y[held_out], named[:len(held_out)], average="macro", zero_division=0))
+    return {"answers": answers, "distances": distances, "fold_f1": fold_f1, "fit_seconds": fit_seconds}
+
+
+def score_rule(y: np.ndarray, predicted: np.ndarray, distances: np.ndarray, target: float,
+               objective: str) -> dict[str, float]:
+    """Learn the rule's threshold on out-of-fold distances, then score the answers it gives."""
+    threshold = learn_threshold(y, predicted, distances, target, objective)
+    scores = open_set_scores(y, open_set_labels(predicted, distances, threshold))
+    return {"threshold": threshold, **{f"cv_{k}": v for k, v in scores.items()}}
+
+
+def ranking_key(row: dict, objective: str, candidate: Candidate) -> tuple:
+    """Best objective first, then fewer strangers let through, then the simpler candidate (bbt.model.candidates)."""
+    return (-round(row[f"cv_{objective}"], TIE_DECIMALS), round(row["cv_false_accept_rate"], TIE_DECIMALS),
+            candidate.simplicity)
+
+
+def run_search(params: Params) -> dict:
+    """Search every candidate, refit the best on the training split, save it with the leaderboard."""
+    faces = load_faces()
+    train, _ = load_split()
+    y = faces["labels"][train].astype(object)
+    n_strangers = int((y == UNKNOWN).sum())
+    if n_strangers < MIN_STRANGERS:
+        raise DataError(f"the training split has {n_strangers} stranger faces; learning when to answer "
+                        f"'unknown' needs at least {MIN_STRANGERS}: review rejected boxes as `stranger` in "
+                        f"{params.data.corrections} (see `dvc repro audit`, reports/rejected_review.png)")
+    grid = candidates(params.search, params.featurize.feature_sets)
+    rules = params.search.open_set_rules
+    features = {fs: artifacts.load_features(fs)[train] for fs in params.featurize.feature_sets}
+    E = artifacts.load_features(EMBEDDING_SPACE)[train]
+    actors = np.flatnonzero(y != UNKNOWN)
+    folds = [(actors[train], actors[held_out]) for train, held_out in
+             StratifiedKFold(params.search.cv_folds, shuffle=True, random_state=params.search.seed)
+             .split(actors, y[actors])]
+    heads = list(dict.fromkeys(c.head for c in grid))
+    setup_tracking()
+    rows: dict[Candidate, dict] = {}
+    with mlflow.start_run(run_name=f"grid-search-{time.strftime('%Y%m%d-%H%M%S')}"):
+        mlflow.set_tags({"stage": "search", "git_commit": git_commit(), "data_hash": data_hash(),
+                         "corrections_hash": corrections_hash(params.data.corrections),
+                         "objective": params.search.objective})
+        mlflow.log_params(search_params(params))
+        mlflow.log_params({"n_candidates": len(grid), "n_train_faces": len(train),
+                           "n_train_strangers": n_strangers})
+        with progress("search: cross-validating candidates", total=len(heads)) as advance:
+            for head in heads:
+                oof = out_of_fold(head, features[head.feature_set], E, y, folds, params.search.seed, rules)
+                for rule in rules:
+                    candidate = Candidate(head, rule)
+                    row = {**score_rule(y, oof["answers"][rule], oof["distances"][rule],
+                                        params.search.target_false_accept, params.search.objective),
+                           "cv_f1_macro_mean": float(np.mean(oof["fold_f1"])),
+                           "cv_f1_macro_std": float(np.std(oof["fold_f1"]))}
+                    rows[candidate] = row
+                    with mlflow.start_run(run_name=candidate.name, nested=True):
+                        mlflow.set_tags({"candidate": candidate.name, "stage": "search-candidate"})
+                        mlflow.log_params({"feature_set": head.feature_set, "family": head.family,
+                                           "open_set_rule": rule, **dict(head.hyperparameters)})
+                        mlflow.log_metrics({**row, "fit_time_s": float(np.mean(oof["fit_seconds"]))})
+                    log.info("search: %-72s %s %.3f, false accepts %.3f", candidate.name,
+                             params.search.objective, row[f"cv_{params.search.objective}"],
+                             row["cv_false_accept_rate"])
+                advance()
+        order = sorted(rows, key=lambda c: ranking_key(rows[c], params.search.objective, c))
+        best, best_scores = order[0], rows[order[0]]
+        leaderboard = pd.DataFrame([{"candidate": c.name, **rows[c]} for c in order])
+        artifacts.LEADERBOARD.parent.mkdir(parents=True, exist_ok=True)
+        leaderboard.to_csv(artifacts.LEADERBOARD, index=False)
+        mlflow.log_artifact(str(artifacts.LEADERBOARD))
+        # The parent run carries the winner's scores under the children's names, so comparing runs lines up.
+        mlflow.log_metrics(best_scores)
+        mlflow.set_tag("best_candidate", best.name)
+        model = refit(best, features[best.head.feature_set], E, y, best_scores["threshold"], params)
+        model_md5 = save_model(model, best, best_scores, params, faces)
+        mlflow.set_tag(MODEL_MD5_TAG, model_md5)
+    summary = {"best_candidate": best.name, "n_candidates": len(grid), "objective": params.search.objective,
+               **best_scores}
+    artifacts.SEARCH_METRICS.parent.mkdir(parents=True, exist_ok=True)
+    artifacts.SEARCH_METRICS.write_text(json.dumps(summary, indent=2) + "\n")
+    log.info("search: best %s, CV %s %.3f, false accepts %.3f at threshold %.3f", best.name,
+             params.search.objective, best_scores[f"cv_{params.search.objective}"],
+             best_scores["cv_false_accept_rate"], best_scores["threshold"])
+    return summary
+
+
+def refit(best: Candidate, X: np.ndarray, E: np.ndarray, y: np.ndarray, threshold: float,
+          params: Params) -> OpenSetClassifier:
+    """Fit the winner's head on the actors' training faces, put its feature transformer in front, and wrap it
+    with its open-set rule: the learned threshold and the actors' training embeddings as the gallery."""
+    actors = y != UNKNOWN
+    head = best.head.head(params.search.seed).fit(X[actors], y[actors].astype(str))
+    features = build_features(best.head.feature_set, params.featurize).fit(None)
+    classifier = Pipeline([("features", features), *head.steps])
+    return OpenSetClassifier(classifier, build_features(EMBEDDING_SPACE, params.featurize).fit(None), best.rule,
+                             threshold, E[actors].astype(np.float32), y[actors].astype(str),
+                             params.search.target_false_accept)
+
+
+def save_model(model: OpenSetClassifier, best: Candidate, scores: dict, params: Params, faces: dict) -> str:
+    """The refitted model and what serving needs to know about it (detector, crop size, classes, open-set rule);
+    returns the model file's md5, its identity in MLflow."""
+    artifacts.MODEL.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, artifacts.MODEL)
+    info = {
+        "candidate": best.name,
+        "feature_set": best.head.feature_set,
+        "family": best.head.family,
+        "hyperparameters": dict(best.head.hyperparameters),
+        "objective": params.search.objective,
+        f"cv_{params.search.objective}": scores[f"cv_{params.search.objective}"],
+        "cv_false_accept_rate": scores["cv_false_accept_rate"],
+        "classes": [str(c) for c in model.classes_],
+        "open_set": model.describe(),
+        **json.loads(str(faces["settings"])),
+    }
+    artifacts.MODEL_INFO.write_text(json.dumps(info, indent=2) + "\n")
+    return hashlib.md5(artifacts.MODEL.read_bytes()).hexdigest()

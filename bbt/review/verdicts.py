@@ -1,0 +1,190 @@
+"""A person's verdicts on the review queue, written to review/corrections.csv as clean reads them.
+
+Each verdict is saved when it is given (the file is replaced atomically, after the new content passed the same
+validation `clean` applies), so a crash loses nothing; the last verdicts of a session can be undone in order.
+A verdict on a feedback photo first copies the photo under data/raw/<actor>/ (or data/raw/strangers/), so
+`dvc add data && dvc repro` trains on it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bbt.config import DataParams
+from bbt.errors import DataError
+from bbt.pipeline.annotations import CORRECTION_COLUMNS, Annotation, load_annotations, load_corrections
+from bbt.review.queue import VERDICT_FILE, VERDICTS, Item, build_queue
+from bbt.vision.faces import Box
+
+STRANGERS_FOLDER = "strangers"  # data/raw/<this>/: feedback photos of people who are none of the four
+MAX_NOTE = 500
+
+
+class ReviewError(DataError):
+    """A verdict that cannot be taken (unknown face, tampered request, a label that does not exist): nothing
+    was changed."""
+
+
+@dataclass(frozen=True)
+class Given:
+    """A saved verdict and what it changed, so it can be undone."""
+
+    item: Item
+    verdict: str
+    before: str  # review/corrections.csv's text before the verdict
+    after: str  # ... and after it
+    copied: Path | None  # the feedback photo copied under data/raw
+    verdict_file: Path | None  # the feedback item's verdict.json
+
+
+class Reviewer:
+    """The queue of one `bbt review` session and the verdicts given in it (thread-safe)."""
+
+    def __init__(self, root: Path, data: DataParams, feedback_store: Path | None) -> None:
+        self.root = root
+        self.raw = root / data.raw
+        self.corrections_path = root / data.corrections
+        self.annotations: list[Annotation] = load_annotations(root / data.annotations, self.raw)
+        corrections = load_corrections(self.corrections_path, self.annotations, self.raw)
+        self.feedback_store = feedback_store
+        self.queue = build_queue(root, corrections, feedback_store)
+        self.by_key = {item.key: item for item in self.queue}
+        self.given: list[Given] = []
+        self._lock = threading.Lock()
+
+    @property
+    def done(self) -> set[str]:
+        return {g.item.key for g in self.given}
+
+    def progress(self) -> tuple[int, int]:
+        """(faces judged in this session, faces in the queue when it started)."""
+        return len(self.given), len(self.queue)
+
+    def give(self, key: str, verdict: str, note: str = "", image: str | None = None,
+             box: Box | None = None) -> Given:
+        """Judge one queued face. `image` and `box`, when sent, must be the queued face's: a request naming
+        another photo or box is refused (ReviewError) and changes nothing."""
+        item = self.check(key, verdict, note, image, box)
+        with self._lock:
+            if key in self.done:
+                raise ReviewError(f"{key} already has a verdict in this session: undo it first")
+            given = self._save(item, verdict, note.strip())
+            self.given.append(given)
+            return given
+
+    def check(self, key: str, verdict: str, note: str, image: str | None, box: Box | None) -> Item:
+        if verdict not in VERDICTS:
+            raise ReviewError(f"verdict {verdict!r} is not one of {sorted(VERDICTS)}")
+        if len(note) > MAX_NOTE:
+            raise ReviewError(f"the note has {len(note)} characters; keep it under {MAX_NOTE}")
+        if image is not None and not key.startswith("feedback:"):
+            self.inside_raw(image)
+        item = self.by_key.get(key)
+        if item is None:
+            raise ReviewError(f"no face {key!r} in this review queue: reload the page")
+        if image is not None and image != item.image:
+            raise ReviewError(f"the verdict names image {image!r}, but queue item {key!r} is image {item.image!r}: "
+                              "reload the page")
+        if box is not None and box != item.box:
+            raise ReviewError(f"the verdict names box {box.as_dict()}, but queue item {key!r} has box "
+                              f"{item.box.as_dict()}: reload the page")
+        return item
+
+    def inside_raw(self, image: str) -> Path:
+        """The photo's path, refusing any that is not a file under data/raw."""
+        path = (self.raw / image).resolve()
+        if not path.is_relative_to(self.raw.resolve()) or Path(image).is_absolute():
+            raise ReviewError(f"image {image!r} is outside {self.raw}: the review only judges photos under it")
+        if not path.is_file():
+            raise ReviewError(f"image {image!r} does not exist under {self.raw}")
+        return path
+
+    def _save(self, item: Item, verdict: str, note: str) -> Given:
+        review, label = VERDICTS[verdict]
+        reason = f"bbt review ({item.source}): {item.why}" + (f"; note: {note}" if note else "")
+        before = self.corrections_path.read_text(encoding="utf-8")
+        copied = verdict_file = None
+        image = item.image
+        if item.source == "feedback":
+            if verdict != "unusable":
+                copied = self._copy_feedback_photo(item, label or STRANGERS_FOLDER)
+                image = copied.relative_to(self.raw).as_posix()
+            verdict_file = Path(item.image).parent / VERDICT_FILE
+        after = before
+        if copied is not None or item.source != "feedback":
+            after = append_row(before, [image, item.box.x, item.box.y, item.box.w, item.box.h, label, review,
+                                        reason])
+            try:
+                self._write_validated(after)
+            except DataError:
+                if copied is not None:
+                    copied.unlink(missing_ok=True)
+                raise
+        if verdict_file is not None:
+            write_atomically(verdict_file, json.dumps({
+                "verdict": verdict, "note": note, "image": image if copied else None,
+                "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}, indent=2) + "\n")
+        return Given(item, verdict, before, after, copied, verdict_file)
+
+    def _copy_feedback_photo(self, item: Item, folder: str) -> Path:
+        source = Path(item.image)
+        target = self.raw / folder / f"feedback-{item.feedback_id}{source.suffix.lower()}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+        return target
+
+    def _write_validated(self, text: str) -> None:
+        """Replace review/corrections.csv with `text` once it passes clean's validation (ReviewError if not)."""
+        candidate = self.corrections_path.with_name(f".{self.corrections_path.name}.candidate")
+        candidate.write_text(text, encoding="utf-8")
+        try:
+            load_corrections(candidate, self.annotations, self.raw)
+        except DataError as err:
+            candidate.unlink()
+            raise ReviewError(str(err).replace(str(candidate), str(self.corrections_path))) from None
+        os.replace(candidate, self.corrections_path)
+
+    def undo(self) -> Given:
+        """Take the last verdict of this session back: its row, its copied photo, its verdict.json."""
+        with self._lock:
+            if not self.given:
+                raise ReviewError("nothing to undo: no verdict was given in this session")
+            last = self.given[-1]
+            if last.after != last.before:
+                now = self.corrections_path.read_text(encoding="utf-8")
+                if now != last.after:
+                    raise ReviewError(f"{self.corrections_path} changed outside this review since the last "
+                                      "verdict: undo it by editing the file")
+                write_atomically(self.corrections_path, last.before)
+            if last.copied is not None:
+                last.copied.unlink(missing_ok=True)
+            if last.verdict_file is not None:
+                last.verdict_file.unlink(missing_ok=True)
+            return self.given.pop()
+
+
+def append_row(text: str, row: list[object]) -> str:
+    """The CSV text with one more row, quoted as needed; a file that lacks its final newline gets one first."""
+    if text and not text.endswith("\n"):
+        text += "\n"
+    if not text:
+        text = ",".join(CORRECTION_COLUMNS) + "\n"
+    line = io.StringIO()
+    csv.writer(line, lineterminator="\n").writerow(row)
+    return text + line.getvalue()
+
+
+def write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
