@@ -20,3 +20,5 @@ if os.environ.get("BBT_RECORD_READS"):  # tests/integration: what a stage reads,
 ACTORS: tuple[str, ...] = ("howard", "leonard", "raj", "sheldon")
 # The answer for a face that is not one of the four (and the label of the reviewed strangers' faces).
 UNKNOWN = "unknown"
+# The answer for a face the model cannot judge (too small): neither an actor nor "not one of the four".
+CANT_TELL = "cant_tell"

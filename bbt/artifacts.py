@@ -31,6 +31,7 @@ AUDIT_CSV = REPORTS / "label_audit.csv"
 AUDIT_PNG = REPORTS / "label_audit.png"
 REJECTED_CSV = REPORTS / "rejected_review.csv"
 REJECTED_PNG = REPORTS / "rejected_review.png"
+FACE_WIDTH_CSV = REPORTS / "face_width.csv"
 
 PLOTS = Path("plots")
 CONFUSION_CSV = PLOTS / "confusion.csv"

@@ -78,6 +78,7 @@ class SearchParams(Section):
     objective: str = "open_set_f05"
     open_set_rules: tuple[str, ...] = ("nearest_face", "probability")
     target_false_accept: float = 0.05
+    min_width_recall: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -232,6 +233,8 @@ def validate(params: Params, source: str | Path) -> None:
         fail("search.objective", f"{params.search.objective!r} is unknown; choose from {tuple(OBJECTIVES)}")
     if not 0.0 <= params.search.target_false_accept < 1.0:
         fail("search.target_false_accept", "must be a fraction in [0, 1), e.g. 0.05")
+    if not 0.0 < params.search.min_width_recall <= 1.0:
+        fail("search.min_width_recall", "must be a fraction in (0, 1], e.g. 0.9")
     if params.audit.feature_set not in FEATURE_SETS:
         fail("audit.feature_set", f"{params.audit.feature_set!r} is unknown; choose from {tuple(FEATURE_SETS)}")
     if params.audit.folds < 2 or params.audit.repeats < 1:

@@ -158,15 +158,15 @@ class Server:
 
 
 def start_server(project: Project, command: list[str], log: Path, cwd: Path | None = None,
-                 ready_timeout: float = 240) -> Server:
-    """Start a server in its own process group on a free loopback port; return once /readyz answers 200."""
+                 ready_timeout: float = 240, ready_path: str = "/readyz") -> Server:
+    """Start a server in its own process group on a free loopback port; return once `ready_path` answers 200."""
     port = free_port()
     with log.open("w") as out:
         process = subprocess.Popen([*command, "--host", "127.0.0.1", "--port", str(port)], cwd=cwd or project.root,
                                    env=project.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = Server(f"http://127.0.0.1:{port}", process, project, log)
     try:
-        wait_until_ready(f"{server.url}/readyz", ready_timeout, 0.5, alive=lambda: process.poll() is None,
+        wait_until_ready(f"{server.url}{ready_path}", ready_timeout, 0.5, alive=lambda: process.poll() is None,
                          what=" ".join(command))
     except NotReady as err:
         stop_server(server)

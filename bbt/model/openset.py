@@ -19,7 +19,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import f1_score
 from sklearn.pipeline import Pipeline
 
-from bbt import ACTORS, UNKNOWN
+from bbt import ACTORS, CANT_TELL, UNKNOWN
 
 # The space in which "is this one of the four?" is decided, whatever features the classifier uses.
 EMBEDDING_SPACE = "face_embedding"
@@ -128,6 +128,11 @@ def open_set_labels(predicted: np.ndarray, distances: np.ndarray, threshold: flo
     return np.where(distances <= threshold, predicted, UNKNOWN).astype(object)
 
 
+def named(answers: np.ndarray) -> np.ndarray:
+    """Which answers give a face an actor's name (not UNKNOWN, not CANT_TELL)."""
+    return ~np.isin(np.asarray(answers, dtype=object), (UNKNOWN, CANT_TELL))
+
+
 def open_set_scores(labels: np.ndarray, answers: np.ndarray) -> dict[str, float]:
     """Open-set quality of answers against labels (actors, or UNKNOWN for strangers).
 
@@ -147,14 +152,14 @@ def open_set_scores(labels: np.ndarray, answers: np.ndarray) -> dict[str, float]
         "actor_f1": float(f1_score(labels[actors], answers[actors], labels=present, average="macro",
                                    zero_division=0)),
         "actor_accuracy": float((answers[actors] == labels[actors]).mean()) if actors.any() else 0.0,
-        "false_accept_rate": float((answers[strangers] != UNKNOWN).mean()) if strangers.any() else 0.0,
+        "false_accept_rate": float(named(answers[strangers]).mean()) if strangers.any() else 0.0,
     }
 
 
 @dataclass(frozen=True)
 class Decisions:
-    """Per face: the answer (an actor or UNKNOWN), the closest actor, its closed-set probabilities, the rule's
-    distance and the threshold it was held to."""
+    """Per face: the answer (an actor, UNKNOWN, or CANT_TELL for a face narrower than the model judges), the
+    closest actor, its closed-set probabilities, the rule's distance and the threshold it was held to."""
 
     labels: np.ndarray
     closest: np.ndarray
@@ -175,11 +180,13 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
 
     `gallery` holds the embeddings of the training faces of the four actors (what `nearest_face` compares with)
     and `gallery_labels` their actors. `embedder` maps crops into the embedding space; when the pipeline's own
-    features are that embedding, it is computed once per face.
+    features are that embedding, it is computed once per face. `min_face_width`: faces narrower than this (px in
+    the photo) are answered CANT_TELL (learned by the search: bbt.model.quality).
     """
 
     def __init__(self, classifier: Pipeline, embedder: Any, rule: str, threshold: float,
-                 gallery: np.ndarray, gallery_labels: np.ndarray, target_false_accept: float) -> None:
+                 gallery: np.ndarray, gallery_labels: np.ndarray, target_false_accept: float,
+                 min_face_width: int = 0) -> None:
         self.classifier = classifier
         self.embedder = embedder
         self.rule = rule
@@ -187,6 +194,7 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         self.gallery = gallery
         self.gallery_labels = gallery_labels
         self.target_false_accept = target_false_accept
+        self.min_face_width = min_face_width
 
     @property
     def classes_(self) -> np.ndarray:
@@ -201,8 +209,10 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         return (len(self.classifier.steps) > 1 and type(first) is type(self.embedder)
                 and first.get_params() == self.embedder.get_params())
 
-    def decide(self, crops: np.ndarray, timed: Timer = untimed) -> Decisions:
-        """The open-set answer for each face crop; `timed(stage)` wraps the 'features' and 'classify' work."""
+    def decide(self, crops: np.ndarray, timed: Timer = untimed, widths: np.ndarray | None = None) -> Decisions:
+        """The open-set answer for each face crop, CANT_TELL where the face's `widths` (px in its photo; None:
+        unknown, judge every face) are under min_face_width; `timed(stage)` wraps the 'features' and 'classify'
+        work."""
         rule = RULES[self.rule]
         classes = np.asarray(self.classes_)
         with timed("features"):
@@ -219,8 +229,10 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
             gallery_index = np.searchsorted(classes, self.gallery_labels)
             distances = rule.distance(embeddings, proba, predicted, self.gallery, gallery_index)
             closest = classes[predicted]
-        return Decisions(open_set_labels(closest, distances, self.threshold), closest, proba, distances,
-                         self.threshold)
+        labels = open_set_labels(closest, distances, self.threshold)
+        if widths is not None:
+            labels[np.asarray(widths) < self.min_face_width] = CANT_TELL
+        return Decisions(labels, closest, proba, distances, self.threshold)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """An actor's name, or 'unknown', per face crop."""
@@ -234,4 +246,5 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         """What serving and the registry show about the open-set rule."""
         return {"rule": self.rule, "threshold": float(self.threshold),
                 "target_false_accept": float(self.target_false_accept),
+                "min_face_width": int(self.min_face_width),
                 "description": RULES[self.rule].description, "gallery_faces": len(self.gallery)}

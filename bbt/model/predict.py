@@ -8,26 +8,37 @@ from typing import Any
 
 import numpy as np
 
-from bbt import UNKNOWN
+from bbt import CANT_TELL, UNKNOWN
 from bbt.model.openset import OpenSetClassifier, Timer, untimed
 from bbt.vision.faces import Box, DetectorSettings, FaceDetector, crop_photo_face
-from bbt.vision.images import Photo
+from bbt.vision.images import Photo, decode_photo
+
+# A logged photo model (bbt.model.photo_model) keeps its scikit-learn pipeline here: <model>/artifacts/pipeline.
+PIPELINE_ARTIFACT = "pipeline"
+
+
+def pipeline_path(model_path: Path) -> Path:
+    """The scikit-learn model folder of a logged model folder: inside a photo model, or the folder itself (the
+    pipeline's own folder, or a version logged before photo models, a plain sklearn flavor)."""
+    inside = model_path / "artifacts" / PIPELINE_ARTIFACT
+    return inside if (inside / "MLmodel").is_file() else model_path
 
 
 @dataclass(frozen=True)
 class FacePrediction:
     box: Box
-    label: str  # an actor, or UNKNOWN
+    label: str  # an actor, UNKNOWN (not one of the four) or CANT_TELL (too small to judge: see `reason`)
     closest_actor: str
     confidence: float  # the closed-set probability of closest_actor among the four
     probabilities: dict[str, float]
     distance: float  # the open-set rule's distance; the face is named when it is <= threshold
     threshold: float
+    reason: str = ""  # why the model cannot tell, for CANT_TELL
 
     def as_dict(self) -> dict[str, Any]:
         return {"box": self.box.as_dict(), "label": self.label, "closest_actor": self.closest_actor,
                 "confidence": self.confidence, "probabilities": self.probabilities,
-                "distance": self.distance, "threshold": self.threshold}
+                "distance": self.distance, "threshold": self.threshold, "reason": self.reason}
 
 
 class ActorClassifier:
@@ -48,12 +59,13 @@ class ActorClassifier:
 
     @classmethod
     def from_mlflow(cls, model_path: str | Path) -> ActorClassifier:
-        """Load an MLflow model directory (or models:/ URI) logged by `bbt register`."""
+        """Load an MLflow model directory (or models:/ URI) logged by `bbt register`: the photo model, or the
+        scikit-learn pipeline inside it."""
         import mlflow.sklearn
         from mlflow.models import Model
 
-        local = Path(mlflow.artifacts.download_artifacts(str(model_path))) if "://" in str(model_path) \
-            else Path(model_path)
+        local = pipeline_path(Path(mlflow.artifacts.download_artifacts(str(model_path))) if "://" in str(model_path)
+                              else Path(model_path))
         meta = Model.load(local / "MLmodel").metadata or {}
         return cls(mlflow.sklearn.load_model(str(local)), DetectorSettings.from_metadata(meta["detector"]),
                    int(meta["crop_size"]))
@@ -66,6 +78,14 @@ class ActorClassifier:
     def decode_side(self) -> int:
         """The smallest longer side a JPEG may be reduced to when decoded (the training setting)."""
         return self.detector.settings.decode_side
+
+    def classify_bytes(self, data: bytes, name: str, max_pixels: int, timed: Timer = untimed,
+                       ) -> tuple[list[FacePrediction], tuple[int, int]]:
+        """Decode untrusted bytes (`name` says what they are in errors) and classify every face: the faces and
+        the photo's (width, height). ImageError for anything that is not a usable photo."""
+        with timed("decode"):
+            photo = decode_photo(data, name, max_pixels, self.decode_side)
+        return self.classify(photo, timed), photo.size
 
     def detect(self, photo: Photo, timed: Timer = untimed) -> list[Box]:
         with timed("detect"):
@@ -85,12 +105,18 @@ class ActorClassifier:
             return []
         with timed("crop"):
             crops = np.stack([crop_photo_face(photo, box, self.crop_size) for box in boxes])
-        decisions = self.model.decide(crops, timed)
+        decisions = self.model.decide(crops, timed, np.array([box.w for box in boxes]))
         faces = [
             FacePrediction(box, str(label), str(closest), round(float(row.max()), 4),
                            {c: round(float(p), 4) for c, p in zip(self.classes, row)},
-                           round(float(distance), 4), round(float(decisions.threshold), 4))
+                           round(float(distance), 4), round(float(decisions.threshold), 4),
+                           self.cant_tell_reason(box) if label == CANT_TELL else "")
             for box, label, closest, row, distance in zip(boxes, decisions.labels, decisions.closest,
                                                          decisions.proba, decisions.distances)
         ]
-        return sorted(faces, key=lambda f: (f.label == UNKNOWN, -f.confidence, f.box.x, f.box.y))
+        return sorted(faces, key=lambda f: (f.label in (UNKNOWN, CANT_TELL), f.label == CANT_TELL,
+                                            -f.confidence, f.box.x, f.box.y))
+
+    def cant_tell_reason(self, box: Box) -> str:
+        return (f"face {box.w} px wide: the model judges faces from {self.model.min_face_width} px "
+                "(learned by cross-validation)")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from bbt import ACTORS, UNKNOWN
+from bbt.model.predict import pipeline_path
 from bbt.monitoring.drift import DRIFT, TOO_FEW, UNKNOWN_TEST, DriftTest, Summary, summarise
 from bbt.monitoring.logs import MonitoringError, Period, Record, in_period, read_records
 from bbt.monitoring.plot import plot_summary
@@ -48,7 +49,7 @@ def load_reference(model_name: str, version: str, tag: str = "") -> Reference:
 
     log.info("monitor: %s version %s carries no reference (registered before bbt monitor): scoring it on the "
              "test split in artifacts/", model_name, version)
-    return reference_on_test_split(mlflow.sklearn.load_model(str(folder)))
+    return reference_on_test_split(mlflow.sklearn.load_model(str(pipeline_path(folder))))
 
 
 def model_folder(model_name: str, version: str, tag: str = "") -> Path:

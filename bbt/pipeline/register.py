@@ -6,9 +6,13 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import tempfile
 from dataclasses import asdict, fields
+from pathlib import Path
 
+import cv2
 import mlflow
+import mlflow.pyfunc
 import mlflow.sklearn
 import numpy as np
 from mlflow import MlflowClient
@@ -20,6 +24,8 @@ from bbt.config import Params, RegisterParams
 from bbt.errors import ModelError
 from bbt.model.candidates import FAMILIES
 from bbt.model.feature_sets import FEATURE_SETS
+from bbt.model.photo_model import PHOTO_MODEL_CODE, load_pipeline
+from bbt.model.predict import PIPELINE_ARTIFACT
 from bbt.monitoring.reference import METADATA_KEY, reference_on_test_split
 from bbt.pipeline.evaluate import load_model, score, test_faces
 from bbt.registry.bento_store import import_version
@@ -106,21 +112,39 @@ def promotion(new: dict, old: dict | None, alias: str, champion: str | None) -> 
 
 
 def log_and_register(model: object, info: dict, model_md5: str, crops: np.ndarray, model_name: str) -> str:
-    """Log the model to the run that made it (or a new run, in a store that lacks it) and register it."""
-    with mlflow.start_run(run_id=model_run_id(model_md5)):
-        logged = mlflow.sklearn.log_model(
-            model,
-            name="model",
+    """Log the photo model (bbt.model.photo_model), with the pipeline inside it, to the run that made the
+    pipeline (or a new run, in a store that lacks it) and register it."""
+    metadata = {"detector": info["detector"], "crop_size": info["crop_size"], "classes": info["classes"],
+                "candidate": info["candidate"], "open_set": info["open_set"],
+                METADATA_KEY: reference_on_test_split(model).as_metadata()}
+    with tempfile.TemporaryDirectory() as folder:
+        pipeline = Path(folder) / PIPELINE_ARTIFACT
+        mlflow.sklearn.save_model(
+            model, str(pipeline),
             signature=infer_signature(crops[:2], model.predict(crops[:2])),
-            input_example=crops[:1],
-            registered_model_name=model_name,
             pip_requirements=model_requirements(),
             skops_trusted_types=skops_trusted_types(model),
-            metadata={"detector": info["detector"], "crop_size": info["crop_size"], "classes": info["classes"],
-                      "candidate": info["candidate"], "open_set": info["open_set"],
-                      METADATA_KEY: reference_on_test_split(model).as_metadata()},
+            metadata=metadata,
         )
+        with mlflow.start_run(run_id=model_run_id(model_md5)):
+            logged = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=PHOTO_MODEL_CODE,
+                artifacts={PIPELINE_ARTIFACT: str(pipeline)},
+                input_example=[example_photo(crops[0])],
+                registered_model_name=model_name,
+                pip_requirements=model_requirements(),
+                metadata=metadata,
+            )
     return str(logged.registered_model_version)
+
+
+def example_photo(crop: np.ndarray) -> bytes:
+    """A photo for the model's input example: a held-out test face, as a PNG file's bytes."""
+    encoded, data = cv2.imencode(".png", crop)
+    if not encoded:
+        raise ModelError("could not encode a test face as PNG for the model's input example")
+    return data.tobytes()
 
 
 def run_register(params: Params) -> dict:
@@ -154,8 +178,7 @@ def run_register(params: Params) -> dict:
     if champion == version:
         promote, reason = False, f"version {version} (this model) is already @{alias}"
     else:
-        old = None if champion is None else score(mlflow.sklearn.load_model(f"models:/{name}/{champion}"), crops,
-                                                  labels)
+        old = None if champion is None else score(load_pipeline(f"models:/{name}/{champion}"), crops, labels)
         promote, reason = promotion(new, old, alias, champion)
     if promote:
         client.set_registered_model_alias(name, alias, version)

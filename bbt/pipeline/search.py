@@ -40,6 +40,7 @@ from bbt.model.openset import (
     open_set_labels,
     open_set_scores,
 )
+from bbt.model.quality import WIDTHS, WidthScores, shrink, smallest_judged_width, width_scores
 from bbt.pipeline.progress import progress
 from bbt.registry.tracking import MODEL_MD5_TAG, corrections_hash, data_hash, git_commit, setup_tracking
 
@@ -59,14 +60,16 @@ def search_params(params: Params) -> dict[str, str]:
 
 
 def out_of_fold(head: Head, X: np.ndarray, E: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-                seed: int, rules: tuple[str, ...]) -> dict:
+                seed: int, rules: tuple[str, ...], answered_as: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Out-of-fold closed-set answers, every rule's distances, per-fold closed-set macro-F1 and fit time.
 
     `folds` split the actors' faces. The strangers' faces are answered by every fold's model, and each keeps its
     smallest distance: a stranger counts as let through when any of the models would let it through. That is
     its distance to the whole training gallery, as the refitted model will see it; scoring each stranger in one
-    fold only would compare it with 80% of the gallery and flatter the threshold.
+    fold only would compare it with 80% of the gallery and flatter the threshold. `answered_as`: the features
+    and embeddings the held-out faces are answered from (the same faces shrunk, bbt.model.quality), if not X, E.
     """
+    X_answered, E_answered = answered_as if answered_as is not None else (X, E)
     strangers = np.flatnonzero(y == UNKNOWN)
     answers = {rule: np.empty(len(y), dtype=object) for rule in rules}
     distances = {rule: np.full(len(y), np.inf) for rule in rules}
@@ -76,12 +79,12 @@ def out_of_fold(head: Head, X: np.ndarray, E: np.ndarray, y: np.ndarray, folds: 
         model = head.head(seed).fit(X[train], y[train])
         fit_seconds.append(time.perf_counter() - start)
         answered = np.concatenate([held_out, strangers])
-        proba = model.predict_proba(X[answered])
+        proba = model.predict_proba(X_answered[answered])
         index = proba.argmax(axis=1)
         named = model.classes_[index]
         gallery_index = np.searchsorted(model.classes_, y[train])
         for rule in rules:
-            found = RULES[rule].distance(E[answered], proba, index, E[train], gallery_index)
+            found = RULES[rule].distance(E_answered[answered], proba, index, E[train], gallery_index)
             closer = found < distances[rule][answered]
             closer[:len(held_out)] = True
             distances[rule][answered[closer]] = found[closer]
@@ -160,7 +163,13 @@ def run_search(params: Params) -> dict:
         # The parent run carries the winner's scores under the children's names, so comparing runs lines up.
         mlflow.log_metrics(best_scores)
         mlflow.set_tag("best_candidate", best.name)
-        model = refit(best, features[best.head.feature_set], E, y, best_scores["threshold"], params)
+        widths = shrunk_width_scores(best, faces["crops"][train], features[best.head.feature_set], E, y, folds,
+                                     best_scores["threshold"], params)
+        min_face_width = smallest_judged_width(widths, best_scores["cv_actor_accuracy"],
+                                               params.search.min_width_recall, params.search.target_false_accept)
+        best_scores = {**best_scores, "min_face_width": min_face_width}
+        record_widths(widths, min_face_width)
+        model = refit(best, features[best.head.feature_set], E, y, best_scores["threshold"], min_face_width, params)
         model_md5 = save_model(model, best, best_scores, params, faces)
         mlflow.set_tag(MODEL_MD5_TAG, model_md5)
     summary = {"best_candidate": best.name, "n_candidates": len(grid), "objective": params.search.objective,
@@ -173,7 +182,37 @@ def run_search(params: Params) -> dict:
     return summary
 
 
-def refit(best: Candidate, X: np.ndarray, E: np.ndarray, y: np.ndarray, threshold: float,
+def shrunk_width_scores(best: Candidate, crops: np.ndarray, X: np.ndarray, E: np.ndarray, y: np.ndarray,
+                        folds: list[tuple[np.ndarray, np.ndarray]], threshold: float,
+                        params: Params) -> list[WidthScores]:
+    """The winner's out-of-fold answers with every held-out face shrunk to each width of quality.WIDTHS."""
+    featurizer = build_features(best.head.feature_set, params.featurize).fit(None)
+    embedder = build_features(EMBEDDING_SPACE, params.featurize).fit(None)
+    scores = []
+    with progress("search: answering shrunk faces", total=len(WIDTHS)) as advance:
+        for width in WIDTHS:
+            shrunk = shrink(crops, width)
+            E_shrunk = embedder.transform(shrunk)
+            X_shrunk = E_shrunk if best.head.feature_set == EMBEDDING_SPACE else featurizer.transform(shrunk)
+            oof = out_of_fold(best.head, X, E, y, folds, params.search.seed, (best.rule,), (X_shrunk, E_shrunk))
+            answers = open_set_labels(oof["answers"][best.rule], oof["distances"][best.rule], threshold)
+            scores.append(width_scores(width, y, answers))
+            advance()
+    return scores
+
+
+def record_widths(scores: list[WidthScores], min_face_width: int) -> None:
+    """The figures by face width, as a report and in the search's MLflow run."""
+    table = pd.DataFrame([s.as_row() for s in scores])
+    artifacts.FACE_WIDTH_CSV.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(artifacts.FACE_WIDTH_CSV, index=False)
+    mlflow.log_artifact(str(artifacts.FACE_WIDTH_CSV))
+    mlflow.log_metrics({f"width_{s.width}px_{k}": v for s in scores for k, v in s.as_row().items() if k != "width"})
+    log.info("search: faces are judged from %d px wide (shrunk faces: %s)", min_face_width,
+             ", ".join(f"{s.width} px recall {s.actor_recall:.2f} misnamed {s.misnamed:.2f}" for s in scores))
+
+
+def refit(best: Candidate, X: np.ndarray, E: np.ndarray, y: np.ndarray, threshold: float, min_face_width: int,
           params: Params) -> OpenSetClassifier:
     """Fit the winner's head on the actors' training faces, put its feature transformer in front, and wrap it
     with its open-set rule: the learned threshold and the actors' training embeddings as the gallery."""
@@ -183,7 +222,7 @@ def refit(best: Candidate, X: np.ndarray, E: np.ndarray, y: np.ndarray, threshol
     classifier = Pipeline([("features", features), *head.steps])
     return OpenSetClassifier(classifier, build_features(EMBEDDING_SPACE, params.featurize).fit(None), best.rule,
                              threshold, E[actors].astype(np.float32), y[actors].astype(str),
-                             params.search.target_false_accept)
+                             params.search.target_false_accept, min_face_width)
 
 
 def save_model(model: OpenSetClassifier, best: Candidate, scores: dict, params: Params, faces: dict) -> str:

@@ -67,9 +67,9 @@ class Answers:
             self.problem = "no model given"
             return
         try:
-            from bbt.model.predict import ActorClassifier
+            from bbt.model.photo_model import load_classifier
 
-            self.classifier = ActorClassifier.from_mlflow(model_uri)
+            self.classifier = load_classifier(model_uri)
         except Exception as err:  # noqa: BLE001 - any failure to load leaves the review usable without answers
             self.problem = f"the champion {model_uri} could not be loaded ({type(err).__name__}: {err})"
             log.warning("%s: the page shows no model answers", self.problem)

@@ -24,7 +24,8 @@ class FaceBox(BaseModel):
 class Face(BaseModel):
     box: FaceBox = Field(description="In the uploaded image's pixel coordinates (after EXIF rotation).")
     label: str = Field(description="howard, leonard, raj or sheldon; 'unknown' when the face is not one of the "
-                                   "four (its distance is over the model's learned threshold).")
+                                   "four (its distance is over the model's learned threshold); 'cant_tell' when "
+                                   "the face is too small for the model to judge (see reason).")
     closest_actor: str = Field(description="The actor the face resembles most, even when the label is 'unknown'.")
     confidence: float = Field(description="The classifier's probability of closest_actor among the four actors. "
                                           "It assumes the face is one of them: it is not a probability that the "
@@ -34,6 +35,8 @@ class Face(BaseModel):
                                         "embedding space to the closest training face of closest_actor).")
     threshold: float = Field(description="The largest distance the model names an actor at, learned by "
                                          "cross-validation for a target false-accept rate on strangers.")
+    reason: str = Field("", description="Why the label is 'cant_tell', e.g. 'face 20 px wide: the model judges "
+                                        "faces from 32 px'; empty otherwise.")
 
 
 class ModelInfo(BaseModel):
@@ -78,7 +81,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def legacy_face(face: FacePrediction, classes: list[str]) -> dict[str, Any]:
     """The original system's answer for one face: its class ('unknown' for a face that is not one of the four,
-    which the original never said) and the four percentages in class_dictionary order."""
+    'cant_tell' for one too small to judge: answers the original never gave) and the four percentages in
+    class_dictionary order."""
     return {"class": face.label,
             "class_probability": [round(face.probabilities[c] * 100, 2) for c in classes],
             "class_dictionary": {c: i for i, c in enumerate(classes)}}

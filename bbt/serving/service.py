@@ -31,7 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bbt.config import PARAMS_FILE, SERVER_TIMEOUT_S, ConfigError, RegisterParams, ServeParams, load_params
 from bbt.errors import ModelError
 from bbt.model.openset import Timer
-from bbt.model.predict import ActorClassifier, FacePrediction
+from bbt.model.photo_model import load_classifier
+from bbt.model.predict import FacePrediction
 from bbt.monitoring.answers import ServedModel, log_answer, log_feedback
 from bbt.review.feedback import open_store
 from bbt.serving.admission import MB, Admission, Busy, Ticket
@@ -60,7 +61,7 @@ from bbt.serving.upload_limits import (
     keep_uploads_in_memory,
     timed_out_response,
 )
-from bbt.vision.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_cost, decode_photo
+from bbt.vision.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_cost
 
 log = logging.getLogger("bbt.serving.service")
 
@@ -192,7 +193,7 @@ class ActorService:
             store = os.environ.get("BENTOML_HOME", "~/bentoml")
             raise ModelError(f"the BentoML store in {store} has no {model_ref.tag}: run `bbt import-champion` "
                              "(or `dvc repro`) first, or serve with `bbt serve`, which imports the champion")
-        self.classifier = ActorClassifier.from_mlflow(self.bento_model.path_of("mlflow_model"))
+        self.classifier = load_classifier(self.bento_model.path_of("mlflow_model"))
         self.classifier.warm_up()
         labels = self.bento_model.info.labels
         self.model_info = ModelInfo(name=model_ref.tag.name, version=labels.get("registry_version", "unknown"),
@@ -225,13 +226,10 @@ class ActorService:
                        ) -> tuple[list[FacePrediction], tuple[int, int]]:
         """Decode untrusted bytes and classify every face; ImageError for anything that is not a usable image,
         TimedOut when `deadline` (time.monotonic) passes before one of the stages starts."""
-        stage = stage_timer(deadline)
-        with stage("decode"):
-            photo = decode_photo(data, name, self.max_pixels, self.classifier.decode_side)
-        faces = self.classifier.classify(photo, stage)
+        faces, size = self.classifier.classify_bytes(data, name, self.max_pixels, stage_timer(deadline))
         for face in faces:
             FACES.labels(label=face.label).inc()
-        return faces, photo.size
+        return faces, size
 
     async def run_classifier(self, data: bytes, name: str, ticket: Ticket,
                              ) -> tuple[list[FacePrediction], tuple[int, int]]:
@@ -302,6 +300,8 @@ class ActorService:
 
     @web.post("/classify_image", response_model=list[LegacyFace], responses=ERRORS,
               summary="The original system's route: a data URL in the form field image_data",
+              description="Each face's 'class' is an actor, 'unknown' (not one of the four) or 'cant_tell' (too "
+                          "small to judge), answers /classify gives as its 'label'; the original had neither.",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/x-www-form-urlencoded": {"schema": {
                       "type": "object", "required": ["image_data"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import mlflow
 import mlflow.sklearn
@@ -12,6 +13,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from bbt.model.predict import pipeline_path
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration
@@ -90,7 +92,7 @@ def test_the_threshold_is_learned_and_travels_in_the_registered_model(trained_pr
     champion = client.get_model_version_by_alias("bbt-actor-classifier", "champion")
     local = mlflow.artifacts.download_artifacts(champion.source, tracking_uri=trained_project.tracking_uri)
     assert Model.load(f"{local}/MLmodel").metadata["open_set"] == info["open_set"]
-    model = mlflow.sklearn.load_model(local)
+    model = mlflow.sklearn.load_model(str(pipeline_path(Path(local))))
     assert model.threshold == info["open_set"]["threshold"] and model.rule == info["open_set"]["rule"]
 
 
