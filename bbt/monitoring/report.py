@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bbt import ACTORS, UNKNOWN
+from bbt import ACTORS, CANT_TELL, UNKNOWN
 from bbt.model.predict import pipeline_path
 from bbt.monitoring.drift import DRIFT, TOO_FEW, UNKNOWN_TEST, DriftTest, Summary, summarise
 from bbt.monitoring.logs import MonitoringError, Period, Record, in_period, read_records
@@ -117,6 +117,8 @@ def table_rows(summary: Summary) -> list[tuple[str, str, str, str]]:
          if faces else "-", f"{np.mean(ref.faces_per_photo):.2f} / -" if ref.faces_per_photo else "-", ""),
         ('share of "unknown"', share(labels.count(UNKNOWN), len(labels)),
          share(ref.labels.count(UNKNOWN), len(ref.labels)), test_cell(tests[UNKNOWN_TEST])),
+        ("share of \"can't tell\" (too small to judge)", share(labels.count(CANT_TELL), len(labels)),
+         share(ref.labels.count(CANT_TELL), len(ref.labels)), ""),
     ]
     for actor in ACTORS:
         mine = [c for label, c in zip(labels, confidences, strict=True) if label == actor]

@@ -245,7 +245,6 @@ def serve_review(root: Path, port: int, model: str | None) -> None:
             raise BbtError(f"port {port} on 127.0.0.1 is not free ({err.strerror}): pass another with --port") from None
     params = load_params(root / "params.yaml")
     store = feedback_folder(params.serve, cwd=root)
-    reviewer = Reviewer(root, params.data, store)
     if model is None:
         import mlflow
 
@@ -253,6 +252,8 @@ def serve_review(root: Path, port: int, model: str | None) -> None:
         mlflow.set_registry_uri(tracking_uri())
         model = f"models:/{params.register.model_name}@{params.register.alias}"
     answers = Answers(None if model == "none" else model)
+    min_face_width = answers.classifier.model.min_face_width if answers.classifier is not None else 0
+    reviewer = Reviewer(root, params.data, store, min_face_width)
     counts = ", ".join(f"{source} {sum(i.source == source for i in reviewer.queue)}" for source in SOURCES)
     print(f"bbt review: {len(reviewer.queue)} faces wait for a verdict ({counts}); verdicts go to "
           f"{reviewer.corrections_path}\nopen http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)

@@ -12,9 +12,10 @@ from bbt import ACTORS, UNKNOWN, artifacts
 from bbt.pipeline.annotations import Correction
 from bbt.vision.faces import Box
 
-# The order a reviewer meets them in: what users said the served model got wrong first, then what the data
-# itself disputes, then what was never looked at.
-SOURCES = ("feedback", "suspect", "rejected", "unreviewed")
+# The order a reviewer meets them in: faces the model cannot judge (too small: it answers "can't tell") first,
+# then what users said the served model got wrong, then what the data itself disputes, then what was never
+# looked at.
+SOURCES = ("cant_tell", "feedback", "suspect", "rejected", "unreviewed")
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,23 @@ def rejected_proposals(root: Path) -> list[Item]:
     return items
 
 
-def unreviewed(root: Path) -> list[Item]:
-    """Faces the detector found that no review covers."""
+def unreviewed(root: Path, min_face_width: int = 0) -> list[Item]:
+    """Faces the detector found that no review covers; those narrower than the model judges (`min_face_width`,
+    the champion's) come as "cant_tell"."""
     table = _read(root / artifacts.DETECTIONS)
     if table.empty:
         return []
     items = []
     for row in table[table.status == "unreviewed"].itertuples(index=False):
         box = _box(row)
-        items.append(Item(f"unreviewed:{row.image}:{box.x},{box.y},{box.w},{box.h}", "unreviewed", row.image,
-                          box, f"found by the detector in {row.image.split('/', 1)[0]}'s folder; nobody has "
-                          "reviewed it", "unreviewed"))
+        where = f"found by the detector in {row.image.split('/', 1)[0]}'s folder; nobody has reviewed it"
+        if box.w < min_face_width:
+            items.append(Item(f"unreviewed:{row.image}:{box.x},{box.y},{box.w},{box.h}", "cant_tell", row.image,
+                              box, f"{where}; the model answers \"can't tell\" for it: {box.w} px wide, it judges "
+                              f"faces from {min_face_width} px", "unreviewed"))
+        else:
+            items.append(Item(f"unreviewed:{row.image}:{box.x},{box.y},{box.w},{box.h}", "unreviewed", row.image,
+                              box, where, "unreviewed"))
     return items
 
 
@@ -105,14 +112,19 @@ def feedback_items(store: Path | None) -> list[Item]:
 VERDICT_FILE = "verdict.json"
 
 
-def build_queue(root: Path, corrections: list[Correction], feedback_store: Path | None) -> list[Item]:
+def build_queue(root: Path, corrections: list[Correction], feedback_store: Path | None,
+                min_face_width: int = 0) -> list[Item]:
     """Every face waiting for a verdict, in SOURCES order, each face once (its first reason), none that
-    review/corrections.csv already judges."""
+    review/corrections.csv already judges. `min_face_width`: the champion's (unreviewed faces narrower than it
+    come first, as "cant_tell"); 0 when no model is loaded."""
     judged = {(c.corrected.image, c.corrected.box) for c in corrections}
     queue: list[Item] = []
     seen: set[tuple[str, Box]] = set()
-    for item in [*feedback_items(feedback_store), *sorted(suspects(root), key=_order),
-                 *sorted(rejected_proposals(root), key=_order), *sorted(unreviewed(root), key=_order)]:
+    waiting = unreviewed(root, min_face_width)
+    for item in [*sorted((i for i in waiting if i.source == "cant_tell"), key=_order),
+                 *feedback_items(feedback_store), *sorted(suspects(root), key=_order),
+                 *sorted(rejected_proposals(root), key=_order),
+                 *sorted((i for i in waiting if i.source == "unreviewed"), key=_order)]:
         face = (item.image, item.box)
         if face in judged or face in seen:
             continue

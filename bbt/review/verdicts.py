@@ -48,14 +48,14 @@ class Given:
 class Reviewer:
     """The queue of one `bbt review` session and the verdicts given in it (thread-safe)."""
 
-    def __init__(self, root: Path, data: DataParams, feedback_store: Path | None) -> None:
+    def __init__(self, root: Path, data: DataParams, feedback_store: Path | None, min_face_width: int = 0) -> None:
         self.root = root
         self.raw = root / data.raw
         self.corrections_path = root / data.corrections
         self.annotations: list[Annotation] = load_annotations(root / data.annotations, self.raw)
         corrections = load_corrections(self.corrections_path, self.annotations, self.raw)
         self.feedback_store = feedback_store
-        self.queue = build_queue(root, corrections, feedback_store)
+        self.queue = build_queue(root, corrections, feedback_store, min_face_width)
         self.by_key = {item.key: item for item in self.queue}
         self.given: list[Given] = []
         self._lock = threading.Lock()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bbt import ACTORS, UNKNOWN
+from bbt import ACTORS, CANT_TELL, UNKNOWN
 from bbt.config import ConfigError, load_params
 from bbt.model.predict import FacePrediction
 from bbt.monitoring.answers import (
@@ -223,6 +223,17 @@ def test_bbt_monitor_without_drift_exits_0(tmp_path: Path, capsys: pytest.Captur
     write_answers(tmp_path, sample(np.random.default_rng(6), 300, 0.2))
     assert run_monitor(tmp_path, WEEK, tmp_path / "a.png", 0.01, 30, reference=reference()) == 0
     assert "no drift (false-alarm rate 0.01 over the tests run)" in capsys.readouterr().out
+
+
+def test_bbt_monitor_counts_faces_too_small_to_judge_apart(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    faces = sample(np.random.default_rng(8), 80, 0.2) + [(CANT_TELL, 0.5)] * 20
+    write_answers(tmp_path, faces)
+    run_monitor(tmp_path, WEEK, tmp_path / "c.png", 0.01, 30, reference=reference())
+    out = capsys.readouterr().out
+    unknown = sum(label == UNKNOWN for label, _ in faces)
+    assert "too small to judge" in out and "20.0% (20 of 100)" in out
+    assert f"{unknown / 100:.1%} ({unknown} of 100)" in out  # "unknown" counts only the faces judged strangers
 
 
 def test_too_few_requests_are_said_so() -> None:

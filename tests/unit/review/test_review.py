@@ -73,6 +73,14 @@ def test_the_queue_orders_sources_and_leaves_out_what_is_judged(project: Path) -
     assert queue[0].suggestion == "howard" and "80%" in queue[0].why
 
 
+def test_faces_too_small_for_the_champion_come_first(project: Path) -> None:
+    queue = Reviewer(project, DataParams(), None, min_face_width=28).queue
+    assert [(i.source, i.box) for i in queue][:2] == [("cant_tell", Box(60, 60, 20, 20)),
+                                                      ("suspect", Box(5, 5, 30, 30))]
+    assert "20 px wide" in queue[0].why and "from 28 px" in queue[0].why
+    assert queue[-1].source == "unreviewed" and queue[-1].box == Box(100, 50, 30, 30)
+
+
 def test_each_verdict_is_saved_at_once_as_clean_reads_it_and_undone_exactly(project: Path) -> None:
     before = (project / "review/corrections.csv").read_bytes()
     session = reviewer(project)

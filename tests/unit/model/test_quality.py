@@ -1,0 +1,97 @@
+"""Which faces the model judges: the width rule, learned from shrunk faces, inside the model, and its answer."""
+
+from __future__ import annotations
+
+import io
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from bbt import CANT_TELL, UNKNOWN
+from bbt.model.candidates import Head
+from bbt.model.openset import OpenSetClassifier, open_set_scores
+from bbt.model.predict import ActorClassifier
+from bbt.model.quality import WidthScores, shrink, smallest_judged_width, width_scores
+from bbt.vision.faces import Box, DetectorSettings
+from bbt.vision.images import Photo
+from tests.unit.model.test_openset import clusters
+
+
+def test_a_shrunk_crop_keeps_its_size_and_loses_its_detail() -> None:
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, size=(2, 64, 64, 3), dtype=np.uint8)
+    shrunk = shrink(crops, 8)
+    assert shrunk.shape == crops.shape and shrunk.dtype == np.uint8
+    # Noise averages out over 8x8 blocks: far less spread than the original.
+    assert shrunk.std() < crops.std() / 3
+    assert np.array_equal(shrink(crops, 8), shrunk)
+
+
+@pytest.mark.parametrize(("recalls", "misnamed", "expected"), [
+    ({12: 0.0, 16: 0.3, 20: 0.6, 24: 0.85, 28: 0.92, 32: 0.95}, {}, 28),  # 0.92 >= 0.9 x 0.99
+    ({12: 0.0, 16: 0.3, 20: 0.95, 24: 0.5, 28: 0.95, 32: 0.95}, {}, 28),  # a dip at 24 px: not from 20
+    ({12: 0.0, 16: 0.95, 20: 0.95, 24: 0.95, 28: 0.95, 32: 0.95}, {24: 0.1}, 28),  # misnamed at 24 px
+    ({12: 0.0, 16: 0.1, 20: 0.1, 24: 0.1, 28: 0.1, 32: 0.5}, {}, 33),  # none keeps it: only larger faces
+])
+def test_the_smallest_judged_width_keeps_its_promise_at_every_larger_width(
+        recalls: dict[int, float], misnamed: dict[int, float], expected: int) -> None:
+    scores = [WidthScores(w, r, misnamed.get(w, 0.0), 0.0) for w, r in recalls.items()]
+    assert smallest_judged_width(scores, full_recall=0.99, min_width_recall=0.9, target_false_accept=0.05) == expected
+
+
+def test_width_scores_tell_a_miss_from_a_wrong_name() -> None:
+    labels = np.array(["raj", "raj", "raj", "howard", UNKNOWN, UNKNOWN], dtype=object)
+    answers = np.array(["raj", UNKNOWN, "sheldon", "howard", UNKNOWN, "raj"], dtype=object)
+    assert width_scores(20, labels, answers) == WidthScores(20, 0.5, 0.25, 0.5)
+
+
+def model(min_face_width: int, features: FunctionTransformer | None = None,
+          ) -> tuple[OpenSetClassifier, np.ndarray, np.ndarray]:
+    """A fitted open-set model on generated 8-d faces; `features` maps its input to them (default: as given)."""
+    X, y = clusters()
+    actors = y != UNKNOWN
+    head = Head("face_embedding", "logistic_regression", (("C", 1),)).head(0).fit(X[actors], y[actors].astype(str))
+    features = features or FunctionTransformer()
+    return (OpenSetClassifier(Pipeline([("features", features), *head.steps]), features, "nearest_face", 2.0,
+                              X[actors], y[actors].astype(str), 0.05, min_face_width), X, y)
+
+
+def test_the_width_travels_inside_the_model_and_only_narrower_faces_are_cant_tell() -> None:
+    trained, X, y = model(28)
+    stored = io.BytesIO()
+    joblib.dump(trained, stored)
+    stored.seek(0)
+    loaded = joblib.load(stored)
+    assert loaded.min_face_width == 28 and loaded.describe()["min_face_width"] == 28
+    widths = np.where(np.arange(len(X)) % 2 == 0, 20, 28)
+    answers = loaded.decide(X, widths=widths).labels
+    assert set(answers[widths == 20]) == {CANT_TELL}
+    actors = (y != UNKNOWN) & (widths == 28)
+    assert list(answers[actors]) == list(y[actors])
+    assert list(loaded.decide(X).labels[y != UNKNOWN]) == list(y[y != UNKNOWN])  # no widths: every face judged
+
+
+def test_cant_tell_is_never_a_name() -> None:
+    labels = np.array(["raj", UNKNOWN, UNKNOWN], dtype=object)
+    scores = open_set_scores(labels, np.array([CANT_TELL, CANT_TELL, UNKNOWN], dtype=object))
+    assert scores["false_accept_rate"] == 0.0 and scores["actor_accuracy"] == 0.0
+
+
+def first_pixels(crops: np.ndarray) -> np.ndarray:
+    return crops.reshape(len(crops), -1)[:, :8].astype(float)
+
+
+def test_a_face_too_small_is_answered_cant_tell_with_its_reason() -> None:
+    trained, _, _ = model(28, FunctionTransformer(first_pixels))
+    classifier = ActorClassifier(trained, DetectorSettings(detector="haar"), 8)
+    photo = Photo(np.zeros((100, 100, 3), np.uint8), (100, 100))
+    small, large = Box(0, 0, 20, 20), Box(40, 40, 40, 40)
+    answers = {face.box: face for face in classifier.answer_boxes(photo, [small, large])}
+    assert answers[small].label == CANT_TELL
+    assert answers[small].reason.startswith("face 20 px wide: the model judges faces from 28 px")
+    assert answers[large].label != CANT_TELL and answers[large].reason == ""
+    assert classifier.answer_boxes(photo, [small, large])[-1].label == CANT_TELL  # listed last
+    assert answers[small].as_dict()["reason"] == answers[small].reason
