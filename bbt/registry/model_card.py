@@ -88,6 +88,9 @@ def _candidate_section(inputs: CardInputs) -> list[str]:
              f"hyperparameters: {hyper}"),
              (f"- open-set rule: {md(open_set.get('rule', 'none'))}, threshold "
              f"{_rate(open_set.get('threshold'))} (a face farther than this is answered \"unknown\")"),
+             (f"- faces judged from {md(open_set['min_face_width'])} px wide: narrower ones are answered \"can't "
+              "tell\" (learned from held-out faces shrunk to 12-48 px, reports/face_width.csv)"
+              if open_set.get("min_face_width") else "- every face is judged, whatever its size"),
              f"- classes: {md(', '.join(info.get('classes', [])))}",
              f"- model file md5: {md(inputs.model_md5)}; training params hash: {md(inputs.params_hash)}"]
     if inputs.search:
