@@ -52,6 +52,77 @@ def single_face_photo(server: Server, label: str = "sheldon", split: str = "trai
     raise AssertionError(f"no single-face photo of {label} in the {split} split")
 
 
+def crowded_photos(server: Server) -> list[Path]:
+    """The dataset's largest group photo (the most faces found) and, among photos of five faces or more, the one
+    whose faces are the smallest."""
+    root = server.project.root
+    widths = pd.read_csv(root / "artifacts/faces/detections.csv").groupby("image")["w"]
+    largest = widths.size().idxmax()
+    smallest = widths.median()[widths.size() >= 5].idxmin()
+    return [root / "data/raw" / largest, root / "data/raw" / smallest]
+
+
+# The page's layout as the browser drew it: rectangles of the photo, the tags, the table's container and its
+# buttons; per table row the answer, its number of lines, its distance and which percentages are bold.
+LAYOUT = """() => {
+  const rect = (e) => (({ left, top, right, bottom }) => ({ left, top, right, bottom }))(e.getBoundingClientRect());
+  const lines = (cell) => {
+    const range = document.createRange();
+    range.selectNodeContents(cell);
+    return new Set([...range.getClientRects()].map((r) => Math.round(r.top))).size;
+  };
+  const tables = document.querySelector(".tables");
+  return {
+    photo: rect(document.getElementById("photo")),
+    tags: [...document.querySelectorAll(".box .tag")].map(rect),
+    tables: rect(tables),
+    scroll: tables.scrollWidth - tables.clientWidth,
+    buttons: [...document.querySelectorAll("button.wrong")].map(rect),
+    threshold: document.getElementById("threshold").textContent,
+    rows: [...document.querySelectorAll("#probabilities tbody tr")].map((row) => ({
+      answer: row.cells[1].textContent,
+      lines: lines(row.cells[1]),
+      distance: row.cells[2].textContent,
+      bold: [...row.cells].slice(3, 7).map((cell) => Number(getComputedStyle(cell).fontWeight) >= 600),
+    })),
+  };
+}"""
+
+
+def assert_readable(page) -> dict:
+    """Every tag inside the photo and over no other tag; every answer in at most two lines; distances and
+    threshold with the same decimals, enough that the comparison shown is the model's; only an actor's name in
+    bold; every "wrong?" button inside the table's container, which does not scroll."""
+    page.evaluate("() => new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    layout = page.evaluate(LAYOUT)
+    photo, tags = layout["photo"], layout["tags"]
+
+    def inside(inner: dict, outer: dict) -> bool:
+        return (inner["left"] >= outer["left"] - 0.5 and inner["right"] <= outer["right"] + 0.5 and
+                inner["top"] >= outer["top"] - 0.5 and inner["bottom"] <= outer["bottom"] + 0.5)
+
+    assert tags and all(inside(tag, photo) for tag in tags), (photo, tags)
+    for i, a in enumerate(tags):
+        for b in tags[i + 1:]:
+            assert (min(a["right"], b["right"]) - max(a["left"], b["left"]) < 0.5 or
+                    min(a["bottom"], b["bottom"]) - max(a["top"], b["top"]) < 0.5), (a, b)
+    decimals = len(layout["threshold"].split(".")[1])
+    assert decimals >= 3
+    threshold = float(layout["threshold"])
+    for row in layout["rows"]:
+        assert row["lines"] <= 2, row
+        assert len(row["distance"].split(".")[1]) == decimals, (row, layout["threshold"])
+        named = row["answer"] in ACTORS
+        assert (float(row["distance"]) <= threshold) == named, (row, layout["threshold"])
+        assert sum(row["bold"]) == named, row
+    assert layout["scroll"] == 0
+    assert layout["buttons"] and all(inside(button, layout["tables"]) for button in layout["buttons"])
+    return layout
+
+
+ACTORS = ("Howard", "Leonard", "Raj", "Sheldon")
+
+
 def test_nothing_but_the_drop_zone_before_an_upload(page) -> None:
     assert page.locator("#dropzone").is_visible()
     assert not page.locator("#result").is_visible()
@@ -138,23 +209,32 @@ def test_a_group_photo_of_small_faces_numbers_its_tags_so_none_hides_another(pag
                                                                              tmp_path: Path) -> None:
     labels = group_photo(bento_server, tmp_path / "group.png")
     page.set_input_files("#file", str(tmp_path / "group.png"))
-    page.wait_for_selector(".box", timeout=60_000)
-    page.wait_for_timeout(500)  # the photo's load event lays the tags out again
+    page.wait_for_selector("#stage[data-tags]", timeout=60_000)
+    assert_readable(page)
     tags = page.locator(".box .tag")
     assert tags.count() >= len(labels)
-    rects = [tags.nth(i).bounding_box() for i in range(tags.count())]
-    for i, a in enumerate(rects):
-        for b in rects[i + 1:]:
-            assert not (a["x"] < b["x"] + b["width"] and b["x"] < a["x"] + a["width"] and
-                        a["y"] < b["y"] + b["height"] and b["y"] < a["y"] + a["height"]), (a, b)
-    numbers = [tags.nth(i).inner_text() for i in range(tags.count())]
-    assert numbers == [str(n) for n in range(1, len(numbers) + 1)]
-    # Each number leads to the table row with the full answer, and the tag's title says it too.
+    # Each tag is its face's number (which leads to the table row) or its full answer, and its title says it.
     rows = page.locator("#probabilities tbody tr td:nth-child(2)").all_inner_texts()
     for n, answer in enumerate(rows, start=1):
-        assert tags.nth(n - 1).get_attribute("title").startswith(f"{n}. {answer}")
+        title = tags.nth(n - 1).get_attribute("title")
+        assert title.startswith(f"{n}. {answer}") and tags.nth(n - 1).inner_text() in (str(n), title)
     answers = set(page.locator("#probabilities tbody tr td:nth-child(2)").all_inner_texts())
     assert {"Howard", "Leonard", "Raj", "Sheldon", "not one of the four"} <= answers
+
+
+def test_crowded_photos_read_on_a_desktop_and_a_phone(page, bento_server: Server) -> None:
+    """The dataset's largest group photo (16 faces) and a small photo of small faces, at 1200 and 390 px wide."""
+    try:
+        for photo in crowded_photos(bento_server):
+            page.set_viewport_size({"width": 1200, "height": 900})
+            page.set_input_files("#file", str(photo))
+            page.wait_for_selector("#stage[data-tags]", timeout=60_000)
+            layout = assert_readable(page)
+            assert len(layout["rows"]) >= 5 and any(row["lines"] == 2 for row in layout["rows"])
+            page.set_viewport_size({"width": 390, "height": 844})
+            assert_readable(page)
+    finally:
+        page.set_viewport_size({"width": 1200, "height": 900})
 
 
 def test_a_stranger_is_not_one_of_the_four(page, bento_server: Server) -> None:

@@ -14,7 +14,7 @@ import yaml
 
 from bbt.review.feedback import FeedbackStore
 from tests.conftest import Project, Server, start_server, stop_server
-from tests.integration.test_browser import CHROMIUM, FLAGS, single_face_photo
+from tests.integration.test_browser import CHROMIUM, FLAGS, assert_readable, single_face_photo
 
 pytestmark = pytest.mark.integration
 
@@ -222,6 +222,8 @@ def test_keep_it_stores_one_report_with_the_keyboard(browser, feedback_on: Serve
     [item] = store.items()
     assert (item.user_label, item.model_label, item.box.as_dict()) == (label, face["label"], face["box"])
     assert page.inner_text('button.wrong[data-face="1"]') == "reported"
-    # Every column still fits beside the photo.
+    # Every column still fits beside the photo, and on a phone.
     assert page.evaluate("(t => t.scrollWidth - t.clientWidth)(document.querySelector('.tables'))") == 0
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert_readable(page)
     page.close()

@@ -12,9 +12,25 @@
 "use strict";
 
 const UNKNOWN = "unknown";
+// Every answer that names no actor, as the page draws it: its words, its class (the box's style, the table row's)
+// and its sentence in the summary. Any other label is an actor's name; a new kind of answer is one more entry.
+const NOT_NAMED = {
+  [UNKNOWN]: {
+    words: "not one of the four",
+    className: "unknown",
+    summary: (n, all) => (all
+      ? `Not one of the four: ${n === 1 ? "this face is" : "these faces are"} not Howard, Leonard, Raj or Sheldon.`
+      : `${n} face${n > 1 ? "s are" : " is"} not one of the four.`),
+  },
+};
+
+function isNamed(face) {
+  return !(face.label in NOT_NAMED);
+}
+
 // One spelling of every answer, everywhere on the page.
 function displayName(label) {
-  return label === UNKNOWN ? "not one of the four" : label.charAt(0).toUpperCase() + label.slice(1);
+  return NOT_NAMED[label]?.words ?? label.charAt(0).toUpperCase() + label.slice(1);
 }
 
 const maxBytes = Number(document.querySelector('meta[name="bbt-max-upload-bytes"]').content) || 10 * 1024 * 1024;
@@ -46,6 +62,7 @@ function clearResult() {
   closeFeedback();
   showFeedbackStatus("", "");
   stage.querySelectorAll(".box").forEach((box) => box.remove());
+  delete stage.dataset.tags;
   document.querySelectorAll(".card").forEach((card) => {
     card.classList.remove("best");
     card.querySelector(".score").textContent = "";
@@ -55,7 +72,7 @@ function clearResult() {
 function drawBoxes(faces, size) {
   faces.forEach((face, i) => {
     const box = document.createElement("div");
-    box.className = `box ${face.label === UNKNOWN ? "unknown" : ""}`;
+    box.className = `box ${NOT_NAMED[face.label]?.className ?? ""}`;
     // Percentages of the image keep the boxes right at any display size.
     box.style.left = `${(100 * face.box.x) / size.width}%`;
     box.style.top = `${(100 * face.box.y) / size.height}%`;
@@ -63,42 +80,78 @@ function drawBoxes(faces, size) {
     box.style.height = `${(100 * face.box.h) / size.height}%`;
     const tag = document.createElement("span");
     tag.className = "tag";
-    tag.dataset.full = face.label === UNKNOWN
-      ? `${i + 1}. ${displayName(face.label)}`
-      : `${i + 1}. ${displayName(face.label)} ${percent(face.confidence)}`;
+    tag.dataset.full = isNamed(face)
+      ? `${i + 1}. ${displayName(face.label)} ${percent(face.confidence)}`
+      : `${i + 1}. ${displayName(face.label)}`;
     tag.dataset.short = `${i + 1}`;
     tag.title = tag.dataset.full;
     tag.textContent = tag.dataset.full;
     box.appendChild(tag);
     stage.appendChild(box);
   });
-  declutterTags();
+  layoutTags();
 }
 
-// Small faces close together (a group photo) would hide each other's tags: when any two full tags overlap,
-// every tag shows only its number, which leads to its row in the table (the full answer is the tag's title),
-// and a number that would still cover another is lifted above it.
-function declutterTags() {
+// Every tag inside the photo and none over another, even in a crowded group photo. Each tag takes the first free
+// place around its face: above it, below it, beside it, inside it, moved into the photo where it would stick out;
+// a place over no face beats one over a face. When some full answer finds no free place, every tag shows only its
+// number, which leads to its row in the table (the full answer is the tag's title), and numbers may also stack
+// further above or below their face. Laid out again whenever the photo loads or changes size.
+function layoutTags() {
   const tags = [...stage.querySelectorAll(".box .tag")];
-  tags.forEach((tag) => {
-    tag.textContent = tag.dataset.full;
-    tag.classList.remove("short");
-    tag.style.transform = "";
+  delete stage.dataset.tags;
+  if (!tags.length || !photo.complete || !photo.naturalWidth) return;
+  const area = photo.getBoundingClientRect();
+  const faces = tags.map((tag) => tag.parentElement.getBoundingClientRect());
+  for (const kind of ["full", "short"]) {
+    tags.forEach((tag) => {
+      tag.textContent = tag.dataset[kind];
+      tag.classList.toggle("short", kind === "short");
+    });
+    const sizes = tags.map((tag) => tag.getBoundingClientRect());
+    const placed = [];
+    const allFree = sizes.every((size, i) => {
+      const place = freePlace(faces[i], size, area, faces, placed, kind === "short" ? 8 : 0);
+      placed.push(place.rect);
+      return place.free;
+    });
+    if (allFree || kind === "short") {
+      tags.forEach((tag, i) => {
+        const box = tag.parentElement;
+        tag.style.left = `${placed[i].left - faces[i].left - box.clientLeft}px`;
+        tag.style.top = `${placed[i].top - faces[i].top - box.clientTop}px`;
+        tag.style.bottom = "auto";
+      });
+      stage.dataset.tags = kind;
+      return;
+    }
+  }
+}
+
+function overlaps(a, b) {
+  return a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+}
+
+// The first place for a tag of `size` by `face` that is inside `area` and clear of the `placed` tags (over no face
+// if one is); else the first place, marked not free.
+function freePlace(face, size, area, faces, placed, stacks) {
+  const { width: w, height: h } = size;
+  const spots = [
+    [face.left, face.top - h], [face.right - w, face.top - h], [face.left, face.bottom], [face.right - w, face.bottom],
+    [face.left - w, face.top], [face.right, face.top], [face.left, face.top],
+  ];
+  for (let k = 1; k <= stacks; k += 1) {
+    spots.push([face.left, face.top - h - k * (h + 1)], [face.left, face.bottom + k * (h + 1)]);
+  }
+  const rects = spots.map(([x, y]) => {
+    const left = Math.max(area.left, Math.min(x, area.right - w));
+    const top = Math.max(area.top, Math.min(y, area.bottom - h));
+    return { left, top, right: left + w, bottom: top + h };
   });
-  const overlap = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
-  const rects = tags.map((tag) => tag.getBoundingClientRect());
-  if (!rects.some((a, i) => rects.slice(i + 1).some((b) => overlap(a, b)))) return;
-  const placed = [];
-  tags.forEach((tag) => {
-    tag.textContent = tag.dataset.short;
-    tag.classList.add("short");
-    const rect = tag.getBoundingClientRect();
-    let lift = 0;
-    const at = () => ({ left: rect.left, right: rect.right, top: rect.top - lift, bottom: rect.bottom - lift });
-    while (placed.some((p) => overlap(at(), p))) lift += rect.height + 1;
-    tag.style.transform = lift ? `translateY(-${lift}px)` : "";
-    placed.push(at());
-  });
+  const inside = (r) => r.right <= area.right + 0.5 && r.bottom <= area.bottom + 0.5;
+  const clear = rects.filter((r) => inside(r) && !placed.some((p) => overlaps(r, p)));
+  const rect = clear.find((r) => !faces.some((f) => overlaps(r, f))) ?? clear[0];
+  return rect ? { rect, free: true } : { rect: rects[0], free: false };
 }
 
 function fillTable(faces) {
@@ -107,27 +160,63 @@ function fillTable(faces) {
   const body = document.querySelector("#probabilities tbody");
   head.innerHTML = "";
   body.innerHTML = "";
-  document.getElementById("threshold").textContent = faces[0].threshold.toFixed(2);
+  const digits = distanceDigits(faces);
+  document.getElementById("threshold").textContent = faces[0].threshold.toFixed(digits);
   const headRow = head.insertRow();
-  ["#", "Answer", "Distance", ...classes.map(displayName), ...(feedbackOn ? [""] : [])].forEach((name) => {
-    const th = document.createElement("th");
-    th.textContent = name;
-    headRow.appendChild(th);
-  });
+  // A header with a short form (an actor's initial, as on the cards) shows it on a phone; the full one stays for
+  // screen readers.
+  const header = (text, short = "") => {
+    const th = headRow.appendChild(document.createElement("th"));
+    if (!short) th.textContent = text;
+    else {
+      th.append(Object.assign(document.createElement("span"), { className: "short", textContent: short }),
+        Object.assign(document.createElement("span"), { className: "full", textContent: text }));
+      th.firstChild.setAttribute("aria-hidden", "true");
+    }
+  };
+  header("#");
+  header("Answer");
+  header("Distance", "Dist.");
+  classes.forEach((c) => header(displayName(c), displayName(c)[0]));
+  if (feedbackOn) header("");
   faces.forEach((face, i) => {
     const row = body.insertRow();
-    if (face.label === UNKNOWN) row.classList.add("unknown");
+    if (!isNamed(face)) row.classList.add(NOT_NAMED[face.label].className);
     row.insertCell().textContent = String(i + 1);
-    row.insertCell().textContent = displayName(face.label);
+    inTwoLines(row.insertCell(), displayName(face.label));
     const distance = row.insertCell();
-    distance.textContent = face.distance.toFixed(2);
-    distance.title = `${face.distance <= face.threshold ? "within" : "over"} the threshold ${face.threshold.toFixed(2)}`;
+    distance.textContent = face.distance.toFixed(digits);
+    distance.title = `${face.distance <= face.threshold ? "within" : "over"} the threshold ${face.threshold.toFixed(digits)}`;
     classes.forEach((c) => {
       const cell = row.insertCell();
       cell.textContent = percent(face.probabilities[c]);
-      if (c === face.closest_actor) cell.classList.add("top");
+      // Only a named face's percentage reads as its answer; an unnamed face's percentages are no answer.
+      if (isNamed(face) && c === face.label) cell.classList.add("top");
     });
     if (feedbackOn) row.insertCell().appendChild(wrongButton(face, i + 1));
+  });
+}
+
+// The fewest decimals (at least 3) at which every distance shown compares with the threshold shown as the model
+// compared them: 0.539 and 0.538 must not both read 0.54 beside "named when at most 0.54".
+function distanceDigits(faces) {
+  const shownAs = (value, digits) => Number(value.toFixed(digits));
+  let digits = 3;
+  while (digits < 6 && !faces.every((f) =>
+    (shownAs(f.distance, digits) <= shownAs(f.threshold, digits)) === (f.distance <= f.threshold))) digits += 1;
+  return digits;
+}
+
+// In a narrow column an answer breaks at most once: "not one of / the four", never a word a line.
+function inTwoLines(cell, text) {
+  const words = text.split(" ");
+  const half = Math.ceil(words.length / 2);
+  [words.slice(0, half), words.slice(half)].filter((part) => part.length).forEach((part, i) => {
+    if (i) cell.append(" ");
+    const span = document.createElement("span");
+    span.className = "nowrap";
+    span.textContent = part.join(" ");
+    cell.append(span);
   });
 }
 
@@ -158,16 +247,16 @@ function showResult(answer) {
   drawBoxes(faces, answer.image);
   fillTable(faces);
   highlightCards(faces);
-  const names = faces.map((f, i) => f.label === UNKNOWN
-    ? `${i + 1}. ${displayName(f.label)}` : `${i + 1}. ${displayName(f.label)} (${percent(f.confidence)})`).join(", ");
+  const names = faces.map((f, i) => isNamed(f)
+    ? `${i + 1}. ${displayName(f.label)} (${percent(f.confidence)})` : `${i + 1}. ${displayName(f.label)}`).join(", ");
   document.getElementById("caption").textContent = `${faces.length} face${faces.length > 1 ? "s" : ""}: ${names}`;
-  const named = faces.filter((f) => f.label !== UNKNOWN);
-  const others = faces.length - named.length;
-  const strangers = others === 0 ? "" : others === 1 ? "1 face is not one of the four." : `${others} faces are not one of the four.`;
-  showMessage(named.length
-    ? `${named.map((f) => `${displayName(f.label)} (${percent(f.confidence)})`).join(", ")}. ${strangers}`.trim()
-    : `Not one of the four: ${faces.length === 1 ? "this face is" : "these faces are"} not Howard, Leonard, Raj or Sheldon.`,
-    "ok");
+  const named = faces.filter(isNamed);
+  const others = Object.entries(NOT_NAMED).map(([label, kind]) => {
+    const n = faces.filter((f) => f.label === label).length;
+    return n ? kind.summary(n, n === faces.length) : "";
+  });
+  const namedList = named.map((f) => `${displayName(f.label)} (${percent(f.confidence)})`).join(", ");
+  showMessage([named.length ? `${namedList}.` : "", ...others].filter(Boolean).join(" "), "ok");
 }
 
 async function classify(file) {
@@ -228,7 +317,7 @@ function wrongButton(face, number) {
 }
 
 function answerText(face) {
-  return face.label === UNKNOWN ? displayName(face.label) : `${displayName(face.label)}, ${percent(face.confidence)}`;
+  return isNamed(face) ? `${displayName(face.label)}, ${percent(face.confidence)}` : displayName(face.label);
 }
 
 function openFeedback(face, number, button) {
@@ -318,8 +407,9 @@ feedback.addEventListener("keydown", (event) => {
   if (event.key === "Escape") cancelFeedback();
 });
 
-photo.addEventListener("load", declutterTags);
-window.addEventListener("resize", declutterTags);
+// The photo's size changes with the window and with the table beside it (a "reported" button widens the table).
+photo.addEventListener("load", layoutTags);
+new ResizeObserver(layoutTags).observe(photo);
 photo.addEventListener("error", () => {
   if (!result.hidden) showMessage(`${message.textContent} (Your browser cannot display this format.)`, "ok");
 });
