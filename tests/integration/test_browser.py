@@ -111,6 +111,9 @@ def assert_readable(page) -> dict:
     threshold = float(layout["threshold"])
     for row in layout["rows"]:
         assert row["lines"] <= 2, row
+        if row["answer"] == "can't tell":  # too small to judge: held to no threshold, no answer in bold
+            assert row["distance"] == "–" and not any(row["bold"]), row
+            continue
         assert len(row["distance"].split(".")[1]) == decimals, (row, layout["threshold"])
         named = row["answer"] in ACTORS
         assert (float(row["distance"]) <= threshold) == named, (row, layout["threshold"])
@@ -223,7 +226,9 @@ def test_a_group_photo_of_small_faces_numbers_its_tags_so_none_hides_another(pag
 
 
 def test_crowded_photos_read_on_a_desktop_and_a_phone(page, bento_server: Server) -> None:
-    """The dataset's largest group photo (16 faces) and a small photo of small faces, at 1200 and 390 px wide."""
+    """The dataset's largest group photo (16 faces) and a small photo of small faces, at 1200 and 390 px wide:
+    between them every kind of answer, an actor, "not one of the four" and "can't tell"."""
+    seen: set[str] = set()
     try:
         for photo in crowded_photos(bento_server):
             page.set_viewport_size({"width": 1200, "height": 900})
@@ -231,10 +236,19 @@ def test_crowded_photos_read_on_a_desktop_and_a_phone(page, bento_server: Server
             page.wait_for_selector("#stage[data-tags]", timeout=60_000)
             layout = assert_readable(page)
             assert len(layout["rows"]) >= 5 and any(row["lines"] == 2 for row in layout["rows"])
+            answers = {row["answer"] for row in layout["rows"]}
+            if "can't tell" in answers:  # the small faces: drawn apart, counted apart, said why
+                assert page.locator(".box.cant-tell").count() == sum(r["answer"] == "can't tell"
+                                                                     for r in layout["rows"])
+                assert "too small to judge" in page.inner_text("#message")
+                reason = page.locator("#probabilities tbody tr.cant-tell td:nth-child(2)").first.get_attribute("title")
+                assert reason and " px wide: the model judges faces from " in reason
+            seen |= answers
             page.set_viewport_size({"width": 390, "height": 844})
             assert_readable(page)
     finally:
         page.set_viewport_size({"width": 1200, "height": 900})
+    assert {"not one of the four", "can't tell"} <= seen and seen & set(ACTORS), seen
 
 
 def test_a_stranger_is_not_one_of_the_four(page, bento_server: Server) -> None:

@@ -12,6 +12,7 @@
 "use strict";
 
 const UNKNOWN = "unknown";
+const CANT_TELL = "cant_tell";
 // Every answer that names no actor, as the page draws it: its words, its class (the box's style, the table row's)
 // and its sentence in the summary. Any other label is an actor's name; a new kind of answer is one more entry.
 const NOT_NAMED = {
@@ -21,6 +22,13 @@ const NOT_NAMED = {
     summary: (n, all) => (all
       ? `Not one of the four: ${n === 1 ? "this face is" : "these faces are"} not Howard, Leonard, Raj or Sheldon.`
       : `${n} face${n > 1 ? "s are" : " is"} not one of the four.`),
+  },
+  [CANT_TELL]: {
+    words: "can't tell",
+    className: "cant-tell",
+    summary: (n, all) => (all
+      ? `Can't tell: ${n === 1 ? "this face is" : "these faces are"} too small for the model to judge.`
+      : `${n} face${n > 1 ? "s are" : " is"} too small to judge (can't tell).`),
   },
 };
 
@@ -183,10 +191,14 @@ function fillTable(faces) {
     const row = body.insertRow();
     if (!isNamed(face)) row.classList.add(NOT_NAMED[face.label].className);
     row.insertCell().textContent = String(i + 1);
-    inTwoLines(row.insertCell(), displayName(face.label));
+    const answerCell = row.insertCell();
+    inTwoLines(answerCell, displayName(face.label));
+    if (face.reason) answerCell.title = face.reason;
     const distance = row.insertCell();
-    distance.textContent = face.distance.toFixed(digits);
-    distance.title = `${face.distance <= face.threshold ? "within" : "over"} the threshold ${face.threshold.toFixed(digits)}`;
+    // A face too small to judge was held to no threshold: its distance is shown, not compared.
+    distance.textContent = face.label === CANT_TELL ? "–" : face.distance.toFixed(digits);
+    distance.title = face.label === CANT_TELL ? face.reason
+      : `${face.distance <= face.threshold ? "within" : "over"} the threshold ${face.threshold.toFixed(digits)}`;
     classes.forEach((c) => {
       const cell = row.insertCell();
       cell.textContent = percent(face.probabilities[c]);
