@@ -54,7 +54,7 @@ def record_lines(text: str) -> list[int]:
                 starts.append(line)
             line += len(physical)
             physical.clear()
-    except csv.Error:  # pandas read it, so only a last line csv gives up on: its rows keep their numbers
+    except csv.Error:  # where pandas read on: the count then differs, and _read_rows numbers rows in order
         pass
     return starts[1:]  # the first is the header
 
@@ -174,8 +174,8 @@ def load_corrections(path: Path, annotations: list[Annotation], raw_dir: Path | 
     `bbt review` writes for unreviewed detections and production feedback). Every row gives a reason; every
     problem names its row."""
     frame, lines = _read_rows(path, CORRECTION_COLUMNS,
-                       f"create it with the header `{','.join(CORRECTION_COLUMNS)}`, or point "
-                       "data.corrections in params.yaml at the file")
+                              f"create it with the header `{','.join(CORRECTION_COLUMNS)}`, or point "
+                              "data.corrections in params.yaml at the file")
     parsed, problems = _parse(frame, lines, path, raw_dir)
     by_key = {(a.image, a.box): a for a in annotations}
     reasons = [r if isinstance(r, str) else "" for r in frame["reason"]]
