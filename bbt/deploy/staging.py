@@ -10,7 +10,6 @@ import getpass
 import logging
 import os
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -28,6 +27,7 @@ from bbt.deploy.render import (
     render_site,
     serve_command,
 )
+from bbt.deploy.shutdown import stop_process_tree
 from bbt.review.feedback import FEEDBACK_DIR_ENV
 from bbt.serving.ready import NotReady, free_port, wait_until_ready
 
@@ -103,20 +103,6 @@ def check_nginx_config(config: Path) -> str:
     return result.stderr
 
 
-def _stop(process: subprocess.Popen[bytes], grace_s: float = 15) -> None:
-    """Stop a process started in its own session, with everything it spawned."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=grace_s)
-    except ProcessLookupError:
-        pass
-
-
 @contextmanager
 def _started(command: list[str], log_file: Path, env: dict[str, str] | None = None,
              cwd: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
@@ -126,7 +112,7 @@ def _started(command: list[str], log_file: Path, env: dict[str, str] | None = No
     try:
         yield process
     finally:
-        _stop(process)
+        stop_process_tree(process)
 
 
 def _tail(path: Path, lines: int = 30) -> str:

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,8 +36,32 @@ class Annotation:
 WHOLE_NUMBER = re.compile(r"[0-9]+")
 
 
-def _read_rows(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
-    """Every cell as text (boxes are checked row by row); a file that is not a readable UTF-8 CSV is a DataError."""
+def record_lines(text: str) -> list[int]:
+    """The file line on which each data row of a CSV starts, counted as pandas reads the rows: it skips lines of
+    only spaces and tabs (before the header too), and a quoted field can span lines."""
+    physical: list[str] = []  # the lines of the record being read
+
+    def lines() -> Iterator[str]:
+        for line in io.StringIO(text, newline=""):
+            physical.append(line)
+            yield line
+
+    starts: list[int] = []
+    line = 1
+    try:
+        for _ in csv.reader(lines()):
+            if len(physical) > 1 or physical[0].strip(" \t\r\n"):
+                starts.append(line)
+            line += len(physical)
+            physical.clear()
+    except csv.Error:  # where pandas read on: the count then differs, and _read_rows numbers rows in order
+        pass
+    return starts[1:]  # the first is the header
+
+
+def _read_rows(path: Path, columns: list[str], fix: str) -> tuple[pd.DataFrame, list[int]]:
+    """Every cell as text (boxes are checked row by row), and the file line each row starts on; a file that is
+    not a readable UTF-8 CSV is a DataError."""
     if not path.exists():
         raise DataError(f"{path} not found: {fix}")
     header = ",".join(columns)
@@ -57,17 +84,20 @@ def _read_rows(path: Path, columns: list[str], fix: str) -> pd.DataFrame:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{path} lacks column(s) {missing}; expected columns {columns}")
-    return frame
+    lines = record_lines(path.read_bytes().decode("utf-8"))
+    if len(lines) != len(frame):  # a quirk of pandas' parser the count above misses: number the rows in order
+        lines = list(range(2, len(frame) + 2))
+    return frame, lines
 
 
 def _parse(
-    frame: pd.DataFrame, path: Path, raw_dir: Path | None
+    frame: pd.DataFrame, lines: list[int], path: Path, raw_dir: Path | None
 ) -> tuple[list[tuple[int, Annotation]], list[str]]:
-    """(row number, Annotation) per valid row, and a message naming each invalid row."""
+    """(row index, Annotation) per valid row, and a message naming each invalid row by its line in the file."""
     problems: list[str] = []
     annotations: list[tuple[int, Annotation]] = []
-    for row_number, row in enumerate(frame.itertuples(index=False), start=2):
-        where = f"{path}:{row_number}"
+    for index, row in enumerate(frame.itertuples(index=False)):
+        where = f"{path}:{lines[index]}"
         if not isinstance(row.image, str) or not row.image.strip():
             problems.append(f"{where}: the image column is empty; give the photo's path under data/raw")
             continue
@@ -94,7 +124,7 @@ def _parse(
         if raw_dir is not None and not (raw_dir / row.image).is_file():
             problems.append(f"{where}: image {row.image!r} does not exist under {raw_dir}")
             continue
-        annotations.append((row_number, Annotation(str(row.image), box, label, review)))
+        annotations.append((index, Annotation(str(row.image), box, label, review)))
     return annotations, problems
 
 
@@ -107,8 +137,8 @@ def _raise_problems(path: Path, problems: list[str]) -> None:
 
 def load_annotations(path: Path, raw_dir: Path | None = None) -> list[Annotation]:
     """Read and validate annotations.csv; every problem names its row and how to fix it."""
-    frame = _read_rows(path, COLUMNS, "run `dvc pull data.dvc` to fetch the dataset (see README, 'Data')")
-    parsed, problems = _parse(frame, path, raw_dir)
+    frame, lines = _read_rows(path, COLUMNS, "run `dvc pull data.dvc` to fetch the dataset (see README, 'Data')")
+    parsed, problems = _parse(frame, lines, path, raw_dir)
     _raise_problems(path, problems)
     return [annotation for _, annotation in parsed]
 
@@ -143,17 +173,17 @@ def load_corrections(path: Path, annotations: list[Annotation], raw_dir: Path | 
     corrects it; with `raw_dir`, a row naming another box of a photo under raw_dir adds a reviewed box (what
     `bbt review` writes for unreviewed detections and production feedback). Every row gives a reason; every
     problem names its row."""
-    frame = _read_rows(path, CORRECTION_COLUMNS,
-                       f"create it with the header `{','.join(CORRECTION_COLUMNS)}`, or point "
-                       "data.corrections in params.yaml at the file")
-    parsed, problems = _parse(frame, path, raw_dir)
+    frame, lines = _read_rows(path, CORRECTION_COLUMNS,
+                              f"create it with the header `{','.join(CORRECTION_COLUMNS)}`, or point "
+                              "data.corrections in params.yaml at the file")
+    parsed, problems = _parse(frame, lines, path, raw_dir)
     by_key = {(a.image, a.box): a for a in annotations}
     reasons = [r if isinstance(r, str) else "" for r in frame["reason"]]
     corrections: list[Correction] = []
     seen: set[tuple[str, Box]] = set()
-    for row_number, corrected in parsed:
-        reason = reasons[row_number - 2]
-        where = f"{path}:{row_number}"
+    for index, corrected in parsed:
+        reason = reasons[index]
+        where = f"{path}:{lines[index]}"
         original = by_key.get((corrected.image, corrected.box))
         if original is None and raw_dir is None:
             problems.append(f"{where}: no annotations.csv row has image {corrected.image!r} and box "

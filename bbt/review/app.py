@@ -2,7 +2,8 @@
 
 Routes: `/` the page; `GET /api/queue` progress and every item's state; `GET /api/items/{n}` one item with the
 champion's answer; `/api/items/{n}/crop.jpg` and `/photo.jpg`; `POST /api/verdict`; `POST /api/undo`.
-Every refused request is a JSON `{"error": ...}` with a 4xx status and changes nothing.
+Every refused request is a JSON `{"error": ...}` with a 4xx status and changes nothing. Only the page this app
+serves can write (bbt/review/guard.py: its own Host, Origin and per-run token).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bbt import UNKNOWN
 from bbt.errors import BbtError
+from bbt.review.guard import OwnPageOnly, new_token
 from bbt.review.queue import SOURCES, VERDICTS, Item
 from bbt.review.verdicts import Reviewer, ReviewError
 from bbt.vision.faces import Box
@@ -91,9 +93,12 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(reviewer: Reviewer, answers: Answers) -> FastAPI:
-    """The review app over one session's queue."""
+def create_app(reviewer: Reviewer, answers: Answers, port: int) -> FastAPI:
+    """The review app over one session's queue, served at 127.0.0.1:`port`; writes need a token made for this
+    app, which the page it serves carries."""
     app = FastAPI(title="bbt review", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
+    token = new_token()
+    app.add_middleware(OwnPageOnly, port=port, token=token)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -131,7 +136,9 @@ def create_app(reviewer: Reviewer, answers: Answers) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> HTMLResponse:
-        return HTMLResponse((WEB_DIR / "review.html").read_text(encoding="utf-8"))
+        # The token is this run's: a page kept from an earlier run must not be reused.
+        return HTMLResponse((WEB_DIR / "review.html").read_text(encoding="utf-8").replace("{{token}}", token),
+                            headers={"Cache-Control": "no-store"})
 
     @app.get("/static/{name}")
     def static(name: str) -> Response:
@@ -257,4 +264,4 @@ def serve_review(root: Path, port: int, model: str | None) -> None:
     counts = ", ".join(f"{source} {sum(i.source == source for i in reviewer.queue)}" for source in SOURCES)
     print(f"bbt review: {len(reviewer.queue)} faces wait for a verdict ({counts}); verdicts go to "
           f"{reviewer.corrections_path}\nopen http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
-    uvicorn.run(create_app(reviewer, answers), host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(create_app(reviewer, answers, port), host="127.0.0.1", port=port, log_level="warning")

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import threading
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,6 +27,8 @@ from bbt.vision.faces import Box
 
 STRANGERS_FOLDER = "strangers"  # data/raw/<this>/: feedback photos of people who are none of the four
 MAX_NOTE = 500
+# Line breaks are text a note may hold (kept as given, \r included); any other control character is not.
+NOTE_LINE_BREAKS = "\t\r\n"
 
 
 class ReviewError(DataError):
@@ -85,6 +88,10 @@ class Reviewer:
             raise ReviewError(f"verdict {verdict!r} is not one of {sorted(VERDICTS)}")
         if len(note) > MAX_NOTE:
             raise ReviewError(f"the note has {len(note)} characters; keep it under {MAX_NOTE}")
+        controls = sorted({c for c in note if unicodedata.category(c) == "Cc" and c not in NOTE_LINE_BREAKS})
+        if controls:
+            raise ReviewError(f"the note holds control character(s) {', '.join(f'U+{ord(c):04X}' for c in controls)}"
+                              ": write it as plain text (tabs and line breaks are fine)")
         if image is not None and not key.startswith("feedback:"):
             self.inside_raw(image)
         item = self.by_key.get(key)
@@ -110,7 +117,7 @@ class Reviewer:
     def _save(self, item: Item, verdict: str, note: str) -> Given:
         review, label = VERDICTS[verdict]
         reason = f"bbt review ({item.source}): {item.why}" + (f"; note: {note}" if note else "")
-        before = self.corrections_path.read_text(encoding="utf-8")
+        before = read_exactly(self.corrections_path)
         copied = verdict_file = None
         image = item.image
         if item.source == "feedback":
@@ -146,7 +153,7 @@ class Reviewer:
     def _write_validated(self, text: str) -> None:
         """Replace review/corrections.csv with `text` once it passes clean's validation (ReviewError if not)."""
         candidate = self.corrections_path.with_name(f".{self.corrections_path.name}.candidate")
-        candidate.write_text(text, encoding="utf-8")
+        candidate.write_text(text, encoding="utf-8", newline="")
         try:
             load_corrections(candidate, self.annotations, self.raw)
         except DataError as err:
@@ -161,7 +168,7 @@ class Reviewer:
                 raise ReviewError("nothing to undo: no verdict was given in this session")
             last = self.given[-1]
             if last.after != last.before:
-                now = self.corrections_path.read_text(encoding="utf-8")
+                now = read_exactly(self.corrections_path)
                 if now != last.after:
                     raise ReviewError(f"{self.corrections_path} changed outside this review since the last "
                                       "verdict: undo it by editing the file")
@@ -184,7 +191,12 @@ def append_row(text: str, row: list[object]) -> str:
     return text + line.getvalue()
 
 
+def read_exactly(path: Path) -> str:
+    """The file's text with its line ends as they are: text mode would read a note's CR LF as LF."""
+    return path.read_bytes().decode("utf-8")
+
+
 def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
+    temporary.write_text(text, encoding="utf-8", newline="")
     os.replace(temporary, path)

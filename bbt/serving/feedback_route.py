@@ -20,7 +20,7 @@ from bbt.model.predict import FacePrediction
 from bbt.review.feedback import USER_LABELS, FeedbackError, FeedbackFull, FeedbackStore, photo_suffix
 from bbt.serving.admission import Ticket
 from bbt.serving.contract import ERRORS, ErrorBody, FaceBox, ModelInfo
-from bbt.serving.upload_limits import TICKET, error_response
+from bbt.serving.upload_limits import TICKET, UploadTooLarge, error_response
 from bbt.vision.faces import Box
 from bbt.vision.images import ImageError
 
@@ -142,6 +142,8 @@ async def report_wrong_answer(service: FeedbackService, request: Request) -> JSO
     except BadReport as err:
         return error_response(400, str(err))
     data = await image.read()
+    if len(data) > service.max_bytes:  # the body's limit leaves room for the form's fields, not a larger photo
+        return error_response(413, UploadTooLarge(service.max_bytes).detail)
     answer = await service.answer(data, "the photo in 'image'", request.scope[TICKET])
     if isinstance(answer, JSONResponse):
         return answer

@@ -50,6 +50,7 @@ from bbt.serving.contract import (
 )
 from bbt.serving.feedback_route import FEEDBACK_ERRORS, OPENAPI_BODY, FeedbackKept, report_wrong_answer
 from bbt.serving.model_card_route import card_and_page, card_response
+from bbt.serving.supervisor import respawn_promptly
 from bbt.serving.upload_limits import (
     TICKET,
     JsonErrors,
@@ -64,6 +65,8 @@ from bbt.serving.upload_limits import (
 from bbt.vision.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_cost
 
 log = logging.getLogger("bbt.serving.service")
+# `bentoml serve` imports this module in its supervisor before it makes its arbiter (bbt/serving/supervisor.py).
+respawn_promptly()
 
 WEB_DIR = Path(__file__).with_name("web")
 # A data URL carries base64 (4 bytes per 3) plus its header: the legacy route's body may be this much larger.

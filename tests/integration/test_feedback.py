@@ -12,7 +12,9 @@ import httpx
 import pytest
 import yaml
 
+from bbt.config import load_params
 from bbt.review.feedback import FeedbackStore
+from bbt.serving.admission import MB
 from tests.conftest import Project, Server, start_server, stop_server
 from tests.integration.test_browser import CHROMIUM, FLAGS, assert_readable, single_face_photo
 
@@ -151,6 +153,21 @@ def test_bad_requests_get_json_errors(feedback_on: Server, store: FeedbackStore)
     assert_error(httpx.post(url, data={"consent": "true", "label": "raj", "x": 1, "y": 1, "w": 9, "h": 9},
                             files={"image": ("notes.txt", b"not a photo")}), 400, "not a recognised image")
     assert_error(httpx.get(url), 405)
+    assert nothing_stored(store)
+
+
+def test_a_photo_over_the_upload_limit_is_refused_as_classify_refuses_it(feedback_on: Server,
+                                                                        store: FeedbackStore) -> None:
+    photo = single_face_photo(feedback_on, "sheldon")
+    [face] = classify(feedback_on, photo)["faces"]
+    limit = int(load_params(feedback_on.project.root / "params.yaml").serve.max_upload_mb * MB)
+    too_large = photo.read_bytes().ljust(limit + 1, b"\0")  # still a photo to a decoder: padding after its end
+    fields = {**{k: str(v) for k, v in face["box"].items()}, "label": other_label(face["label"]), "consent": "true"}
+    refused = httpx.post(f"{feedback_on.url}/feedback", data=fields, files={"image": ("big.jpg", too_large)},
+                         timeout=120)
+    assert_error(refused, 413, "MB limit")
+    classify_refused = httpx.post(f"{feedback_on.url}/classify", files={"image": ("big.jpg", too_large)}, timeout=120)
+    assert refused.json() == classify_refused.json() and classify_refused.status_code == 413
     assert nothing_stored(store)
     schema = httpx.get(f"{feedback_on.url}/docs.json").json()["paths"]["/feedback"]["post"]
     assert {"201", "400", "403", "507"} <= set(schema["responses"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -161,6 +162,9 @@ def report_wrong_answer(page, box: Box, actor: str) -> None:
 def refused_requests_change_nothing(url: str, root: Path) -> None:
     """Bad input to the running review app: a clear JSON error each, and review/corrections.csv as it was."""
     before = (root / "review/corrections.csv").read_bytes()
+    token = re.search(r'name="bbt-token" content="([^"]+)"', httpx.get(f"{url}/").text)
+    assert token is not None
+    page = {"Origin": url, "X-BBT-Token": token.group(1)}  # what the review page sends with a write
     queue = httpx.get(f"{url}/api/queue").json()
     pending = next(item for item in queue["items"] if not item["verdict"] and item["source"] != "feedback")
     item = httpx.get(f"{url}/api/items/{pending['n']}").json()
@@ -170,10 +174,12 @@ def refused_requests_change_nothing(url: str, root: Path) -> None:
                             ({"key": "unreviewed:raj/none.jpg:1,2,3,4"}, "no face"),
                             ({"image": "../../params.yaml"}, "outside"),
                             ({"image": "/etc/passwd"}, "outside"),
-                            ({"note": 7}, "invalid request")):
-        answer = httpx.post(f"{url}/api/verdict", json={**verdict, **change})
+                            ({"note": 7}, "invalid request"),
+                            ({"note": "a\x00b"}, "control character")):
+        answer = httpx.post(f"{url}/api/verdict", json={**verdict, **change}, headers=page)
         assert answer.status_code == 400 and message in answer.json()["error"], (change, answer.text)
-    assert httpx.post(f"{url}/api/verdict", content=b"{", headers={"content-type": "application/json"}
+    assert httpx.post(f"{url}/api/verdict", content=b"{", headers={**page, "content-type": "application/json"}
                       ).status_code == 400
+    assert httpx.post(f"{url}/api/undo", headers={"Origin": "http://evil.example"}).status_code == 403
     assert (root / "review/corrections.csv").read_bytes() == before
     assert httpx.get(f"{url}/api/queue").json()["done"] == queue["done"]

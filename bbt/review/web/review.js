@@ -4,6 +4,8 @@
 
 const KEYS = { h: "howard", l: "leonard", r: "raj", s: "sheldon", u: "stranger", x: "unusable" };
 const $ = (id) => document.getElementById(id);
+// This run's token: the server takes a write only with it (bbt/review/guard.py).
+const TOKEN = document.querySelector('meta[name="bbt-token"]').content;
 let queue = null;   // the server's /api/queue answer
 let current = null; // the item shown (/api/items/{n})
 let position = 0;
@@ -15,7 +17,10 @@ function say(text, ok = false) {
   message.hidden = !text;
 }
 
-async function call(url, options) {
+async function call(url, options = {}) {
+  if (options.method && options.method !== "GET") {
+    options = { ...options, headers: { ...options.headers, "X-BBT-Token": TOKEN } };
+  }
   const response = await fetch(url, options);
   const body = await response.json().catch(() => ({ error: `${url}: HTTP ${response.status}` }));
   if (!response.ok) throw new Error(body.error || `HTTP ${response.status}`);

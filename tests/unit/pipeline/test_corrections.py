@@ -84,6 +84,26 @@ def test_a_bad_correction_names_its_row_and_the_fix(tmp_path: Path, row: str, me
         load_corrections(corrections_file(tmp_path, row), annotations(tmp_path))
 
 
+@pytest.mark.parametrize(
+    ("rows", "line"),
+    [
+        ("\nhoward/a.jpg,10,10,50,50,penny,accepted,who\n", 3),  # a blank line before the row
+        ("raj/b.jpg,5,5,40,40,raj,accepted,ok\n\n \t\n\r\nhoward/a.jpg,10,10,50,50,penny,accepted,who\n", 6),
+        ('raj/b.jpg,5,5,40,40,raj,accepted,"two\r\nlines"\nhoward/a.jpg,10,10,50,50,penny,accepted,who\n', 4),
+        ("raj/b.jpg,5,5,40,40,raj,accepted,ok\r\rhoward/a.jpg,10,10,50,50,penny,accepted,who\r", 4),
+    ],
+    ids=["blank-line", "blank-and-whitespace-lines", "a-reason-over-two-lines", "old-mac-line-ends"],
+)
+def test_a_bad_row_is_named_by_its_line_in_the_file(tmp_path: Path, rows: str, line: int) -> None:
+    path = tmp_path / "corrections.csv"
+    path.write_bytes((HEADER + rows).encode())
+    with pytest.raises(DataError, match=rf"corrections.csv:{line}: accepted face needs a label") as raised:
+        load_corrections(path, annotations(tmp_path))
+    assert (HEADER + rows).replace("\r\n", "\n").replace("\r", "\n").split("\n")[line - 1].startswith(
+        "howard/a.jpg,10,10,50,50,penny"), "the test's own line count"
+    assert "1 invalid row" in str(raised.value)
+
+
 def test_a_missing_corrections_file_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="create it with the header `image,x,y,w,h,label,review,reason`"):
         load_corrections(tmp_path / "nope.csv", annotations(tmp_path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -28,7 +29,12 @@ def photo_bytes(seed: int) -> bytes:
 
 @pytest.fixture()
 def project(tmp_path: Path) -> Path:
-    """Two photos, a reviewed box each, the audit's reports and clean's detections, as the pipeline writes them."""
+    return review_project(tmp_path)
+
+
+def review_project(tmp_path: Path) -> Path:
+    """Two photos, a reviewed box each, the audit's reports and clean's detections, as the pipeline writes them:
+    four faces wait for a verdict."""
     for path, seed in (("howard/a.png", 1), ("raj/b.png", 2)):
         (tmp_path / "data/raw" / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / "data/raw" / path).write_bytes(photo_bytes(seed))
@@ -112,6 +118,8 @@ def test_each_verdict_is_saved_at_once_as_clean_reads_it_and_undone_exactly(proj
     ({"image": "raj/b.png"}, "reload the page"),
     ({"box": Box(1, 2, 3, 4)}, "reload the page"),
     ({"note": "x" * 501}, "under 500"),
+    ({"note": "a\x00b"}, "control character.* U\\+0000"),
+    ({"note": "red\x1b[31m shirt\x7f"}, "U\\+001B, U\\+007F: write it as plain text"),
 ])
 def test_a_bad_or_tampered_verdict_changes_nothing(project: Path, change: dict, message: str) -> None:
     before = (project / "review/corrections.csv").read_bytes()
@@ -122,6 +130,21 @@ def test_a_bad_or_tampered_verdict_changes_nothing(project: Path, change: dict, 
         session.give(verdict["key"], verdict["verdict"], verdict["note"], verdict["image"], verdict["box"])
     assert (project / "review/corrections.csv").read_bytes() == before
     assert session.progress() == (0, 4)
+
+
+def test_a_note_keeps_its_line_ends_through_the_next_save_and_load(project: Path) -> None:
+    session = reviewer(project)
+    first, second = session.queue[0], session.queue[2]
+    note = "the red shirt\r\nsecond line\rthird\nfourth"
+    session.give(first.key, "howard", note=note)
+    saved = (project / "review/corrections.csv").read_bytes()
+    assert note.encode() in saved
+    session.give(second.key, "unusable")  # the next save rewrites the file with the first note in it
+    assert (project / "review/corrections.csv").read_bytes().startswith(saved)
+    [reason] = [c.reason for c in corrections(project) if c.corrected.box == first.box]
+    assert reason.endswith(f"; note: {note}")
+    session.undo()
+    assert (project / "review/corrections.csv").read_bytes() == saved
 
 
 def test_a_verdict_that_clean_would_refuse_is_not_written(project: Path) -> None:
@@ -164,9 +187,21 @@ def test_feedback_verdicts_bring_the_photo_into_data_and_undo_takes_it_out(proje
     assert len(reviewer(project, project / "feedback").queue) == 7
 
 
+PORT = 8501
+OWN = f"http://127.0.0.1:{PORT}"
+
+
+def review_page(project: Path) -> tuple[TestClient, dict[str, str]]:
+    """The app as the browser sees it at 127.0.0.1:PORT, and the headers its page sends with a write."""
+    client = TestClient(create_app(reviewer(project), Answers(None), PORT), base_url=OWN)
+    page = client.get("/")
+    token = re.search(r'<meta name="bbt-token" content="([^"]+)">', page.text)
+    assert page.status_code == 200 and token is not None
+    return client, {"Origin": OWN, "X-BBT-Token": token.group(1)}
+
+
 def test_the_app_answers_every_bad_request_with_a_json_error(project: Path) -> None:
-    session = reviewer(project)
-    client = TestClient(create_app(session, Answers(None)))
+    client, own = review_page(project)
     assert "bbt review" in client.get("/").text
     assert client.get("/static/review.js").status_code == 200
     assert client.get("/static/../params.yaml").status_code == 404
@@ -177,13 +212,69 @@ def test_the_app_answers_every_bad_request_with_a_json_error(project: Path) -> N
     assert client.get("/api/items/2/crop.jpg").headers["content-type"] == "image/jpeg"
     for bad in ({"key": 1}, {"key": item["key"]}, {"key": item["key"], "verdict": "raj", "box": {"x": -1}},
                 {"key": item["key"], "verdict": "raj", "extra": 1}):
-        answer = client.post("/api/verdict", json=bad)
+        answer = client.post("/api/verdict", json=bad, headers=own)
         assert answer.status_code == 400 and answer.json()["error"].startswith("invalid request")
-    assert client.post("/api/verdict", content=b"\xff", headers={"content-type": "application/json"}
+    assert client.post("/api/verdict", content=b"\xff", headers={**own, "content-type": "application/json"}
                        ).status_code == 400
     assert client.get("/api/items/99").status_code == 404
-    assert client.post("/api/undo").status_code == 409
+    assert client.post("/api/undo", headers=own).status_code == 409
+    note = {"key": item["key"], "verdict": "raj", "note": "a\x00b"}
+    assert client.post("/api/verdict", json=note, headers=own).json()["error"].startswith(
+        "the note holds control character(s) U+0000")
     given = client.post("/api/verdict", json={"key": item["key"], "verdict": "raj", "image": item["image"],
-                                              "box": item["box"]})
+                                              "box": item["box"]}, headers=own)
     assert given.status_code == 200 and given.json()["done"] == 1
-    assert client.post("/api/undo").json()["undone"] == item["key"]
+    assert client.post("/api/undo", headers=own).json()["undone"] == item["key"]
+
+
+def test_a_write_from_another_site_or_without_this_runs_token_is_refused(project: Path) -> None:
+    client, own = review_page(project)
+    item = client.get("/api/items/2").json()
+    verdict = {"key": item["key"], "verdict": "raj"}
+    assert client.post("/api/verdict", json=verdict, headers=own).status_code == 200
+    before = (project / "review/corrections.csv").read_bytes()
+    other_run, _ = review_page(project)  # another run of the app makes another token
+    other_token = other_run.get("/").text.split('name="bbt-token" content="')[1].split('"')[0]
+    assert other_token != own["X-BBT-Token"]
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    for headers, why in (
+        ({**form, "Origin": "http://evil.example"}, "comes from http://evil.example"),  # a cross-site form
+        ({**own, "Origin": "http://evil.example"}, "comes from http://evil.example"),
+        ({**own, "Origin": "null"}, "comes from null"),  # a sandboxed frame, a data: URL
+        ({"X-BBT-Token": own["X-BBT-Token"]}, "names no Origin"),
+        ({"X-BBT-Token": own["X-BBT-Token"], "Referer": "http://evil.example/page"}, "evil.example"),
+        ({"Origin": OWN}, "lacks this run's review token"),
+        ({"Origin": OWN, "X-BBT-Token": other_token}, "lacks this run's review token"),
+        ({"Origin": f"http://127.0.0.1:{PORT + 1}", "X-BBT-Token": own["X-BBT-Token"]}, "not from the review page"),
+    ):
+        for path in ("/api/undo", "/api/verdict"):
+            answer = client.post(path, content=b"key=x&verdict=raj", headers=headers)
+            assert answer.status_code == 403 and why in answer.json()["error"], (headers, answer.text)
+            assert "changed nothing" in answer.json()["error"]
+    assert client.delete("/api/verdict", headers={"Origin": "http://evil.example"}).status_code == 403
+    assert client.put("/api/undo", headers={"Origin": OWN}).status_code == 403
+    assert (project / "review/corrections.csv").read_bytes() == before
+    assert client.get("/api/queue").json()["done"] == 1
+    # The page's own write: same origin by Origin, or by Referer when a browser sends no Origin.
+    referer = {"Referer": f"{OWN}/", "X-BBT-Token": own["X-BBT-Token"]}
+    assert client.post("/api/undo", headers=referer).json()["undone"] == item["key"]
+
+
+@pytest.mark.parametrize("host", ["evil.example:8501", "127.0.0.1.evil.example:8501", "127.0.0.1:8502",
+                                  "localhost", "10.0.0.7:8501", ""])
+def test_a_request_for_another_host_is_refused(project: Path, host: str) -> None:
+    client, own = review_page(project)
+    for answer in (client.get("/", headers={"Host": host}), client.get("/api/queue", headers={"Host": host}),
+                   client.post("/api/undo", headers={**own, "Host": host, "Origin": f"http://{host}"})):
+        assert answer.status_code == 421 and f"not at Host {host!r}" in answer.json()["error"], answer.text
+        assert "bbt-token" not in answer.text
+
+
+@pytest.mark.parametrize("host", [f"127.0.0.1:{PORT}", f"localhost:{PORT}", f"[::1]:{PORT}", f"LocalHost:{PORT}"])
+def test_the_apps_own_loopback_names_are_served(project: Path, host: str) -> None:
+    client, own = review_page(project)
+    answer = client.get("/api/queue", headers={"Host": host})
+    assert answer.status_code == 200 and answer.headers["x-frame-options"] == "DENY"
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    undo = client.post("/api/undo", headers={**own, "Host": host, "Origin": f"http://{host}"})
+    assert undo.status_code == 409 and "nothing to undo" in undo.json()["error"]
