@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import platform
 from dataclasses import asdict, fields
 
 import mlflow
@@ -57,6 +58,13 @@ def model_requirements() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return found
+
+
+def model_conda_env() -> dict:
+    """The logged model's environment, given whole. Given only pip requirements, MLflow asks the installed pip
+    for its version to write conda.yaml, and warns on every log: a uv environment has no pip."""
+    return {"name": "mlflow-env", "channels": ["conda-forge"],
+            "dependencies": [f"python={platform.python_version()}", "pip", {"pip": model_requirements()}]}
 
 
 def training_params_hash(params: Params) -> str:
@@ -114,7 +122,7 @@ def log_and_register(model: object, info: dict, model_md5: str, crops: np.ndarra
             signature=infer_signature(crops[:2], model.predict(crops[:2])),
             input_example=crops[:1],
             registered_model_name=model_name,
-            pip_requirements=model_requirements(),
+            conda_env=model_conda_env(),
             skops_trusted_types=skops_trusted_types(model),
             metadata={"detector": info["detector"], "crop_size": info["crop_size"], "classes": info["classes"],
                       "candidate": info["candidate"], "open_set": info["open_set"],

@@ -132,7 +132,9 @@ def run_search(params: Params) -> dict:
         mlflow.log_params(search_params(params))
         mlflow.log_params({"n_candidates": len(grid), "n_train_faces": len(train),
                            "n_train_strangers": n_strangers})
-        with progress("search: cross-validating candidates", total=len(heads)) as advance:
+        # Counted in candidates (a head with each open-set rule), as the log lines and the leaderboard count them;
+        # one cross-validation per head serves all its rules, so the count moves by len(rules) at a time.
+        with progress("search: cross-validating candidates", total=len(grid)) as advance:
             for head in heads:
                 oof = out_of_fold(head, features[head.feature_set], E, y, folds, params.search.seed, rules)
                 for rule in rules:
@@ -150,7 +152,7 @@ def run_search(params: Params) -> dict:
                     log.info("search: %-72s %s %.3f, false accepts %.3f", candidate.name,
                              params.search.objective, row[f"cv_{params.search.objective}"],
                              row["cv_false_accept_rate"])
-                advance()
+                    advance()
         order = sorted(rows, key=lambda c: ranking_key(rows[c], params.search.objective, c))
         best, best_scores = order[0], rows[order[0]]
         leaderboard = pd.DataFrame([{"candidate": c.name, **rows[c]} for c in order])

@@ -309,6 +309,8 @@ def test_serve_command_runs_the_server_ui_and_the_schedule(small_project: Projec
              "the schedule made no upcoming run", server, timeout=120)
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert page.status_code == 200 and "<html" in page.text.lower()
+        # prefect.toml points Prefect at this server: nothing asks the user to set PREFECT_API_URL.
+        assert "PREFECT_API_URL" not in (tmp_path / "serve.log").read_text()
         # A run started the way Prefect's banner says, from the project's shell, is picked up and completes.
         shell = {k: v for k, v in small_project.env.items() if k != "PREFECT_API_URL"}
         hint = subprocess.run(["prefect", "deployment", "run", "retrain/weekly"], cwd=small_project.root, env=shell,
