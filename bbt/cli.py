@@ -115,9 +115,7 @@ def register() -> None:
     from bbt.config import load_params
     from bbt.pipeline.register import run_register
 
-    params = load_params()
-    result = run_register(params)
-    typer.echo(f"{params.register.model_name} version {result['version']}: {result['reason']}")
+    run_register(load_params())  # it logs what it did, once
 
 
 @app.command()

@@ -167,8 +167,13 @@ def run_search(params: Params) -> dict:
         mlflow.set_tag(MODEL_MD5_TAG, model_md5)
     summary = {"best_candidate": best.name, "n_candidates": len(grid), "objective": params.search.objective,
                **best_scores}
-    artifacts.SEARCH_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.SEARCH_METRICS.write_text(json.dumps(summary, indent=2) + "\n")
+    artifacts.write_json(artifacts.SEARCH_REPORT, summary)
+    # The DVC metric: the winner's CV objective (under its name), actor macro-F1, false accepts and threshold.
+    objective = params.search.objective
+    artifacts.write_json(artifacts.SEARCH_METRICS, {
+        objective: round(best_scores[f"cv_{objective}"], 4), "actor_f1": round(best_scores["cv_actor_f1"], 4),
+        "false_accept_rate": round(best_scores["cv_false_accept_rate"], 4),
+        "threshold": round(best_scores["threshold"], 4)})
     log.info("search: best %s, CV %s %.3f, false accepts %.3f at threshold %.3f", best.name,
              params.search.objective, best_scores[f"cv_{params.search.objective}"],
              best_scores["cv_false_accept_rate"], best_scores["threshold"])
