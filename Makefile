@@ -30,7 +30,7 @@ data: setup  ## materialise data/ from the DVC remote (bbt pull says so in one l
 # elsewhere (MLFLOW_TRACKING_URI) is out of DVC's sight, so `bbt register` (a no-op when it holds the model) checks it.
 train: setup  ## the whole pipeline (a no-op when nothing changed), registry included: it follows dvc.lock
 	dvc repro
-	if [ -n "$${MLFLOW_TRACKING_URI:-}" ]; then bbt register; fi
+	@if [ -n "$${MLFLOW_TRACKING_URI:-}" ]; then echo "bbt register  # MLFLOW_TRACKING_URI is set"; bbt register; fi
 
 serve: setup  ## the champion over HTTP with the web page
 	bbt serve --host $(HOST) --port $(PORT)
