@@ -11,6 +11,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_UI_SHOW_PROMOTIONAL_CONTENT", "false")
+# Quiet terminals: no tqdm bar per artifact MLflow downloads (the registry, BentoML's import of a champion).
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# The logged model's environment is given whole (bbt.pipeline.register.model_conda_env): MLflow need not look for
+# a uv project to infer it, nor say so on every log.
+os.environ.setdefault("MLFLOW_UV_AUTO_DETECT", "false")
 
 if os.environ.get("BBT_RECORD_READS"):  # tests/integration: what a stage reads, against dvc.yaml
     from bbt.reads import start_recording

@@ -1,5 +1,6 @@
 """Where each stage writes its products (relative to the project root), so producers and consumers agree."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +19,13 @@ MODEL_INFO = ARTIFACTS / "model" / "model.json"
 LEADERBOARD = ARTIFACTS / "search" / "leaderboard.csv"
 SEARCH_RUN = ARTIFACTS / "search" / "search.json"
 
+# DVC metrics are each stage's headline figures, short enough that `dvc metrics show` fits a terminal (160
+# columns); the detail (per actor, per class, every score) goes to the stage's report in reports/.
 METRICS = Path("metrics")
 CLEAN_METRICS = METRICS / "clean.json"
 SEARCH_METRICS = METRICS / "search.json"
 EVALUATE_METRICS = METRICS / "evaluate.json"
-REGISTER_METRICS = METRICS / "register.json"
 AUDIT_METRICS = METRICS / "audit.json"
-RELEASE_METRICS = METRICS / "release.json"
 
 REPORTS = Path("reports")
 AUDIT_CSV = REPORTS / "label_audit.csv"
@@ -32,12 +33,25 @@ AUDIT_PNG = REPORTS / "label_audit.png"
 REJECTED_CSV = REPORTS / "rejected_review.csv"
 REJECTED_PNG = REPORTS / "rejected_review.png"
 FACE_WIDTH_CSV = REPORTS / "face_width.csv"
+CLEAN_REPORT = REPORTS / "clean.json"
+AUDIT_REPORT = REPORTS / "audit.json"
+SEARCH_REPORT = REPORTS / "search.json"
+EVALUATE_REPORT = REPORTS / "evaluate.json"
+# What register registered and what release went through: names and hashes, not figures, so not DVC metrics.
+REGISTER_REPORT = REPORTS / "register.json"
+RELEASE_REPORT = REPORTS / "release.json"
 
 PLOTS = Path("plots")
 CONFUSION_CSV = PLOTS / "confusion.csv"
 CONFUSION_PNG = PLOTS / "confusion_matrix.png"
 OPEN_SET_CSV = PLOTS / "open_set.csv"
 OPEN_SET_PNG = PLOTS / "open_set_curve.png"
+
+
+def write_json(path: Path, data: dict) -> None:
+    """A stage's JSON product (metric, report), indented, its folder made if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def features_file(feature_set: str) -> Path:

@@ -115,9 +115,7 @@ def register() -> None:
     from bbt.config import load_params
     from bbt.pipeline.register import run_register
 
-    params = load_params()
-    result = run_register(params)
-    typer.echo(f"{params.register.model_name} version {result['version']}: {result['reason']}")
+    run_register(load_params())  # it logs what it did, once
 
 
 @app.command()
@@ -175,11 +173,13 @@ def ui(port: int = typer.Option(5000, help="Port on 127.0.0.1.")) -> None:
     # MLflow 3 opens experiments on its GenAI pages unless the URL asks for the machine-learning view.
     url = f"http://127.0.0.1:{port}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     typer.echo(f"MLflow UI: {url}\n(store: {tracking_uri()}; the UI answers in a few seconds; Ctrl-C stops it)")
-    # One worker and no job runner: MLflow's defaults start a dozen processes, ~40 s on 2 cores.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    # One worker and no job runner: MLflow's defaults start a dozen processes, ~40 s on 2 cores. MLflow's server
+    # imports Starlette's deprecated WSGI middleware (mlflow/mlflow#24074, open): that one warning is not shown.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "PYTHONWARNINGS": "ignore:starlette.middleware.wsgi is deprecated"}
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    os.execve(mlflow, [mlflow, "ui", "--backend-store-uri", tracking_uri(), "--host", "127.0.0.1",
-                       "--port", str(port), "--workers", "1"], env)
+    os.execve(mlflow, [mlflow, "ui", "--backend-store-uri", tracking_uri(), "--registry-store-uri", tracking_uri(),
+                       "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], env)
 
 
 @app.command("import-champion")

@@ -43,7 +43,7 @@ def reencoded(path: Path, quality: int) -> bytes:
 
 def products_digest() -> str:
     digest = hashlib.sha256()
-    for path in (artifacts.FACES, artifacts.DETECTIONS, artifacts.CLEAN_METRICS):
+    for path in (artifacts.FACES, artifacts.DETECTIONS, artifacts.CLEAN_REPORT):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

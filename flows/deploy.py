@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from uuid import UUID
 
 from prefect.deployments.runner import RunnerDeployment
@@ -47,15 +48,20 @@ def start_server(host: str, port: int) -> subprocess.Popen:
     """`prefect server start` on host:port, its SQLite database under PREFECT_HOME (default ~/.prefect)."""
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host,
-                               "--port", str(port)], env=env)
-    try:
-        wait_until_ready(f"http://{host}:{port}/api/health", 120, 0.5, alive=lambda: server.poll() is None,
-                         what="the Prefect server", hint=f"is port {port} in use?")
-    except BaseException:
-        server.terminate()
-        server.wait(30)
-        raise
+    # Prefect's banner, all it prints on stdout, says to `prefect config set PREFECT_API_URL`, which prefect.toml
+    # makes needless: it is kept aside, and shown only if the server does not start (its reasons go there too).
+    with tempfile.TemporaryFile() as said:
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", host,
+                                   "--port", str(port)], env=env, stdout=said)
+        try:
+            wait_until_ready(f"http://{host}:{port}/api/health", 120, 0.5, alive=lambda: server.poll() is None,
+                             what="the Prefect server", hint=f"is port {port} in use?")
+        except BaseException:
+            server.terminate()
+            server.wait(30)
+            said.seek(0)
+            sys.stderr.write(said.read().decode(errors="replace"))
+            raise
     return server
 
 

@@ -1,5 +1,5 @@
 """dvc.yaml's release stage as Prefect tasks (the steps of bbt/release/steps.py): prepare, staging smoke test, production
-roll-out, promote, then metrics/release.json. The smoke test's report is a markdown artifact of the flow run,
+roll-out, promote, then reports/release.json. The smoke test's report is a markdown artifact of the flow run,
 passed or not."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from bbt.release.steps import (
     promote,
     registered_md5,
     stage,
-    write_release_metrics,
+    write_release_report,
 )
 
 SMOKE_KEY = "release-smoke-test"
@@ -78,9 +78,9 @@ def release_champion(params: Params, version: str) -> dict[str, Any]:
 
 @task(name="release-record", timeout_seconds=120, cache_policy=NO_CACHE)
 def release_record(params: Params, commit: bool) -> None:
-    """metrics/release.json as dvc.yaml's release stage writes it; in dvc.lock when the run used params.yaml's
+    """reports/release.json as dvc.yaml's release stage writes it; in dvc.lock when the run used params.yaml's
     own values (`commit`), so that `dvc repro` does not release the same model again."""
-    write_release_metrics(Path("."), params, registered_md5(Path(".")))
+    write_release_report(Path("."), params, registered_md5(Path(".")))
     if commit:
         committed = subprocess.run(["dvc", "commit", "-f", "-q", "release"], capture_output=True, text=True,
                                    check=False)

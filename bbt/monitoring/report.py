@@ -132,6 +132,14 @@ def table_rows(summary: Summary) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def compared(summary: Summary) -> str:
+    """What traffic the report judged, against what: the model version, the period, photos and faces."""
+    version = f"{summary.model_name} version {summary.model_version}"
+    return (f"compared: the {len(summary.answers)} photos ({len(summary.labels)} faces) {version} answered from "
+            f"{summary.period}, with its answers on its {len(summary.reference.labels)} held-out test faces "
+            f"(from {summary.reference.source})")
+
+
 def conclusion(summary: Summary, alpha: float, min_faces: int) -> str:
     drifted = [test.name for test in summary.tests if test.verdict == DRIFT]
     if drifted:
@@ -153,7 +161,7 @@ def print_report(summary: Summary, alpha: float, min_faces: int) -> None:
         table.add_row(*row)
     console = Console(width=160)
     console.print(table)
-    console.print(f"test split: the champion's answers on its held-out test faces, from {summary.reference.source}")
+    console.print(compared(summary), soft_wrap=True)
     console.print(conclusion(summary, alpha, min_faces))
 
 

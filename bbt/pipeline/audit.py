@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 
 import numpy as np
@@ -177,8 +176,9 @@ def run_audit(params: AuditParams, featurize: FeaturizeParams, data: DataParams,
     proposals, threshold = propose_verdicts(faces, artifacts.load_features(EMBEDDING_SPACE), search)
     metrics = {"faces": len(y), "suspects": len(suspects), "unreviewed_suspects": len(open_suspects),
                "feature_set": feature_set, **write_rejected_review(faces, proposals, threshold)}
-    artifacts.AUDIT_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.AUDIT_METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
+    artifacts.write_json(artifacts.AUDIT_REPORT, metrics)
+    # The DVC metric: the faces audited and how many look mislabelled (the rest is in the report).
+    artifacts.write_json(artifacts.AUDIT_METRICS, {"faces": metrics["faces"], "suspects": metrics["suspects"]})
     for row in open_suspects.itertuples():
         log.warning("audit: %s box (%d, %d, %d, %d) is labelled %s but looks like %s (%.0f%% agreement)",
                     row.image, row.x, row.y, row.w, row.h, row.label, row.predicted, 100 * row.agreement)

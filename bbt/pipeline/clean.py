@@ -267,7 +267,8 @@ def summarize(jobs: Sequence[ImageJob], results: Sequence[ImageResult]) -> dict:
 
 
 def write_outputs(results: Sequence[ImageResult], report: dict, params: CleanParams) -> None:
-    """Write the labelled crops (with how they were made), the list of every detection, and the report."""
+    """Write the labelled crops (with how they were made), the list of every detection, the report and its
+    headline (the DVC metric)."""
     if not any(f.status == "accepted" for r in results for f in r.faces):
         raise DataError("no accepted face was found: check data/annotations.csv and the clean.* params")
     reviewed = [f for r in results for f in r.faces if f.crop is not None]
@@ -295,8 +296,15 @@ def write_outputs(results: Sequence[ImageResult], report: dict, params: CleanPar
     pd.DataFrame(rows, columns=["image", "x", "y", "w", "h", "status", "label"]).to_csv(
         artifacts.DETECTIONS, index=False
     )
-    artifacts.CLEAN_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.CLEAN_METRICS.write_text(json.dumps(report, indent=2) + "\n")
+    artifacts.write_json(artifacts.CLEAN_REPORT, report)
+    artifacts.write_json(artifacts.CLEAN_METRICS, headline(report))
+
+
+def headline(report: dict) -> dict:
+    """The DVC metric: totals of photos, actors' and strangers' faces kept, and the detector's recall."""
+    total = report["total"]
+    return {"images": total["images"], "faces": total["accepted"], "strangers": total["stranger"],
+            "detector_recall": report["detector_recall"]}
 
 
 def reviewed_annotations(data: DataParams) -> tuple[list[Annotation], list[Correction]]:

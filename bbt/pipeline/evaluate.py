@@ -132,13 +132,17 @@ def run_evaluate() -> dict:
                "test_false_accept_rate": result["false_accept_rate"], "test_open_set_f1": result["open_set_f1"],
                "n_actor_faces": result["n_actor_faces"], "n_stranger_faces": result["n_stranger_faces"],
                "per_class": result["per_class"]}
-    artifacts.EVALUATE_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.EVALUATE_METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
+    artifacts.write_json(artifacts.EVALUATE_REPORT, metrics)
+    # The DVC metric: the faces scored and the three figures register's gate and the release look at.
+    artifacts.write_json(artifacts.EVALUATE_METRICS, {
+        "faces": metrics["n_actor_faces"], "strangers": metrics["n_stranger_faces"],
+        "actor_f1": round(metrics["test_actor_f1"], 4), "accuracy": round(metrics["test_actor_accuracy"], 4),
+        "false_accept_rate": round(metrics["test_false_accept_rate"], 4)})
     with mlflow.start_run(run_id=model_run_id(file_md5(artifacts.MODEL))):
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float)})
         for actor, values in result["per_class"].items():
             mlflow.log_metric(f"test_f1_{actor}", values["f1-score"])
-        for path in (artifacts.EVALUATE_METRICS, artifacts.CONFUSION_PNG, artifacts.OPEN_SET_PNG):
+        for path in (artifacts.EVALUATE_REPORT, artifacts.CONFUSION_PNG, artifacts.OPEN_SET_PNG):
             mlflow.log_artifact(str(path))
     log.info("evaluate: actors named right %.3f (macro-F1 %.3f) on %d faces; %d of %d strangers given a name "
              "(false-accept rate %.3f)", result["actor_accuracy"], result["actor_f1"], result["n_actor_faces"],

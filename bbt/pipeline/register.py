@@ -6,6 +6,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import platform
 import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -32,6 +33,7 @@ from bbt.registry.bento_store import import_version
 from bbt.registry.model_cards import has_card, write_card
 from bbt.registry.tracking import (
     MODEL_MD5_TAG,
+    REGISTERED_MARK,
     corrections_hash,
     data_hash,
     file_md5,
@@ -63,6 +65,13 @@ def model_requirements() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return found
+
+
+def model_conda_env() -> dict:
+    """The logged model's environment, given whole. Given only pip requirements, MLflow asks the installed pip
+    for its version to write conda.yaml, and warns on every log: a uv environment has no pip."""
+    return {"name": "mlflow-env", "channels": ["conda-forge"],
+            "dependencies": [f"python={platform.python_version()}", "pip", {"pip": model_requirements()}]}
 
 
 def training_params_hash(params: Params) -> str:
@@ -103,7 +112,7 @@ def promotion(new: dict, old: dict | None, alias: str, champion: str | None) -> 
     """Move the alias only to a model no worse on either count, both scored on today's test split: actor
     macro-F1 (unknown = wrong) and the share of strangers given an actor's name."""
     if old is None:
-        return True, f"no {alias} yet"
+        return True, f"there was no @{alias}"
     promote = new["actor_f1"] >= old["actor_f1"] and new["false_accept_rate"] <= old["false_accept_rate"]
     verdict = "no worse" if promote else "worse"
     return promote, (f"{verdict} than {alias} version {champion} on today's test split: actor macro-F1 "
@@ -122,7 +131,7 @@ def log_and_register(model: object, info: dict, model_md5: str, crops: np.ndarra
         mlflow.sklearn.save_model(
             model, str(pipeline),
             signature=infer_signature(crops[:2], model.predict(crops[:2])),
-            pip_requirements=model_requirements(),
+            conda_env=model_conda_env(),
             skops_trusted_types=skops_trusted_types(model),
             metadata=metadata,
         )
@@ -133,7 +142,7 @@ def log_and_register(model: object, info: dict, model_md5: str, crops: np.ndarra
                 artifacts={PIPELINE_ARTIFACT: str(pipeline)},
                 input_example=[example_photo(crops[0])],
                 registered_model_name=model_name,
-                pip_requirements=model_requirements(),
+                conda_env=model_conda_env(),
                 metadata=metadata,
             )
     return str(logged.registered_model_version)
@@ -162,6 +171,7 @@ def run_register(params: Params) -> dict:
     if version is None or champion != version or needs_card:
         crops, labels = test_faces()
         new = score(model, crops, labels)
+    registered_now = version is None
     if version is None:
         version = log_and_register(model, info, model_md5, crops, name)
         tags = {MODEL_MD5_TAG: model_md5, "candidate": info["candidate"], "feature_set": info["feature_set"],
@@ -182,20 +192,35 @@ def run_register(params: Params) -> dict:
         promote, reason = promotion(new, old, alias, champion)
     if promote:
         client.set_registered_model_alias(name, alias, version)
-        log.info("register: version %s is now @%s (%s)", version, alias, reason)
-    elif champion != version:
-        log.warning("register: version %s registered without @%s: %s", version, alias, reason)
-    else:
-        log.info("register: %s", reason)
+    message = outcome(name, version, alias, registered_now, champion, promote, reason)
+    (log.info if promote or champion == version else log.warning)("register: %s", message)
     champion_version = version if promote else champion
     if champion_version == version:
         import_version(name, version)
-    # Only what follows from the inputs goes to the DVC metric; version numbers belong to one MLflow store.
-    artifacts.REGISTER_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.REGISTER_METRICS.write_text(json.dumps(
-        {"model_name": name, "model_md5": model_md5, "candidate": info["candidate"]}, indent=2) + "\n")
+    write_records({"model_name": name, "model_md5": model_md5, "candidate": info["candidate"]})
     return {"version": int(version), "champion": champion_version == version,
             "champion_version": int(champion_version) if champion_version else None, "reason": reason}
+
+
+def outcome(name: str, version: str, alias: str, registered_now: bool, champion: str | None, promote: bool,
+            reason: str) -> str:
+    """What register did, in one true sentence: whether it registered, and where the alias points now."""
+    held = "registered as" if registered_now else "already in the registry as"
+    if champion == version:
+        return f"{name} {reason}"
+    if champion is None:
+        return f"{name} {held} version {version}, now @{alias} (there was none)"
+    if promote:
+        return f"{name} {held} version {version}, now @{alias}: {reason}"
+    return f"{name} {held} version {version}; @{alias} stays version {champion}: {reason}"
+
+
+def write_records(record: dict) -> None:
+    """reports/register.json (what the release stage releases), and the same in the store's folder: an output
+    that goes with a wiped mlruns/, so that `dvc repro` registers again (bbt.registry.tracking.REGISTERED_MARK).
+    Only what follows from the inputs: version numbers belong to one MLflow store."""
+    for path in (artifacts.REGISTER_REPORT, REGISTERED_MARK):
+        artifacts.write_json(path, record)
 
 
 def run_write_card(params: Params, version: str) -> str:

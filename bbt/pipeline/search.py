@@ -135,7 +135,9 @@ def run_search(params: Params) -> dict:
         mlflow.log_params(search_params(params))
         mlflow.log_params({"n_candidates": len(grid), "n_train_faces": len(train),
                            "n_train_strangers": n_strangers})
-        with progress("search: cross-validating candidates", total=len(heads)) as advance:
+        # Counted in candidates (a head with each open-set rule), as the log lines and the leaderboard count them;
+        # one cross-validation per head serves all its rules, so the count moves by len(rules) at a time.
+        with progress("search: cross-validating candidates", total=len(grid)) as advance:
             for head in heads:
                 oof = out_of_fold(head, features[head.feature_set], E, y, folds, params.search.seed, rules)
                 for rule in rules:
@@ -153,7 +155,7 @@ def run_search(params: Params) -> dict:
                     log.info("search: %-72s %s %.3f, false accepts %.3f", candidate.name,
                              params.search.objective, row[f"cv_{params.search.objective}"],
                              row["cv_false_accept_rate"])
-                advance()
+                    advance()
         order = sorted(rows, key=lambda c: ranking_key(rows[c], params.search.objective, c))
         best, best_scores = order[0], rows[order[0]]
         leaderboard = pd.DataFrame([{"candidate": c.name, **rows[c]} for c in order])
@@ -174,8 +176,13 @@ def run_search(params: Params) -> dict:
         mlflow.set_tag(MODEL_MD5_TAG, model_md5)
     summary = {"best_candidate": best.name, "n_candidates": len(grid), "objective": params.search.objective,
                **best_scores}
-    artifacts.SEARCH_METRICS.parent.mkdir(parents=True, exist_ok=True)
-    artifacts.SEARCH_METRICS.write_text(json.dumps(summary, indent=2) + "\n")
+    artifacts.write_json(artifacts.SEARCH_REPORT, summary)
+    # The DVC metric: the winner's CV objective (under its name), actor macro-F1, false accepts and threshold.
+    objective = params.search.objective
+    artifacts.write_json(artifacts.SEARCH_METRICS, {
+        objective: round(best_scores[f"cv_{objective}"], 4), "actor_f1": round(best_scores["cv_actor_f1"], 4),
+        "false_accept_rate": round(best_scores["cv_false_accept_rate"], 4),
+        "threshold": round(best_scores["threshold"], 4)})
     log.info("search: best %s, CV %s %.3f, false accepts %.3f at threshold %.3f", best.name,
              params.search.objective, best_scores[f"cv_{params.search.objective}"],
              best_scores["cv_false_accept_rate"], best_scores["threshold"])

@@ -20,7 +20,10 @@ def latest_leaderboard(top: int | None = None) -> tuple[str, pd.DataFrame]:
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     if searches.empty:
-        raise ModelError("no grid search in the MLflow store yet: run `dvc repro` first")
+        # After a wiped store `dvc repro` restores the registry only (register's output went with it), not the
+        # search's runs: its products are still current.
+        raise ModelError("no grid search in this MLflow store: run `dvc repro` (or, when the pipeline is up to date "
+                         "and the store was wiped, `dvc repro --force --single-item search`)")
     parent = searches.iloc[0]["run_id"]
     objective = searches.iloc[0].get("tags.objective") or "open_set_f05"
     board = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=parent, artifact_path="leaderboard.csv"))

@@ -10,7 +10,12 @@ from pathlib import Path
 import mlflow
 import yaml
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+STORE = Path("mlruns")
+DEFAULT_TRACKING_URI = f"sqlite:///{STORE}/mlflow.db"
+# register's DVC output inside the default store: it goes when mlruns/ is wiped, so `dvc repro` registers again.
+# Its content follows from the inputs only (dvc.lock records its hash); a store elsewhere (MLFLOW_TRACKING_URI)
+# is out of DVC's sight, and `bbt register` restores it.
+REGISTERED_MARK = STORE / "registered.json"
 EXPERIMENT = "bbt-actor-classifier"
 # A model's identity in MLflow: the md5 of artifacts/model/model.joblib, tagged on the run that made it and on
 # its registry versions. Nothing machine-specific (run ids, version numbers) is written into DVC outputs.

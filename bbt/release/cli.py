@@ -46,7 +46,7 @@ def release(
 @friendly
 def pipeline(region: str = REGION, profile: str = PROFILE) -> None:
     """dvc.yaml's release stage: with release.enabled in params.yaml, release @champion (when it is not
-    @production yet) to release.deployment; writes metrics/release.json. Off, it only writes the file."""
+    @production yet) to release.deployment; writes reports/release.json. Off, it only writes the file."""
     from bbt.config import load_params
     from bbt.release.steps import run_release_stage
 

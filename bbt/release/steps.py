@@ -180,7 +180,7 @@ def pending(params: Params) -> str | None:
 def run_release_stage(root: Path, params: Params, roll_out: RollOut | None = None,
                       echo: Callable[[str], None] = log.info) -> dict:
     """dvc.yaml's release stage: release the pending version (`pending`), if any, to release.deployment; then
-    write metrics/release.json, the release policy the pipeline's model went through (only what follows from
+    write reports/release.json, the release policy the pipeline's model went through (only what follows from
     the inputs: version numbers belong to one MLflow store). ReleaseStopped when a check fails, so the stage
     fails and the next `dvc repro` tries again."""
     model_md5 = registered_md5(root)
@@ -192,23 +192,21 @@ def run_release_stage(root: Path, params: Params, roll_out: RollOut | None = Non
             release(root, params, version, params.release.deployment or None, roll_out, echo)
     else:
         echo("release: off (params.yaml release.enabled: false); `bbt release` releases by hand")
-    return write_release_metrics(root, params, model_md5)
+    return write_release_report(root, params, model_md5)
 
 
 def registered_md5(root: Path) -> str:
-    """The md5 of the model the pipeline's register stage registered (metrics/register.json)."""
-    return json.loads((root / artifacts.REGISTER_METRICS).read_text())["model_md5"]
+    """The md5 of the model the pipeline's register stage registered (reports/register.json)."""
+    return json.loads((root / artifacts.REGISTER_REPORT).read_text())["model_md5"]
 
 
-def write_release_metrics(root: Path, params: Params, model_md5: str) -> dict:
-    """metrics/release.json: whether this model went through a release, to where, past which gates."""
+def write_release_report(root: Path, params: Params, model_md5: str) -> dict:
+    """reports/release.json: whether this model went through a release, to where, past which gates."""
     gates = params.release
     policy = {"model_md5": model_md5, "enabled": gates.enabled, "deployment": gates.deployment,
               "gates": {"faces_per_label": gates.faces_per_label, "min_actor_recall": gates.min_actor_recall,
                         "max_false_accept": gates.max_false_accept, "latency_budget_ms": gates.latency_budget_ms}}
-    path = root / artifacts.RELEASE_METRICS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(policy, indent=2) + "\n")
+    artifacts.write_json(root / artifacts.RELEASE_REPORT, policy)
     return policy
 
 

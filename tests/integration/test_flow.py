@@ -155,7 +155,7 @@ def test_forced_run_on_dask_trains_registers_and_reports(small_project: Project,
     params = load_params(small_project.root / "params.yaml")
     n_candidates = len(candidates(params.search, params.featurize.feature_sets))
     for counts in ("faces per actor: {'howard': ", "training faces", f"{n_candidates} candidates; best",
-                   "test: actors named right", "new champion"):
+                   "test: actors named right", "now @champion"):
         assert counts in logs, counts
     by_stage: dict[str, list] = {}
     for run in task_runs_of(outcome["flow_run_id"]):
@@ -181,7 +181,7 @@ def test_forced_run_on_dask_trains_registers_and_reports(small_project: Project,
     champion = client.get_model_version_by_alias(MODEL, "champion")
     assert outcome["champion"] is True and str(champion.version) == str(outcome["version"])
     assert champion.tags["data_hash"] == yaml.safe_load((small_project.root / "data.dvc").read_text())["outs"][0]["md5"]
-    clean = json.loads((small_project.root / "metrics/clean.json").read_text())
+    clean = json.loads((small_project.root / "reports/clean.json").read_text())
     assert min(clean["faces_per_label"].values()) >= 5
     assert sum(clean["faces_per_label"].values()) == clean["total"]["accepted"]
     status = small_project.run("dvc", "status").stdout
@@ -223,7 +223,7 @@ def test_a_run_with_the_release_on_releases_the_champion_as_tasks(small_project:
     assert "Smoke test passed" in smoke.data and f"model version {champion} " in smoke.data, smoke.data
     registry = MlflowClient(project.tracking_uri, project.tracking_uri)
     assert str(registry.get_model_version_by_alias(MODEL, "production").version) == champion
-    assert json.loads((project.root / "metrics/release.json").read_text())["enabled"] is True
+    assert json.loads((project.root / "reports/release.json").read_text())["enabled"] is True
     assert "Data and pipelines are up to date" in project.run("dvc", "status").stdout, "release.json is in dvc.lock"
 
 
@@ -309,6 +309,8 @@ def test_serve_command_runs_the_server_ui_and_the_schedule(small_project: Projec
              "the schedule made no upcoming run", server, timeout=120)
         page = httpx.get(f"http://127.0.0.1:{port}/", timeout=10)
         assert page.status_code == 200 and "<html" in page.text.lower()
+        # prefect.toml points Prefect at this server: nothing asks the user to set PREFECT_API_URL.
+        assert "PREFECT_API_URL" not in (tmp_path / "serve.log").read_text()
         # A run started the way Prefect's banner says, from the project's shell, is picked up and completes.
         shell = {k: v for k, v in small_project.env.items() if k != "PREFECT_API_URL"}
         hint = subprocess.run(["prefect", "deployment", "run", "retrain/weekly"], cwd=small_project.root, env=shell,

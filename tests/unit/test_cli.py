@@ -67,7 +67,7 @@ def test_search_before_featurize_names_the_stage() -> None:
 
 def test_leaderboard_on_an_empty_store() -> None:
     result = run("leaderboard")
-    assert result.exit_code == 2 and "run `dvc repro` first" in result.stderr
+    assert result.exit_code == 2 and "run `dvc repro` (or" in result.stderr and "--force --single-item search" in result.stderr
 
 
 def test_audit_before_featurize_names_the_stage() -> None:

@@ -211,6 +211,8 @@ def test_bbt_monitor_reports_a_drift_with_exit_3(tmp_path: Path, capsys: pytest.
     out = capsys.readouterr().out
     assert f"{photos} (8.6 a day)" in out and f"{1 / photos:.1%} (1 of {photos})" in out
     assert "version 2 (not compared)" in out and "2 photos answered" in out
+    assert (f"compared: the {photos} photos (120 faces) bbt-actor-classifier version 3 answered from 2026-11-02 "
+            "00:00 to 2026-11-09 00:00 UTC, with its answers on its 50 held-out test faces (from generated)") in out
     assert "DRIFT in share of \"unknown\"" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Same logs, same period: the same picture.

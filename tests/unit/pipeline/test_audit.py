@@ -64,7 +64,8 @@ def test_the_stage_writes_suspects_a_sheet_and_a_metric(tmp_path: Path, monkeypa
     metrics = run_audit(AuditParams(), FeaturizeParams(), DataParams(), SearchParams())
     assert {k: metrics[k] for k in ("faces", "suspects", "unreviewed_suspects", "feature_set")} == \
         {"faces": 48, "suspects": 2, "unreviewed_suspects": 1, "feature_set": "face_embedding"}
-    assert json.loads(artifacts.AUDIT_METRICS.read_text()) == metrics
+    assert json.loads(artifacts.AUDIT_REPORT.read_text()) == metrics
+    assert json.loads(artifacts.AUDIT_METRICS.read_text()) == {"faces": 48, "suspects": 2}
     suspects = pd.read_csv(artifacts.AUDIT_CSV)
     assert sorted(suspects.image) == ["raj/3.jpg", "sheldon/20.jpg"]
     assert set(suspects.columns) >= {"x", "y", "w", "h", "label", "predicted", "agreement", "reviewed_in"}

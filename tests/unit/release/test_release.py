@@ -116,13 +116,13 @@ def test_the_pipeline_releases_the_champion_only_when_enabled_and_not_yet_in_pro
 
 def test_the_release_stage_off_releases_nothing_and_writes_its_policy(client: MlflowClient, tmp_path: Path) -> None:
     client.set_registered_model_alias(NAME, "champion", register(client, "a"))
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics/register.json").write_text(json.dumps({"model_md5": "0" * 32}))
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/register.json").write_text(json.dumps({"model_md5": "0" * 32}))
     said: list[str] = []
     policy = run_release_stage(tmp_path, Params(), echo=said.append)
     assert version_of(client, NAME, PRODUCTION_ALIAS) is None
     assert "release.enabled: false" in said[0]
-    assert json.loads((tmp_path / "metrics/release.json").read_text()) == policy
+    assert json.loads((tmp_path / "reports/release.json").read_text()) == policy
     assert policy["model_md5"] == "0" * 32 and policy["enabled"] is False
     assert policy["gates"]["min_actor_recall"] == Params().release.min_actor_recall
 
@@ -130,8 +130,8 @@ def test_the_release_stage_off_releases_nothing_and_writes_its_policy(client: Ml
 def test_the_release_stage_with_a_deployment_but_no_way_to_roll_out_refuses(client: MlflowClient,
                                                                               tmp_path: Path) -> None:
     client.set_registered_model_alias(NAME, "champion", register(client, "a"))
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics/register.json").write_text(json.dumps({"model_md5": "0" * 32}))
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/register.json").write_text(json.dumps({"model_md5": "0" * 32}))
     with pytest.raises(ModelError, match="no way to roll out"):
         run_release_stage(tmp_path, enabled("bbt-20260101-000000-abcd"))
-    assert not (tmp_path / "metrics/release.json").exists(), "a release that did not happen is not recorded"
+    assert not (tmp_path / "reports/release.json").exists(), "a release that did not happen is not recorded"
