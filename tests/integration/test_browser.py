@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +19,24 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
          "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-@pytest.fixture(scope="module")
-def page(bento_server: Server) -> Iterator[object]:
+@contextmanager
+def chromium() -> Iterator[object]:
+    """Debian's headless Chromium under Playwright, closed on leaving."""
     from playwright.sync_api import sync_playwright
 
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(bento_server: Server) -> Iterator[object]:
+    with chromium() as browser:
         context = browser.new_context(viewport={"width": 1200, "height": 900})
         # Only our own server: a request anywhere else (a CDN, fonts) would fail the test below.
         outside: list[str] = []
@@ -35,7 +46,6 @@ def page(bento_server: Server) -> Iterator[object]:
         page.outside_requests = outside
         page.goto(bento_server.url + "/")
         yield page
-        browser.close()
 
 
 def single_face_photo(server: Server, label: str = "sheldon", split: str = "train") -> Path:

@@ -16,7 +16,7 @@ from bbt.config import load_params
 from bbt.review.feedback import FeedbackStore
 from bbt.serving.admission import MB
 from tests.conftest import Project, Server, start_server, stop_server
-from tests.integration.test_browser import CHROMIUM, FLAGS, assert_readable, single_face_photo
+from tests.integration.test_browser import assert_readable, chromium, single_face_photo
 
 pytestmark = pytest.mark.integration
 
@@ -177,14 +177,8 @@ def test_a_photo_over_the_upload_limit_is_refused_as_classify_refuses_it(feedbac
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
-        yield browser
-        browser.close()
+    with chromium() as launched:
+        yield launched
 
 
 def open_result(browser, server: Server) -> tuple[object, dict]:

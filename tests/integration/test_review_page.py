@@ -17,7 +17,7 @@ import pytest
 
 from bbt.serving.ready import free_port, wait_until_ready
 from tests.conftest import REPO, VENV_BIN
-from tests.integration.test_browser import CHROMIUM, FLAGS
+from tests.integration.test_browser import chromium
 from tests.unit.review.test_review import review_project
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
@@ -45,14 +45,8 @@ def review(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: run `make system-deps` (apt-get install chromium)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+    with chromium() as launched:
         yield launched
-        launched.close()
 
 
 def cross_site_page(url: str) -> str:
