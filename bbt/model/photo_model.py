@@ -2,9 +2,10 @@
 
 `mlflow.pyfunc.load_model("models:/bbt-actor-classifier@champion").predict([photo_bytes])` and
 `mlflow models serve` run the service's own inference path (ActorClassifier: decode, detect with the training
-detector settings, align, describe, the open-set rule). The scikit-learn pipeline is an artifact inside it,
-itself an MLflow sklearn model carrying the detector settings, so the search, the audit and `register`'s
-champion comparison still load the pipeline alone (`load_pipeline`).
+detector settings, align, describe, the open-set rule, the width rule). The scikit-learn pipeline is an
+artifact inside it, itself an MLflow sklearn model carrying the same metadata, so `register`'s champion
+comparison and the monitoring reference load the pipeline alone (`load_pipeline`); the search and the audit
+work on artifacts/model/ as before.
 """
 
 from __future__ import annotations
