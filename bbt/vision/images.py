@@ -25,6 +25,9 @@ DEFAULT_MAX_PIXELS = MAX_PIXELS
 MAX_JPEG_SCANS = 100
 # In entropy-coded data a 0xFF byte is followed by 0x00 (stuffing) or a restart marker; anything else is a marker.
 NEXT_MARKER = re.compile(rb"\xff(?![\x00\xd0-\xd7\xff])")
+# Between segments libjpeg skips stray bytes and 0xFF fill bytes up to the next marker code: a byte that is neither
+# 0x00 nor 0xFF after a 0xFF. (A look-behind, not `\xff+(.)`, so a run of fill bytes is scanned once.)
+MARKER_CODE = re.compile(rb"(?<=\xff)[^\x00\xff]")
 
 # The most memory decoding takes per decoded pixel, in any mode (benchmarks/memory.py measures it): Pillow's
 # 4-byte pixels (twice while a mode is converted), the 3-byte array and the BGR copy.
@@ -196,22 +199,22 @@ def jpeg_arithmetic(data: bytes) -> bool:
 
 
 def _jpeg_markers(data: bytes) -> Iterator[int]:
-    """The markers of a JPEG's first image, in order, up to its end (EOI) or the first byte out of place."""
+    """The markers of a JPEG's first image, in order, up to its end (EOI), walked as libjpeg reads them: stray
+    bytes and fill bytes between segments are skipped, so they hide no scan from the count."""
     i, end = 2, len(data)
-    while i + 4 <= end:
-        if data[i] != 0xFF:
-            return  # not a marker where one must be: the decoder will say what is wrong
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
+    while True:
+        found = MARKER_CODE.search(data, i)
+        if found is None:
+            return
+        marker, i = data[found.start()], found.end()
         if marker == 0xD9:  # end of image
             return
         yield marker
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
-            i += 2
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
             continue
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if i + 2 > end:
+            return
+        i += int.from_bytes(data[i:i + 2], "big")
         if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next marker
             found = NEXT_MARKER.search(data, i)
             if found is None:

@@ -228,3 +228,22 @@ def test_a_rotated_photo_is_turned_even_when_pillow_cannot_rewrite_its_exif_bloc
              b"\0\0\0\0")
     photo = decode_photo(encode(gradient(40, 30), "PNG", exif=b"Exif\0\0" + block))
     assert photo.size == (30, 40) and photo.image.shape == (40, 30, 3)
+
+
+@pytest.mark.parametrize("junk", [b"\x00", b"\xff" * 64, b"\x00\x13\x37", b"\xff\x00\xff\x00"])
+def test_stray_and_fill_bytes_between_segments_hide_no_scan(junk: bytes) -> None:
+    """Issue 26: libjpeg skips stray bytes and 0xFF fill before a marker and decodes every scan after them, so the
+    scan walk steps over them too; a 0x00 before the first scan used to make it count none."""
+    from bbt.vision.images import MAX_JPEG_SCANS, jpeg_scans
+
+    progressive = encode(gradient(200, 150), "JPEG", progressive=True)
+    first = progressive.index(b"\xff\xda")
+    padded = progressive[:first] + junk + progressive[first:]
+    assert jpeg_scans(padded) == jpeg_scans(progressive) >= 2
+    assert decode_image(padded).shape == (150, 200, 3)  # libjpeg reads it, so it is a photo, not an error
+    last = padded.rindex(b"\xff\xda")
+    bomb = padded[:last] + (junk + padded[last:-2]) * (MAX_JPEG_SCANS + 1) + padded[-2:]
+    assert jpeg_scans(bomb) > MAX_JPEG_SCANS
+    with pytest.raises(ImageError, match="more than 100 scans"):
+        decode_image(bomb, "bomb.jpg")
+
