@@ -40,7 +40,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
 class Results:
     latencies: list[float] = field(default_factory=list)  # of the answered requests (200)
     errors: list[str] = field(default_factory=list)
-    busy: list[float] = field(default_factory=list)  # 503 answers with Retry-After: their latency
+    busy: list[float] = field(default_factory=list)  # 503 or 429 answers with Retry-After: their latency
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -116,7 +116,7 @@ def client(kind: str, url: str, images: list[tuple[str, bytes]], seed: int, stop
             try:
                 response = http.post(**request_for(kind, url, name, data))
                 ok = response.status_code == 200
-                busy = response.status_code == 503 and "retry-after" in response.headers
+                busy = response.status_code in (429, 503) and "retry-after" in response.headers
                 why = f"{response.status_code} {response.text[:120]}"
             except httpx.HTTPError as err:
                 ok, why = False, f"{type(err).__name__}: {err}"
@@ -170,7 +170,7 @@ def run_load(kind: str, url: str, images: list[tuple[str, bytes]], clients: int,
         print(f"latency: p50 {stats['p50'] * 1000:.0f} ms, p99 {stats['p99'] * 1000:.0f} ms, "
               f"mean {statistics.mean(results.latencies) * 1000:.0f} ms")
     if results.busy:
-        print(f"busy (503 + Retry-After): {len(results.busy)}, answered in p99 "
+        print(f"busy (503 or 429 + Retry-After): {len(results.busy)}, answered in p99 "
               f"{percentile(results.busy, 99) * 1000:.0f} ms")
     print(f"errors: {len(results.errors)}" + (f" (first: {results.errors[0]})" if results.errors else ""))
     if pid:

@@ -85,6 +85,8 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
         raise ImageError(
             f"{name} is not a recognised image: send a {SUPPORTED_FOR_PEOPLE} photo"
         ) from None
+    except MemoryError:
+        raise  # a memory cap (bbt.serving.sandbox), not a bad file
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             f"{name} is larger than {max_pixels / 1e6:.0f} megapixels: resize it before uploading"
@@ -124,7 +126,7 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
                 image.info.pop("exif", None)  # else exif_transpose re-writes the block, which may fail to write
                 ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double the photo's memory
             return Photo(_to_bgr(image), (int(size[0]), int(size[1])))
-        except ImageError:
+        except (ImageError, MemoryError):
             raise
         except Exception as err:
             raise ImageError(
@@ -152,6 +154,8 @@ def decode_cost(data: bytes, min_side: int = 0) -> int:
                 _reduce_jpeg(image, min_side)
                 width, height = image.size
                 per_pixel = peak_bytes_per_pixel(image.format)
+    except MemoryError:
+        raise
     except Exception:  # noqa: BLE001 - any header Pillow cannot read is refused by decode_photo at once
         return 0
     return width * height * per_pixel
