@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import gc
 import importlib
 import json
 import os
@@ -43,7 +44,7 @@ MAX_REPLY_BYTES = 4 * 1024 * 1024
 PR_SET_PDEATHSIG = 1
 # A photo process that has grown this much since it was forked (heap kept for reuse, fragmentation) ends after its
 # answer, and a fresh fork takes its place: what the processes hold stays bounded over any run.
-RETIRE_AFTER_BYTES = 256 * 1024 * 1024
+RETIRE_AFTER_BYTES = 128 * 1024 * 1024
 FORK = b"f"
 
 
@@ -240,7 +241,7 @@ def zygote(control_fd: int, factory: str, argument: str, cpu_seconds: float,
     """
     import cv2
 
-    from bbt.serving.allocator import reuse_photo_buffers
+    from bbt.serving.allocator import release_free_heap, reuse_photo_buffers
 
     cv2.setNumThreads(1)
     reuse_photo_buffers()
@@ -251,6 +252,11 @@ def zygote(control_fd: int, factory: str, argument: str, cpu_seconds: float,
         send_frame(control, {"error": f"{type(err).__name__}: {err}"})
         raise
     warm_up(work)
+    # What a fork writes is copied from this process's pages: the collector's writes to the model's objects (frozen
+    # instead), and the heap's free pages left by loading (given back, so a fork's allocations get fresh ones).
+    gc.collect()
+    gc.freeze()
+    release_free_heap()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     send_frame(control, {"ready": describe(work)})
     zygote_pid = os.getpid()

@@ -44,7 +44,6 @@ from bbt.serving.feedback_route import FEEDBACK_ERRORS, OPENAPI_BODY, FeedbackKe
 from bbt.serving.model_card_route import card_and_page, card_response
 from bbt.serving.sandbox import Sandboxes, TimedOut
 from bbt.serving.upload_limits import (
-    TICKET,
     UPLOAD_COPIES,
     JsonErrors,
     UploadLimit,
@@ -204,7 +203,7 @@ class ActorService:
         place): by count and by its upload's memory, then, once its photo process has read its header, by what
         decoding it may take (a 503 when that does not fit). It is decoded and classified in a photo process
         within serve.timeout_s, or answered 504 with the process killed. (`ticket`: unused; admission no longer
-        starts before the body.)
+        starts before the body; /feedback still passes it.)
         """
         try:
             admitted = self.admission.admit(UPLOAD_COPIES * len(data))
@@ -248,10 +247,10 @@ class ActorService:
 
     @web.post("/classify", response_model=Classification, responses=ERRORS,
               summary="Find every face in a photo and name the actor")
-    async def classify(self, image: PhotoUpload, request: Request) -> Classification | JSONResponse:
+    async def classify(self, image: PhotoUpload) -> Classification | JSONResponse:
         started = time.perf_counter()
         name = f"the uploaded file {image.filename!r}" if image.filename else "the uploaded file"
-        answer = await self.answer(await image.read(), name, request.scope[TICKET])
+        answer = await self.answer(await image.read(), name)
         if isinstance(answer, JSONResponse):
             return answer
         faces, (width, height) = answer
@@ -280,7 +279,7 @@ class ActorService:
             return error_response(400, str(err))
         if len(data) > self.max_bytes:
             return error_response(413, UploadTooLarge(self.max_bytes).detail)
-        answer = await self.answer(data, "the image in 'image_data'", request.scope[TICKET])
+        answer = await self.answer(data, "the image in 'image_data'")
         if isinstance(answer, JSONResponse):
             return answer
         faces, _ = answer

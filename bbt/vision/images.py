@@ -77,6 +77,10 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
     """
     if not data:
         raise ImageError(f"{name} is empty: send the bytes of a {SUPPORTED_FOR_PEOPLE} photo")
+    declared = webp_size(data)  # Pillow allocates a WebP's whole canvas when it opens the file: check it first
+    if declared is not None and declared[0] * declared[1] > max_pixels:
+        raise ImageError(f"{name} is {declared[0]}x{declared[1]} ({declared[0] * declared[1] / 1e6:.1f} megapixels), "
+                         f"over the {max_pixels / 1e6:.0f} megapixel limit: resize it before uploading")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -147,6 +151,9 @@ def exif_orientation(image: Image.Image) -> int:
 def decode_cost(data: bytes, min_side: int = 0) -> int:
     """The most memory (bytes) decode_photo can take for `data`, from its header alone; 0 when the header
     cannot be read (decoding then fails before allocating anything)."""
+    declared = webp_size(data)
+    if declared is not None:  # read here: Pillow's open would allocate the canvas
+        return declared[0] * declared[1] * peak_bytes_per_pixel("WEBP")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -159,6 +166,21 @@ def decode_cost(data: bytes, min_side: int = 0) -> int:
     except Exception:  # noqa: BLE001 - any header Pillow cannot read is refused by decode_photo at once
         return 0
     return width * height * per_pixel
+
+
+def webp_size(data: bytes) -> tuple[int, int] | None:
+    """The canvas size a WebP file declares, read from its first chunk (VP8X, VP8 or VP8L); None for other bytes."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # 24-bit canvas width - 1 and height - 1
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8 ":  # after the frame tag and start code: 14-bit width and height
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L":  # after the signature byte: 14-bit width - 1, 14-bit height - 1
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
 
 
 def peak_bytes_per_pixel(image_format: str | None = None) -> int:

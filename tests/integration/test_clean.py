@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from bbt import artifacts
-from bbt.pipeline import clean
 from bbt.config import CleanParams, DataParams
 from bbt.errors import DataError
+from bbt.pipeline import clean
 from bbt.pipeline.clean import (
     POOL_MIN_PHOTOS,
     detect_jobs,

@@ -200,7 +200,8 @@ def test_a_photo_past_its_timeout_gets_504_and_its_work_is_killed(service, clien
                                                                  monkeypatch) -> None:
     """A JPEG with 10 MB of fill bytes before its scan takes seconds of parsing: answered at serve.timeout_s, its
     photo process killed then (no work outlives the answer) and replaced, and its memory released."""
-    from tests.unit.serving.test_sandbox import cpu_seconds, fill_bomb
+    from tests.bombs import fill_bomb
+    from tests.unit.serving.test_sandbox import cpu_seconds
 
     monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, timeout_s=1))
     before = {p.pid for p in psutil.Process(service.sandboxes.zygote.pid).children()}

@@ -6,48 +6,19 @@ The processes run the real decode and a stand-in classifier (sandbox_work.py), s
 from __future__ import annotations
 
 import asyncio
-import io
 import os
-import struct
 import time
 from collections.abc import Iterator
 
 import psutil
 import pytest
-from PIL import Image
 
 from bbt.serving.admission import Busy
 from bbt.serving.sandbox import HEADER_BYTES, Sandboxes, TimedOut
 from bbt.vision.images import ImageError
+from tests.bombs import exif_bomb, fill_bomb, jpeg
 
 STAND_IN = "tests.unit.serving.sandbox_work:one_face"
-
-
-def jpeg(width: int = 160, height: int = 120) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (90, 120, 150)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def fill_bomb(fill_bytes: int = 10_000_000) -> bytes:
-    """A 64x48 JPEG with megabytes of 0xFF fill before its scan: valid (libjpeg skips fill), and seconds of CPU
-    in Pillow's marker parser."""
-    plain = jpeg(64, 48)
-    scan = plain.index(b"\xff\xda")
-    return plain[:scan] + b"\xff" * fill_bytes + plain[scan:]
-
-
-def exif_bomb(exif_mb: float = 9.0) -> bytes:
-    """A 64x64 JPEG whose EXIF, split over APP1 segments (which Pillow joins), holds an orientation array of
-    millions of entries: hundreds of MiB as Python integers."""
-    count = int(exif_mb * 1024 * 1024 / 2)
-    tiff = (b"MM\x00\x2a" + struct.pack(">IH", 8, 1) + struct.pack(">HHII", 0x0112, 3, count, 26)
-            + struct.pack(">I", 0) + b"\x00\x01" * count)
-    part_size = 65533 - 2 - 6
-    segments = b"".join(b"\xff\xe1" + struct.pack(">H", len(part) + 8) + b"Exif\x00\x00" + part
-                        for part in (tiff[i:i + part_size] for i in range(0, len(tiff), part_size)))
-    plain = jpeg(64, 64)
-    return plain[:2] + segments + plain[2:]
 
 
 @pytest.fixture(scope="module")

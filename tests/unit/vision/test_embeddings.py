@@ -13,9 +13,9 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.pipeline import Pipeline
 from sklearn.svm import SVC
 
-from bbt.vision import embeddings
 from bbt.errors import ModelError
 from bbt.pipeline.register import skops_trusted_types
+from bbt.vision import embeddings
 from bbt.vision.embeddings import EMBEDDING_SIZE, FaceEmbeddings, model_dir
 
 

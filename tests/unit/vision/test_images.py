@@ -247,3 +247,17 @@ def test_stray_and_fill_bytes_between_segments_hide_no_scan(junk: bytes) -> None
     with pytest.raises(ImageError, match="more than 100 scans"):
         decode_image(bomb, "bomb.jpg")
 
+
+
+@pytest.mark.parametrize("options", [{"lossless": False}, {"lossless": True}, {"exif": b"Exif\x00\x00MM\x00\x2a"}],
+                         ids=["VP8", "VP8L", "VP8X"])
+def test_a_webps_size_is_read_without_opening_it(options: dict) -> None:
+    """Pillow allocates a WebP's whole canvas when it opens one, so its size (and cost) is read from the bytes."""
+    from bbt.vision.images import decode_cost, webp_size
+
+    data = encode(gradient(301, 157), "WEBP", **options)
+    assert webp_size(data) == (301, 157) == Image.open(io.BytesIO(data)).size
+    assert decode_cost(data) == 301 * 157 * 19
+    assert webp_size(encode(gradient(), "PNG")) is None
+    with pytest.raises(ImageError, match=r"big.webp is 301x157 \(0.0 megapixels\), over the 0 megapixel limit"):
+        decode_photo(data, "big.webp", max_pixels=301 * 157 - 1)
