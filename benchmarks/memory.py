@@ -130,7 +130,7 @@ def send_until_answered(url: str, name: str, data: bytes, statuses: list[int], l
             response = client.post(f"{url}/classify", files={"image": (name, data)})
             with lock:
                 statuses.append(response.status_code)
-            if response.status_code != 503:
+            if response.status_code not in (429, 503):  # busy, or this address's uploads are at their cap
                 return
             time.sleep(float(response.headers.get("retry-after", "1")))
 
@@ -150,8 +150,8 @@ def largest_photos(url: str, pid: int, uploads: list[tuple[str, bytes]]) -> dict
     sampler.running = False
     sampler.join()
     return {"seconds": time.perf_counter() - start, "peak_rss": sampler.peak_rss, "peak_pss": sampler.peak_pss,
-            "ok": statuses.count(200), "busy": statuses.count(503),
-            "other": len(statuses) - statuses.count(200) - statuses.count(503)}
+            "ok": statuses.count(200), "busy": statuses.count(503) + statuses.count(429),
+            "other": len(statuses) - statuses.count(200) - statuses.count(503) - statuses.count(429)}
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -67,8 +67,11 @@ class PhotoProcess:
 
     @property
     def alive(self) -> bool:
-        """False once it has ended: its pidfd turns readable then."""
-        return not select.select([self.pidfd], [], [], 0)[0]
+        """False once it has ended: its pidfd turns readable then. (poll, not select: a busy worker's descriptors
+        can be past select's 1024.)"""
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
 
     def kill(self) -> None:
         try:
