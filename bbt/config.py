@@ -105,6 +105,8 @@ class ServeParams(Section):
     max_pending: int = 16
     worker_memory_mb: float = 768
     timeout_s: float = 30
+    upload_timeout_s: float = 30  # a request's whole body must arrive within this (a 408 otherwise)
+    max_uploads_per_client: int = 8  # requests one client address may have open in a worker (a 429 past it)
     monitoring_dir: Path = Path("monitoring")  # what the service answers, per request (bbt/monitoring/answers.py)
     feedback_dir: str = ""  # where reported wrong answers are kept (bbt/review/feedback.py); empty = off
     feedback_max_mb: float = 500.0
@@ -251,6 +253,8 @@ def validate(params: Params, source: str | Path) -> None:
     if not 1 <= params.serve.timeout_s <= SERVER_TIMEOUT_S - 10:
         fail("serve.timeout_s", f"must be between 1 and {SERVER_TIMEOUT_S - 10} seconds (a photo's wait plus its "
                                 f"classification; the server cuts any request at {SERVER_TIMEOUT_S} s)")
+    if params.serve.upload_timeout_s <= 0 or params.serve.max_uploads_per_client < 1:
+        fail("serve.upload_timeout_s/max_uploads_per_client", "must be positive seconds and at least 1 upload")
     if not isinstance(params.serve.feedback_dir, str):
         fail("serve.feedback_dir", f"= {params.serve.feedback_dir!r} must be a folder name, or empty (\"\") to "
                                    "keep no feedback")

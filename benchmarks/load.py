@@ -40,7 +40,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp"}
 class Results:
     latencies: list[float] = field(default_factory=list)  # of the answered requests (200)
     errors: list[str] = field(default_factory=list)
-    busy: list[float] = field(default_factory=list)  # 503 answers with Retry-After: their latency
+    busy: list[float] = field(default_factory=list)  # 503 or 429 answers with Retry-After: their latency
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -116,7 +116,7 @@ def client(kind: str, url: str, images: list[tuple[str, bytes]], seed: int, stop
             try:
                 response = http.post(**request_for(kind, url, name, data))
                 ok = response.status_code == 200
-                busy = response.status_code == 503 and "retry-after" in response.headers
+                busy = response.status_code in (429, 503) and "retry-after" in response.headers
                 why = f"{response.status_code} {response.text[:120]}"
             except httpx.HTTPError as err:
                 ok, why = False, f"{type(err).__name__}: {err}"
@@ -137,6 +137,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by a process and all its children (BentoML's workers and their photo processes)."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return 0.0
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
 def run_load(kind: str, url: str, images: list[tuple[str, bytes]], clients: int, seconds: float,
              pid: int | None) -> dict[str, float]:
     # Warm-up: every worker thread loads its cascades and the first requests pay for lazy imports.
@@ -148,6 +165,7 @@ def run_load(kind: str, url: str, images: list[tuple[str, bytes]], clients: int,
     for thread in warm_threads:
         thread.join()
     rss_start = tree_rss(pid) if pid else 0
+    cpu_start = tree_cpu(pid) if pid else 0.0
     load_start = os.getloadavg()[0]
     results = Results()
     started = time.monotonic()
@@ -159,6 +177,7 @@ def run_load(kind: str, url: str, images: list[tuple[str, bytes]], clients: int,
         thread.join()
     wall = time.monotonic() - started
     rss_end = tree_rss(pid) if pid else 0
+    cpu_used = tree_cpu(pid) - cpu_start if pid else 0.0
     n = len(results.latencies)
     print(f"server: {kind} at {url}; {clients} closed-loop clients for {seconds:.0f} s over {len(images)} photos")
     print(f"machine: {os.cpu_count()} cores, load average {load_start:.1f} at start, "
@@ -170,12 +189,14 @@ def run_load(kind: str, url: str, images: list[tuple[str, bytes]], clients: int,
         print(f"latency: p50 {stats['p50'] * 1000:.0f} ms, p99 {stats['p99'] * 1000:.0f} ms, "
               f"mean {statistics.mean(results.latencies) * 1000:.0f} ms")
     if results.busy:
-        print(f"busy (503 + Retry-After): {len(results.busy)}, answered in p99 "
+        print(f"busy (503 or 429 + Retry-After): {len(results.busy)}, answered in p99 "
               f"{percentile(results.busy, 99) * 1000:.0f} ms")
     print(f"errors: {len(results.errors)}" + (f" (first: {results.errors[0]})" if results.errors else ""))
     if pid:
         print(f"server RSS (all processes): {rss_start / 2**20:.0f} MiB after warm-up, "
               f"{rss_end / 2**20:.0f} MiB at end")
+        if n:  # steadier than requests/s on a shared machine: what each answer cost, whatever else ran
+            print(f"server CPU (all processes): {cpu_used / n * 1000:.1f} ms per answered request")
     return stats
 
 

@@ -1,8 +1,9 @@
 """What one worker process takes on: photos in flight, bounded by their number and by the memory they need.
 
-A request is admitted before its body is read, with the memory its upload takes; once the photo's header is
-read it grows by the most its decoding can allocate. Its ticket is released when both the request and its work
-have ended (work can outlive a request that timed out). Past either bound the worker answers Busy with a
+A photo is admitted once its request's body has arrived, with the memory its upload takes; once its photo
+process (bbt.serving.sandbox) has read its header, it grows by the most its decoding and classification can
+allocate, which the process then cannot exceed. Its ticket is released when its request ends: its work has ended
+then, since a photo past its deadline has its process killed. Past either bound the worker answers Busy with a
 Retry-After estimate at once, so it never holds more than its memory budget.
 """
 
@@ -25,10 +26,9 @@ class Busy(Exception):
 
 @dataclass
 class Ticket:
-    """One admitted photo: the bytes reserved for it, and how many parties (request, work) still hold it."""
+    """One admitted photo: the bytes reserved for it."""
 
     cost: int
-    holders: int = 1
 
 
 class Admission:
@@ -40,7 +40,7 @@ class Admission:
     def __init__(self, max_pending: int, memory_bytes: int, threads: int) -> None:
         self.max_pending = max_pending
         self.memory_bytes = memory_bytes
-        self.threads = threads
+        self.threads = threads  # photos classified at once (photo processes)
         self.pending = 0
         self.reserved = 0
         self.seconds_per_photo = 0.1
@@ -75,16 +75,10 @@ class Admission:
         return Busy(self.retry_after(self.pending), f"the photos in this worker already hold "
                                                     f"{self.reserved / MB:.0f} of its {self.memory_bytes / MB:.0f} MB")
 
-    @staticmethod
-    def hold(ticket: Ticket) -> None:
-        ticket.holders += 1
-
     def release(self, ticket: Ticket) -> None:
-        """One holder is done with the ticket; the last one frees its place and its bytes."""
-        ticket.holders -= 1
-        if ticket.holders == 0:
-            self.pending -= 1
-            self.reserved -= ticket.cost
+        """The photo is done: free its place and its bytes."""
+        self.pending -= 1
+        self.reserved -= ticket.cost
 
     def observe(self, seconds: float) -> None:
         """A photo's work took `seconds` (not its wait): a moving average for the Retry-After estimate."""

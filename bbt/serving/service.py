@@ -8,19 +8,13 @@ downloads string fields that look like URLs).
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 import os
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import bentoml
-import cv2
 import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,12 +24,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bbt.config import PARAMS_FILE, SERVER_TIMEOUT_S, ConfigError, RegisterParams, ServeParams, load_params
 from bbt.errors import ModelError
-from bbt.model.openset import Timer
-from bbt.model.photo_model import load_classifier
 from bbt.model.predict import FacePrediction
 from bbt.monitoring.answers import ServedModel, log_answer, log_feedback
 from bbt.review.feedback import open_store
-from bbt.serving.admission import MB, Admission, Busy, Ticket
+from bbt.serving.admission import MB, Admission, Busy
 from bbt.serving.allocator import return_big_frees_to_the_os
 from bbt.serving.contract import (
     ERRORS,
@@ -50,9 +42,10 @@ from bbt.serving.contract import (
 )
 from bbt.serving.feedback_route import FEEDBACK_ERRORS, OPENAPI_BODY, FeedbackKept, report_wrong_answer
 from bbt.serving.model_card_route import card_and_page, card_response
+from bbt.serving.sandbox import Sandboxes, TimedOut
 from bbt.serving.supervisor import respawn_promptly
 from bbt.serving.upload_limits import (
-    TICKET,
+    UPLOAD_COPIES,
     JsonErrors,
     UploadLimit,
     UploadTooLarge,
@@ -62,7 +55,7 @@ from bbt.serving.upload_limits import (
     keep_uploads_in_memory,
     timed_out_response,
 )
-from bbt.vision.images import SUPPORTED_FOR_PEOPLE, ImageError, decode_cost
+from bbt.vision.images import SUPPORTED_FOR_PEOPLE, ImageError
 
 log = logging.getLogger("bbt.serving.service")
 # `bentoml serve` imports this module in its supervisor before it makes its arbiter (bbt/serving/supervisor.py).
@@ -74,9 +67,11 @@ WEB_DIR = Path(__file__).with_name("web")
 # and a margin for photos whose base64 has more of them.
 BASE64_GROWTH = 4 / 3 * 1.1
 ENVELOPE_BYTES = 64 * 1024
-# Requests classified at once per worker process: OpenCV and Pillow release the GIL, so two keep a core busy
-# while one waits on Python; more only multiply the memory of large photos in flight.
-THREADS_PER_WORKER = 2
+# Photos classified at once per worker process, each in a photo process of its own (bbt.serving.sandbox): two keep
+# a core busy while the other waits on the worker; more only multiply the memory of large photos in flight.
+PROCESSES_PER_WORKER = 2
+# The photo processes' CPU-time limit past the photo's deadline: a backstop for the worker's kill at the deadline.
+CPU_LIMIT_MARGIN_S = 1
 
 # BentoML serves these at /metrics, summed over its worker processes.
 STAGE_SECONDS = prometheus_client.Histogram(
@@ -90,10 +85,6 @@ FACES = prometheus_client.Counter(
     documentation="Faces classified, by label ('unknown': not one of the four).",
     labelnames=["label"],
 )
-
-
-class TimedOut(Exception):
-    """The photo's deadline (serve.timeout_s after its upload was read) passed; its work stops at the next stage."""
 
 
 class Assets(StaticFiles):
@@ -159,24 +150,6 @@ def serve_params(folder: Path | None = None) -> ServeParams:
     return load_params(path).serve
 
 
-@contextmanager
-def timed(stage: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        STAGE_SECONDS.labels(stage=stage).observe(time.perf_counter() - start)
-
-
-def stage_timer(deadline: float) -> Timer:
-    """`timed` for one photo, which stops it (TimedOut) at the start of a stage once `deadline` has passed."""
-    def stage(name: str) -> AbstractContextManager[None]:
-        if time.monotonic() > deadline:
-            raise TimedOut
-        return timed(name)
-    return stage
-
-
 @bentoml.service(
     workers="cpu_count",
     traffic={"timeout": SERVER_TIMEOUT_S, "max_concurrency": 256},
@@ -196,20 +169,20 @@ class ActorService:
             store = os.environ.get("BENTOML_HOME", "~/bentoml")
             raise ModelError(f"the BentoML store in {store} has no {model_ref.tag}: run `bbt import-champion` "
                              "(or `dvc repro`) first, or serve with `bbt serve`, which imports the champion")
-        self.classifier = load_classifier(self.bento_model.path_of("mlflow_model"))
-        self.classifier.warm_up()
-        labels = self.bento_model.info.labels
-        self.model_info = ModelInfo(name=model_ref.tag.name, version=labels.get("registry_version", "unknown"),
-                                    open_set_rule=self.classifier.model.rule)
         self.max_bytes = int(self.settings.max_upload_mb * MB)
         self.max_pixels = int(self.settings.max_megapixels * 1_000_000)
         self.legacy_max_bytes = int(self.max_bytes * BASE64_GROWTH) + ENVELOPE_BYTES
-        # A fixed pool: each thread keeps its own cascades (and their buffers), so their number stays bounded.
-        self.executor = ThreadPoolExecutor(THREADS_PER_WORKER, thread_name_prefix="classify")
+        # The model is loaded once, in the photo processes' warm parent: this process never parses a photo.
+        self.sandboxes = Sandboxes("bbt.serving.sandbox_process:actor_classifier",
+                                   self.bento_model.path_of("mlflow_model"), PROCESSES_PER_WORKER, self.max_pixels,
+                                   self.settings.timeout_s + CPU_LIMIT_MARGIN_S)
+        self.classes: list[str] = self.sandboxes.info["classes"]
+        labels = self.bento_model.info.labels
+        self.model_info = ModelInfo(name=model_ref.tag.name, version=labels.get("registry_version", "unknown"),
+                                    open_set_rule=self.sandboxes.info["open_set_rule"])
         self.admission = Admission(self.settings.max_pending, int(self.settings.worker_memory_mb * MB),
-                                   THREADS_PER_WORKER)
-        cv2.setNumThreads(1)  # parallelism comes from workers x threads; OpenCV's own threads would oversubscribe
-        return_big_frees_to_the_os()
+                                   PROCESSES_PER_WORKER)
+        return_big_frees_to_the_os()  # 10 MB bodies
         keep_uploads_in_memory(self.max_bytes)
         self.monitoring_dir = self.settings.monitoring_dir.resolve()
         self.served_model = ServedModel(self.model_info.name, self.model_info.version, str(self.bento_model.tag))
@@ -223,52 +196,39 @@ class ActorService:
         log.info("serving %s version %s (%s)", self.model_info.name, self.model_info.version, self.bento_model.tag)
 
     def __is_ready__(self) -> bool:
-        return self.classifier is not None
+        return self.sandboxes.alive
 
-    def classify_bytes(self, data: bytes, name: str, deadline: float = math.inf,
-                       ) -> tuple[list[FacePrediction], tuple[int, int]]:
-        """Decode untrusted bytes and classify every face; ImageError for anything that is not a usable image,
-        TimedOut when `deadline` (time.monotonic) passes before one of the stages starts."""
-        faces, size = self.classifier.classify_bytes(data, name, self.max_pixels, stage_timer(deadline))
-        for face in faces:
-            FACES.labels(label=face.label).inc()
-        return faces, size
-
-    async def run_classifier(self, data: bytes, name: str, ticket: Ticket,
-                             ) -> tuple[list[FacePrediction], tuple[int, int]]:
-        """classify_bytes on the worker's thread pool, within serve.timeout_s. Busy at once when the photo's
-        decoding does not fit in the worker's memory budget beside the photos in it; TimedOut past the deadline.
-        `ticket`: the request's admission (its upload), held until the work has ended, even after a timeout."""
-        self.admission.grow(ticket, decode_cost(data, self.classifier.decode_side))
-        loop = asyncio.get_running_loop()
-        deadline = time.monotonic() + self.settings.timeout_s
-        work = self.executor.submit(self.timed_classify, data, name, deadline)
-        self.admission.hold(ticket)
-        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self.admission.release, ticket))
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(work), self.settings.timeout_s)
-        except TimeoutError:
-            raise TimedOut from None  # wait_for cancelled the work if no thread had started it
-
-    async def answer(self, data: bytes, name: str, ticket: Ticket,
+    async def answer(self, data: bytes, name: str, ticket: object = None,
                      ) -> tuple[list[FacePrediction], tuple[int, int]] | JSONResponse:
-        """run_classifier, with each way a photo is refused as its JSON error (the same on both routes)."""
+        """The faces and upright size of an uploaded photo, or the JSON error refusing it (the same on every route).
+
+        The photo enters the worker's budget now that its body has arrived (waiting for a slow upload takes no
+        place): by count and by its upload's memory, then, once its photo process has read its header, by what
+        decoding it may take (a 503 when that does not fit). It is decoded and classified in a photo process
+        within serve.timeout_s, or answered 504 with the process killed. (`ticket`: unused; admission no longer
+        starts before the body; /feedback still passes it.)
+        """
         try:
-            return await self.run_classifier(data, name, ticket)
+            admitted = self.admission.admit(UPLOAD_COPIES * len(data))
+        except Busy as err:
+            return busy_response(err)
+        try:
+            classified = await self.sandboxes.classify(data, name, time.monotonic() + self.settings.timeout_s,
+                                                       lambda cost: self.admission.grow(admitted, cost))
         except ImageError as err:
             return error_response(400, str(err))
         except Busy as err:
             return busy_response(err)
         except TimedOut:
             return timed_out_response(self.settings.timeout_s)
-
-    def timed_classify(self, data: bytes, name: str, deadline: float,
-                       ) -> tuple[list[FacePrediction], tuple[int, int]]:
-        start = time.perf_counter()
-        try:
-            return self.classify_bytes(data, name, deadline)
-        finally:  # the work alone (not the wait), for the Retry-After estimate
-            self.admission.observe(time.perf_counter() - start)
+        finally:
+            self.admission.release(admitted)
+        self.admission.observe(sum(classified.stages.values()))
+        for stage, seconds in classified.stages.items():
+            STAGE_SECONDS.labels(stage=stage).observe(seconds)
+        for face in classified.faces:
+            FACES.labels(label=face.label).inc()
+        return classified.faces, classified.size
 
     def record_answer(self, faces: list[FacePrediction], started: float) -> None:
         """Log what a classify route answered (bbt/monitoring/answers.py), since `started` (time.perf_counter)."""
@@ -290,10 +250,10 @@ class ActorService:
 
     @web.post("/classify", response_model=Classification, responses=ERRORS,
               summary="Find every face in a photo and name the actor")
-    async def classify(self, image: PhotoUpload, request: Request) -> Classification | JSONResponse:
+    async def classify(self, image: PhotoUpload) -> Classification | JSONResponse:
         started = time.perf_counter()
         name = f"the uploaded file {image.filename!r}" if image.filename else "the uploaded file"
-        answer = await self.answer(await image.read(), name, request.scope[TICKET])
+        answer = await self.answer(await image.read(), name)
         if isinstance(answer, JSONResponse):
             return answer
         faces, (width, height) = answer
@@ -324,12 +284,12 @@ class ActorService:
             return error_response(400, str(err))
         if len(data) > self.max_bytes:
             return error_response(413, UploadTooLarge(self.max_bytes).detail)
-        answer = await self.answer(data, "the image in 'image_data'", request.scope[TICKET])
+        answer = await self.answer(data, "the image in 'image_data'")
         if isinstance(answer, JSONResponse):
             return answer
         faces, _ = answer
         self.record_answer(faces, started)
-        legacy = [legacy_face(face, self.classifier.classes) for face in faces]
+        legacy = [legacy_face(face, self.classes) for face in faces]
         # The original answered any origin; old pages served from elsewhere depend on it.
         return JSONResponse(legacy, headers={"Access-Control-Allow-Origin": "*"})
 

@@ -1,13 +1,18 @@
 """Upload limits and errors for the HTTP layer: every refusal is a JSON `{"error": ...}` naming the fix.
 
-`UploadLimit` refuses a body over its route's limit before reading it (413) and admits the upload into the
-worker (bbt.serving.admission) before its body is read (503 when full); `JsonErrors` turns BentoML's own plain-text
-errors into JSON.
+`UploadLimit` refuses a body over its route's limit before reading it (413), a body that has not arrived within
+serve.upload_timeout_s (408), and a client with serve.max_uploads_per_client uploads already open in this worker
+(429). An upload takes no place in the worker's budget (bbt.serving.admission) until its body has arrived: the
+route admits it then. `JsonErrors` turns BentoML's own plain-text errors into JSON.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import json
+import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -16,11 +21,14 @@ from fastapi import Request
 from fastapi.exceptions import HTTPException
 from fastapi.responses import JSONResponse
 
-from bbt.serving.admission import MB, Admission, Busy
+from bbt.config import ServeParams
+from bbt.serving.admission import MB, Busy
 
 # An upload is in memory as the body's chunks, the parsed form part and the bytes read from it.
 UPLOAD_COPIES = 3
-TICKET = "bbt.admission_ticket"  # the ASGI scope key of a request's admission ticket
+# The ASGI scope key routes read an admission ticket from: None, since admission starts once the body has arrived
+# (bbt.serving.service.ActorService.answer).
+TICKET = "bbt.admission_ticket"
 # Bodies over the limit are read and thrown away up to this size so the client sees the 413, then closed.
 DRAIN_LIMIT_BYTES = 64 * MB
 
@@ -33,10 +41,10 @@ REJECTED = prometheus_client.Counter(
 
 
 class Limited(Protocol):
-    """What UploadLimit needs from the running service: its limits (from params.yaml) and its admission."""
+    """What UploadLimit needs from the running service: its limits (from params.yaml)."""
 
     upload_limits: dict[str, int]
-    admission: Admission
+    settings: ServeParams
 
 
 class UploadTooLarge(HTTPException):
@@ -45,6 +53,26 @@ class UploadTooLarge(HTTPException):
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"the upload is over the {limit / MB:g} MB limit: send a smaller photo "
                               "(resize or re-export it as JPEG)")
+
+
+class UploadTimedOut(HTTPException):
+    """Raised while the body streams in, once serve.upload_timeout_s has passed since the request started."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(408, f"the upload did not arrive within the service's {timeout_s:g} s: send the photo "
+                              "again on a faster connection, or a smaller photo")
+
+
+def client_address(scope: dict) -> str:
+    """Who sent a request: its peer's address, or the X-Real-IP that the nginx on this machine sets (a header is
+    trusted only from a loopback peer, so a remote client cannot pick its own address)."""
+    host = (scope.get("client") or ("unknown", 0))[0]
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    forwarded = dict(scope.get("headers", [])).get(b"x-real-ip") if loopback else None
+    return forwarded.decode("latin-1").strip() if forwarded else host
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -73,9 +101,10 @@ def field_missing_message(request: Request) -> tuple[int, str]:
 
 
 class UploadLimit:
-    """ASGI middleware refusing request bodies over the route's limit with a 413, without buffering them, and
-    uploads a full worker cannot take (by count, or by memory for the body) with a 503 before reading them.
-    An admitted upload's ticket (bbt.serving.admission) is in the scope, for the route to grow by the decoding's cost.
+    """ASGI middleware for the upload routes: a body over the route's limit is refused with a 413 without being
+    buffered, a body still arriving serve.upload_timeout_s after its request started with a 408, and a client
+    (by address) that already has serve.max_uploads_per_client requests open in this worker with a 429. Nothing
+    here admits a photo into the worker's budget: waiting for a slow body costs a connection, not a place.
 
     `service()` gives the running service, whose limits come from params.yaml when it starts.
     """
@@ -83,6 +112,7 @@ class UploadLimit:
     def __init__(self, app: Any, service: Callable[[], Limited]) -> None:
         self.app = app
         self.service = service
+        self.open_uploads: Counter[str] = Counter()  # per client address, in this worker
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         limit = None
@@ -90,43 +120,59 @@ class UploadLimit:
             limit = self.service().upload_limits.get(scope["path"])
         if limit is None:
             return await self.app(scope, receive, send)
+        settings = self.service().settings
+        deadline = time.monotonic() + settings.upload_timeout_s
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             if int(declared) <= DRAIN_LIMIT_BYTES:
-                await self._drain(receive)
+                await self._drain(receive, deadline)
             return await error_response(413, UploadTooLarge(limit).detail)(scope, receive, send)
-        admission = self.service().admission
-        body_bytes = int(declared) if declared is not None and declared.isdigit() else limit
-        try:
-            ticket = admission.admit(UPLOAD_COPIES * body_bytes)
-        except Busy as busy:
-            await self._drain(receive)
-            return await busy_response(busy)(scope, receive, send)
-        scope[TICKET] = ticket
-        received = 0
+        client = client_address(scope)
+        if self.open_uploads[client] >= settings.max_uploads_per_client:
+            refused = error_response(
+                429, f"{client} already has {self.open_uploads[client]} uploads open in this worker (the most one "
+                     "client may have): wait for their answers, then retry", {"Retry-After": "1"})
+            await self._drain(receive, deadline)
+            return await refused(scope, receive, send)
+        scope[TICKET] = None
+        received, body_done = 0, False
 
         async def counted() -> dict:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done
+            if body_done:  # after the body, the app waits for the client's disconnect: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    message = await receive()
+            except TimeoutError:
+                raise UploadTimedOut(settings.upload_timeout_s) from None
             received += len(message.get("body", b""))
+            body_done = message["type"] != "http.request" or not message.get("more_body")
             if received > limit:  # a chunked body that never declared its length
                 raise UploadTooLarge(limit)
             return message
 
+        self.open_uploads[client] += 1
         try:
             await self.app(scope, counted, send)
         finally:
-            admission.release(ticket)
+            self.open_uploads[client] -= 1
+            if not self.open_uploads[client]:
+                del self.open_uploads[client]
 
     @staticmethod
-    async def _drain(receive: Any) -> None:
-        """Read and drop the body (so the client reads the answer), up to DRAIN_LIMIT_BYTES."""
+    async def _drain(receive: Any, deadline: float) -> None:
+        """Read and drop the body (so the client reads the answer), up to DRAIN_LIMIT_BYTES and the deadline."""
         drained = 0
-        while drained <= DRAIN_LIMIT_BYTES:
-            message = await receive()
-            drained += len(message.get("body", b""))
-            if message["type"] != "http.request" or not message.get("more_body"):
-                return
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                while drained <= DRAIN_LIMIT_BYTES:
+                    message = await receive()
+                    drained += len(message.get("body", b""))
+                    if message["type"] != "http.request" or not message.get("more_body"):
+                        return
+        except TimeoutError:
+            return
 
 
 class JsonErrors:

@@ -25,6 +25,9 @@ DEFAULT_MAX_PIXELS = MAX_PIXELS
 MAX_JPEG_SCANS = 100
 # In entropy-coded data a 0xFF byte is followed by 0x00 (stuffing) or a restart marker; anything else is a marker.
 NEXT_MARKER = re.compile(rb"\xff(?![\x00\xd0-\xd7\xff])")
+# Between segments libjpeg skips stray bytes and 0xFF fill bytes up to the next marker code: a byte that is neither
+# 0x00 nor 0xFF after a 0xFF. (A look-behind, not `\xff+(.)`, so a run of fill bytes is scanned once.)
+MARKER_CODE = re.compile(rb"(?<=\xff)[^\x00\xff]")
 
 # The most memory decoding takes per decoded pixel, in any mode (benchmarks/memory.py measures it): Pillow's
 # 4-byte pixels (twice while a mode is converted), the 3-byte array and the BGR copy.
@@ -74,6 +77,10 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
     """
     if not data:
         raise ImageError(f"{name} is empty: send the bytes of a {SUPPORTED_FOR_PEOPLE} photo")
+    declared = webp_size(data)  # Pillow allocates a WebP's whole canvas when it opens the file: check it first
+    if declared is not None and declared[0] * declared[1] > max_pixels:
+        raise ImageError(f"{name} is {declared[0]}x{declared[1]} ({declared[0] * declared[1] / 1e6:.1f} megapixels), "
+                         f"over the {max_pixels / 1e6:.0f} megapixel limit: resize it before uploading")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -82,6 +89,8 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
         raise ImageError(
             f"{name} is not a recognised image: send a {SUPPORTED_FOR_PEOPLE} photo"
         ) from None
+    except MemoryError:
+        raise  # a memory cap (bbt.serving.sandbox), not a bad file
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             f"{name} is larger than {max_pixels / 1e6:.0f} megapixels: resize it before uploading"
@@ -121,7 +130,7 @@ def decode_photo(data: bytes, name: str = "upload", max_pixels: int = DEFAULT_MA
                 image.info.pop("exif", None)  # else exif_transpose re-writes the block, which may fail to write
                 ImageOps.exif_transpose(image, in_place=True)  # in place: a copy would double the photo's memory
             return Photo(_to_bgr(image), (int(size[0]), int(size[1])))
-        except ImageError:
+        except (ImageError, MemoryError):
             raise
         except Exception as err:
             raise ImageError(
@@ -142,6 +151,9 @@ def exif_orientation(image: Image.Image) -> int:
 def decode_cost(data: bytes, min_side: int = 0) -> int:
     """The most memory (bytes) decode_photo can take for `data`, from its header alone; 0 when the header
     cannot be read (decoding then fails before allocating anything)."""
+    declared = webp_size(data)
+    if declared is not None:  # read here: Pillow's open would allocate the canvas
+        return declared[0] * declared[1] * peak_bytes_per_pixel("WEBP")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -149,9 +161,26 @@ def decode_cost(data: bytes, min_side: int = 0) -> int:
                 _reduce_jpeg(image, min_side)
                 width, height = image.size
                 per_pixel = peak_bytes_per_pixel(image.format)
+    except MemoryError:
+        raise
     except Exception:  # noqa: BLE001 - any header Pillow cannot read is refused by decode_photo at once
         return 0
     return width * height * per_pixel
+
+
+def webp_size(data: bytes) -> tuple[int, int] | None:
+    """The canvas size a WebP file declares, read from its first chunk (VP8X, VP8 or VP8L); None for other bytes."""
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # 24-bit canvas width - 1 and height - 1
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8 ":  # after the frame tag and start code: 14-bit width and height
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L":  # after the signature byte: 14-bit width - 1, 14-bit height - 1
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
 
 
 def peak_bytes_per_pixel(image_format: str | None = None) -> int:
@@ -196,22 +225,22 @@ def jpeg_arithmetic(data: bytes) -> bool:
 
 
 def _jpeg_markers(data: bytes) -> Iterator[int]:
-    """The markers of a JPEG's first image, in order, up to its end (EOI) or the first byte out of place."""
+    """The markers of a JPEG's first image, in order, up to its end (EOI), walked as libjpeg reads them: stray
+    bytes and fill bytes between segments are skipped, so they hide no scan from the count."""
     i, end = 2, len(data)
-    while i + 4 <= end:
-        if data[i] != 0xFF:
-            return  # not a marker where one must be: the decoder will say what is wrong
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
+    while True:
+        found = MARKER_CODE.search(data, i)
+        if found is None:
+            return
+        marker, i = data[found.start()], found.end()
         if marker == 0xD9:  # end of image
             return
         yield marker
-        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
-            i += 2
+        if 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
             continue
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        if i + 2 > end:
+            return
+        i += int.from_bytes(data[i:i + 2], "big")
         if marker == 0xDA:  # start of scan: its entropy-coded data runs to the next marker
             found = NEXT_MARKER.search(data, i)
             if found is None:

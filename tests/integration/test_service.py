@@ -3,26 +3,24 @@ through the ASGI app without a server."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import io
 import math
 import os
-import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
 from bbt.config import load_params
 from bbt.vision.faces import Box
-from bbt.vision.images import ImageError
 from tests.conftest import Project
 
 pytestmark = pytest.mark.integration
@@ -40,11 +38,14 @@ def service(trained_project: Project) -> Iterator[object]:
     previous = os.getcwd()
     os.chdir(trained_project.root)
     BentoMLContainer.model_store.set(ModelStore(trained_project.bentoml_home / "models"))
+    instance = None
     try:
         instance = ActorService()
         set_current_service(instance)
         yield instance
     finally:
+        if instance is not None:
+            instance.sandboxes.close()
         set_current_service(None)
         BentoMLContainer.model_store.reset()
         os.chdir(previous)
@@ -82,7 +83,7 @@ def test_loads_the_champion_once_with_its_registry_version(service, trained_proj
     assert service.model_info.name == register.model_name
     assert service.model_info.version == str(champion.version)
     assert service.__is_ready__()
-    assert service.classifier.classes == ["howard", "leonard", "raj", "sheldon"]
+    assert service.classes == ["howard", "leonard", "raj", "sheldon"]
     # The detector settings are the ones the model was trained with (stored in its MLflow metadata), not the
     # fallback of a model that stored none (Haar, full-size decoding).
     from mlflow.models import Model
@@ -91,22 +92,30 @@ def test_loads_the_champion_once_with_its_registry_version(service, trained_proj
 
     local = mlflow.artifacts.download_artifacts(champion.source, tracking_uri=trained_project.tracking_uri)
     trained = DetectorSettings.from_metadata(Model.load(f"{local}/MLmodel").metadata["detector"])
-    assert service.classifier.detector.settings == trained
+    assert DetectorSettings(**service.sandboxes.info["detector"]) == trained
     assert trained == DetectorSettings.of(load_params(trained_project.root / "params.yaml").clean)
     assert (trained.detector, trained.decode_side) != ("haar", 0)
 
 
-def test_classify_bytes_finds_and_names_the_face(service, trained_project: Project) -> None:
+def answer(service: object, data: bytes) -> tuple[list, tuple[int, int]] | object:
+    """The service's answer for a photo's bytes, as the routes get it (classified in a photo process)."""
+    return asyncio.run(service.answer(data, "photo"))
+
+
+def test_a_photo_is_classified_in_a_photo_process(service, trained_project: Project) -> None:
     data, label, box = reviewed_face(trained_project)
-    faces, (width, height) = service.classify_bytes(data, "photo")
+    faces, (width, height) = answer(service, data)
     assert (width, height) == Image.open(io.BytesIO(data)).size
     best = max(faces, key=lambda f: f.box.iou(box))
     assert best.box.iou(box) >= 0.5 and best.label == label
+    # The worker never loaded the model: the photo processes' warm parent did, and forked them.
+    workers = psutil.Process(service.sandboxes.zygote.pid).children()
+    assert len(workers) == service.sandboxes.processes
 
 
-def test_classify_bytes_refuses_what_is_not_an_image(service) -> None:
-    with pytest.raises(ImageError, match="not a recognised image"):
-        service.classify_bytes(b"hello", "notes.txt")
+def test_what_is_not_an_image_is_refused(service) -> None:
+    refused = answer(service, b"hello")
+    assert refused.status_code == 400 and b"photo is not a recognised image" in refused.body
 
 
 def test_routes_in_process(client: TestClient, trained_project: Project) -> None:
@@ -154,83 +163,61 @@ def test_a_full_worker_answers_503_with_retry_after_and_recovers(service, client
     assert admission.pending == 0 and admission.reserved == 0
 
 
-@dataclass
-class Hold:
-    """Photos wait at the start of face detection until `release` is set; `entered` is set once one waits there
-    (its decoding's memory is reserved by then)."""
-
-    release: threading.Event = field(default_factory=threading.Event)
-    entered: threading.Event = field(default_factory=threading.Event)
-
-
 @contextmanager
-def held_in_detect(service: object) -> Iterator[Hold]:
-    hold = Hold()
-    original = service.classifier.detect
-
-    def detect(photo, timed):
-        hold.entered.set()
-        hold.release.wait(60)
-        return original(photo, timed)
-
-    service.classifier.detect = detect
+def another_photo_holding(service: object, reserved: int) -> Iterator[None]:
+    """As if another photo were in the worker, holding `reserved` bytes of its budget."""
+    admission = service.admission
+    admission.pending, admission.reserved = 1, reserved
     try:
-        yield hold
+        yield
     finally:
-        hold.release.set()
-        del service.classifier.detect
-        deadline = time.monotonic() + 60
-        while service.admission.pending and time.monotonic() < deadline:  # the held photos finish
-            time.sleep(0.05)
+        admission.pending, admission.reserved = 0, 0
 
 
 def test_photos_past_the_worker_memory_budget_get_503(service, client: TestClient,
                                                       trained_project: Project) -> None:
-    """Each photo reserves its upload (before the body is read) and its decoding's most memory (once its header
-    is read); one that does not fit beside the photos in the worker is refused, and nothing stays reserved."""
+    """Each photo reserves its upload once its body has arrived, and what its decoding may take once its photo
+    process has read its header; one that does not fit beside the photos in the worker is refused."""
     from bbt.serving.upload_limits import UPLOAD_COPIES
-    from bbt.vision.images import decode_cost
 
     data, _, _ = reviewed_face(trained_project)
     budget = service.admission.memory_bytes
-    try:
-        with held_in_detect(service) as hold, ThreadPoolExecutor(1) as pool:
-            first = pool.submit(client.post, "/classify", files={"image": ("a.jpg", data)})
-            assert hold.entered.wait(60), "the first photo never reached detection"
-            held = service.admission.reserved
-            assert held > UPLOAD_COPIES * len(data) + decode_cost(data, service.classifier.decode_side)
-            # Room for the second photo's upload, not for its decoding: refused once its header is read.
-            service.admission.memory_bytes = held + UPLOAD_COPIES * (len(data) + 4096)
-            decoding = client.post("/classify", files={"image": ("b.jpg", data)})
-            # No room even for the upload: refused before its body is read.
-            service.admission.memory_bytes = held
-            upload = client.post("/classify", files={"image": ("c.jpg", data)})
-            hold.release.set()
-            assert first.result().status_code == 200
-    finally:
-        service.admission.memory_bytes = budget
+    body = UPLOAD_COPIES * len(data)
+    # Room for its upload, not for its decoding: refused once its header is read (in its process).
+    with another_photo_holding(service, budget - body - 1024):
+        decoding = client.post("/classify", files={"image": ("b.jpg", data)})
+    # No room even for the upload: refused before it reaches a photo process.
+    with another_photo_holding(service, budget - body + 1):
+        upload = client.post("/classify", files={"image": ("c.jpg", data)})
     for refused in (decoding, upload):
         assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
         assert refused.json()["error"].startswith("the service is busy (the photos in this worker already hold ")
     assert service.admission.pending == 0 and service.admission.reserved == 0
+    assert client.post("/classify", files={"image": ("a.jpg", data)}).status_code == 200
 
 
-def test_a_photo_past_its_timeout_gets_504_and_its_work_stops(service, client: TestClient,
-                                                             trained_project: Project, monkeypatch) -> None:
-    """The answer comes at serve.timeout_s; the photo's work, still running then, stops at its next stage and
-    holds its memory until it has."""
-    data, _, _ = reviewed_face(trained_project)
+def test_a_photo_past_its_timeout_gets_504_and_its_work_is_killed(service, client: TestClient,
+                                                                 monkeypatch) -> None:
+    """A JPEG with 10 MB of fill bytes before its scan takes seconds of parsing: answered at serve.timeout_s, its
+    photo process killed then (no work outlives the answer) and replaced, and its memory released."""
+    from tests.bombs import fill_bomb
+    from tests.unit.serving.test_sandbox import cpu_seconds
+
     monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, timeout_s=1))
-    decided = []
-    monkeypatch.setattr(service.classifier.model, "decide", lambda *args: decided.append(args))
-    with held_in_detect(service) as hold:
-        late = client.post("/classify", files={"image": ("a.jpg", data)})
-        assert service.admission.pending == 1  # still detecting
-        hold.release.set()
+    before = {p.pid for p in psutil.Process(service.sandboxes.zygote.pid).children()}
+    started = time.monotonic()
+    late = client.post("/classify", files={"image": ("bomb.jpg", fill_bomb())})
+    assert time.monotonic() - started < 2 + 1  # its upload, then timeout_s + 1 s
     assert late.status_code == 504
     assert late.json() == {"error": "classifying the photo took longer than the service's 1 s limit, so it was "
                                     "stopped: retry later, or send a smaller photo"}
-    assert decided == [] and service.admission.reserved == 0
+    assert service.admission.pending == 0 and service.admission.reserved == 0
+    time.sleep(1)
+    processes = psutil.Process(service.sandboxes.zygote.pid).children()
+    assert {p.pid for p in processes} != before and len(processes) == service.sandboxes.processes
+    used = cpu_seconds(processes)
+    time.sleep(1)
+    assert cpu_seconds(processes) - used < 0.2
 
 
 def test_the_learned_threshold_travels_with_the_model(service, trained_project: Project) -> None:
@@ -238,10 +225,10 @@ def test_the_learned_threshold_travels_with_the_model(service, trained_project: 
     import json
 
     learned = json.loads((trained_project.root / "artifacts/model/model.json").read_text())["open_set"]
-    assert service.classifier.model.rule == learned["rule"] == service.model_info.open_set_rule
-    assert service.classifier.model.threshold == learned["threshold"]
+    assert service.sandboxes.info["open_set_rule"] == learned["rule"] == service.model_info.open_set_rule
+    assert service.sandboxes.info["threshold"] == learned["threshold"]
     data, _, box = reviewed_face(trained_project, status="stranger", split="test")
-    faces, _ = service.classify_bytes(data, "photo")
+    faces, _ = answer(service, data)
     stranger = max(faces, key=lambda f: f.box.iou(box))
     assert stranger.box.iou(box) >= 0.5 and stranger.label == "unknown"
     assert stranger.distance > stranger.threshold == round(learned["threshold"], 4)

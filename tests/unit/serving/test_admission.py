@@ -26,17 +26,6 @@ def test_photos_are_admitted_up_to_the_count_and_the_memory_and_released() -> No
     assert admission.pending == 0 and admission.reserved == 0
 
 
-def test_a_ticket_is_freed_when_its_last_holder_releases_it() -> None:
-    """A request that timed out releases its ticket; the work still running holds the memory until it ends."""
-    admission = Admission(max_pending=4, memory_bytes=100 * MB, threads=2)
-    ticket = admission.admit(10 * MB)
-    admission.hold(ticket)  # the work
-    admission.release(ticket)  # the request
-    assert admission.pending == 1 and admission.reserved == 10 * MB
-    admission.release(ticket)
-    assert admission.pending == 0 and admission.reserved == 0
-
-
 def test_an_idle_worker_takes_a_photo_larger_than_its_budget() -> None:
     """Params validation checks that the largest photo the limits admit fits the budget; an idle worker never
     refuses a photo, so a client is not told to retry what can never fit."""

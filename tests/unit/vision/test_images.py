@@ -228,3 +228,36 @@ def test_a_rotated_photo_is_turned_even_when_pillow_cannot_rewrite_its_exif_bloc
              b"\0\0\0\0")
     photo = decode_photo(encode(gradient(40, 30), "PNG", exif=b"Exif\0\0" + block))
     assert photo.size == (30, 40) and photo.image.shape == (40, 30, 3)
+
+
+@pytest.mark.parametrize("junk", [b"\x00", b"\xff" * 64, b"\x00\x13\x37", b"\xff\x00\xff\x00"])
+def test_stray_and_fill_bytes_between_segments_hide_no_scan(junk: bytes) -> None:
+    """Issue 26: libjpeg skips stray bytes and 0xFF fill before a marker and decodes every scan after them, so the
+    scan walk steps over them too; a 0x00 before the first scan used to make it count none."""
+    from bbt.vision.images import MAX_JPEG_SCANS, jpeg_scans
+
+    progressive = encode(gradient(200, 150), "JPEG", progressive=True)
+    first = progressive.index(b"\xff\xda")
+    padded = progressive[:first] + junk + progressive[first:]
+    assert jpeg_scans(padded) == jpeg_scans(progressive) >= 2
+    assert decode_image(padded).shape == (150, 200, 3)  # libjpeg reads it, so it is a photo, not an error
+    last = padded.rindex(b"\xff\xda")
+    bomb = padded[:last] + (junk + padded[last:-2]) * (MAX_JPEG_SCANS + 1) + padded[-2:]
+    assert jpeg_scans(bomb) > MAX_JPEG_SCANS
+    with pytest.raises(ImageError, match="more than 100 scans"):
+        decode_image(bomb, "bomb.jpg")
+
+
+
+@pytest.mark.parametrize("options", [{"lossless": False}, {"lossless": True}, {"exif": b"Exif\x00\x00MM\x00\x2a"}],
+                         ids=["VP8", "VP8L", "VP8X"])
+def test_a_webps_size_is_read_without_opening_it(options: dict) -> None:
+    """Pillow allocates a WebP's whole canvas when it opens one, so its size (and cost) is read from the bytes."""
+    from bbt.vision.images import decode_cost, webp_size
+
+    data = encode(gradient(301, 157), "WEBP", **options)
+    assert webp_size(data) == (301, 157) == Image.open(io.BytesIO(data)).size
+    assert decode_cost(data) == 301 * 157 * 19
+    assert webp_size(encode(gradient(), "PNG")) is None
+    with pytest.raises(ImageError, match=r"big.webp is 301x157 \(0.0 megapixels\), over the 0 megapixel limit"):
+        decode_photo(data, "big.webp", max_pixels=301 * 157 - 1)
