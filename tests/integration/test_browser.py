@@ -245,8 +245,10 @@ def test_crowded_photos_read_on_a_desktop_and_a_phone(page, bento_server: Server
             page.set_input_files("#file", str(photo))
             page.wait_for_selector("#stage[data-tags]", timeout=60_000)
             layout = assert_readable(page)
-            assert len(layout["rows"]) >= 5 and any(row["lines"] == 2 for row in layout["rows"])
             answers = {row["answer"] for row in layout["rows"]}
+            assert len(layout["rows"]) >= 5
+            # "not one of the four" breaks once in a narrow column, never twice (assert_readable).
+            assert "not one of the four" not in answers or any(row["lines"] == 2 for row in layout["rows"])
             if "can't tell" in answers:  # the small faces: drawn apart, counted apart, said why
                 assert page.locator(".box.cant-tell").count() == sum(r["answer"] == "can't tell"
                                                                      for r in layout["rows"])
