@@ -277,7 +277,7 @@ def test_the_units_memory_limits_follow_the_instance_type(aws: boto3.Session, ar
     assert "MemoryMax=3481M" in render_unit("bbt:abc"), "t3.medium, the default: 4 GiB"
     deployment_id, _ = deploy(aws, archive, instance_type="m5.large")
     unit = user_data_of(aws, deployment_id)
-    assert "MemoryMax=6963M" in unit and "MemoryHigh=6266M" in unit, "8 GiB, looked up with DescribeInstanceTypes"
+    assert "MemoryMax=6963M" in unit and "MemoryHigh=6614M" in unit, "8 GiB, looked up with DescribeInstanceTypes"
     deployment_id, _ = deploy(aws, archive, memory_max_mib=1500)
     assert "MemoryMax=1500M" in user_data_of(aws, deployment_id)
     before = find_deployments(aws)
@@ -455,7 +455,7 @@ def test_systemd_rates_the_unit_ok_or_better(tmp_path: Path) -> None:
 def test_the_unit_bounds_memory_tasks_and_privileges() -> None:
     lines = dict(line.split("=", 1) for line in render_unit("bbt:abc", memory=MemoryLimits.of_max(3000)).splitlines()
                  if "=" in line and not line.startswith("#"))
-    assert (lines["MemoryMax"], lines["MemoryHigh"], lines["OOMPolicy"]) == ("3000M", "2700M", "stop")
+    assert (lines["MemoryMax"], lines["MemoryHigh"], lines["OOMPolicy"]) == ("3000M", "2850M", "stop")
     assert int(lines["TasksMax"]) >= 64
     assert (lines["ProtectSystem"], lines["ReadWritePaths"]) == ("strict", "/var/lib/bbt"), "BENTOML_HOME is in it"
     assert lines["CapabilityBoundingSet"] == "" and lines["NoNewPrivileges"] == "true"
