@@ -83,10 +83,11 @@ class PhotoProcess:
 
 
 def face_from_dict(raw: dict[str, Any]) -> FacePrediction:
+    """A face as its photo process sent it (FacePrediction.as_dict), every field back."""
     return FacePrediction(Box(**{k: int(v) for k, v in raw["box"].items()}), str(raw["label"]),
                           str(raw["closest_actor"]), float(raw["confidence"]),
                           {str(k): float(v) for k, v in raw["probabilities"].items()},
-                          float(raw["distance"]), float(raw["threshold"]))
+                          float(raw["distance"]), float(raw["threshold"]), str(raw.get("reason", "")))
 
 
 class Sandboxes:

@@ -6,6 +6,7 @@ The processes run the real decode and a stand-in classifier (sandbox_work.py), s
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -13,8 +14,11 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from bbt import CANT_TELL, UNKNOWN
+from bbt.model.predict import FacePrediction
 from bbt.serving.admission import Busy
-from bbt.serving.sandbox import HEADER_BYTES, Sandboxes, TimedOut
+from bbt.serving.sandbox import HEADER_BYTES, Sandboxes, TimedOut, face_from_dict
+from bbt.vision.faces import Box
 from bbt.vision.images import ImageError
 from tests.bombs import exif_bomb, fill_bomb, jpeg
 
@@ -144,3 +148,10 @@ def test_a_process_that_has_grown_retires_after_its_answer() -> None:
         assert len(seen) == 3
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("label", ["raj", UNKNOWN, CANT_TELL])
+def test_a_face_comes_back_from_its_process_whole(label: str) -> None:
+    face = FacePrediction(Box(3, 4, 20, 21), label, "raj", 0.61, {"howard": 0.1, "raj": 0.61}, 0.5432, 0.538,
+                          "face 20 px wide: the model judges faces from 28 px" if label == CANT_TELL else "")
+    assert face_from_dict(json.loads(json.dumps(face.as_dict()))) == face
