@@ -121,8 +121,9 @@ class Sandboxes:
             raise ModelError(f"the photo processes' parent could not load the model: {hello['error']}")
         self.info: dict[str, Any] = hello["ready"]
         if self.info.get("threads", 1) != 1:
-            log.warning("the photo processes' parent runs %s threads; forking it copies only one",
+            log.warning("the photo processes' parent runs %s Python threads; forking it copies only one",
                         self.info["threads"])
+        log.debug("the photo processes' parent runs %s threads in all", self.info.get("native_threads"))
         self._control.settimeout(None)
         self._fork_lock = threading.Lock()
         self._idle = [self._fork() for _ in range(processes)]

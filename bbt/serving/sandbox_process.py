@@ -30,6 +30,7 @@ import signal
 import socket
 import struct
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -227,7 +228,9 @@ def describe(work: PhotoWork) -> dict[str, Any]:
     return {"classes": list(getattr(work, "classes", [])), "open_set_rule": getattr(model, "rule", ""),
             "threshold": getattr(model, "threshold", None), "decode_side": work.decode_side,
             "detector": dataclasses.asdict(detector.settings) if detector is not None else None,
-            "threads": len(os.listdir("/proc/self/task"))}
+            # Python threads could hold a lock a fork copies held; the libraries' own idle native helpers (dlib's
+            # and onnxruntime's, one each) are only counted.
+            "threads": threading.active_count(), "native_threads": len(os.listdir("/proc/self/task"))}
 
 
 def zygote(control_fd: int, factory: str, argument: str, cpu_seconds: float,
