@@ -36,7 +36,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # tests.bombs
 
-from load import free_port, photos, start_server, stop_server, wait_ready
+from load import free_port, photos, start_server, stop_server, tree_cpu, wait_ready
 
 from tests.bombs import exif_bomb, fill_bomb, hidden_scan_bomb
 
@@ -154,19 +154,6 @@ def largest_photos(url: str, pid: int, uploads: list[tuple[str, bytes]]) -> dict
             "other": len(statuses) - statuses.count(200) - statuses.count(503) - statuses.count(429)}
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU time used so far by a server and every process it started (BentoML's workers and their photo
-    processes run in process groups of their own, so the tree, not the group)."""
-    total = 0.0
-    for process in tree(pid):
-        try:
-            times = process.cpu_times()
-            total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 def readyz_under_bombs(url: str, pid: int, bombs: list[tuple[str, bytes]], seconds: float) -> dict[str, float]:
     """Clients send bombs without pause while /readyz is probed; then how long the slowest bomb took to answer,
     and the server's CPU in the second that starts 1 s after the last answer (issue 26: idle by then)."""
@@ -204,13 +191,13 @@ def readyz_under_bombs(url: str, pid: int, bombs: list[tuple[str, bytes]], secon
     for thread in threads:
         thread.join()
     time.sleep(1)
-    used = tree_cpu_seconds(pid)
+    used = tree_cpu(pid)
     time.sleep(1)
     return {"probes": len(latencies), "failed": failures, "p50": float(np.percentile(latencies, 50)),
             "p99": float(np.percentile(latencies, 99)), "max": max(latencies), "bombs": len(statuses),
             "bomb_503": statuses.count(503), "bomb_504": statuses.count(504),
             "bomb_other_5xx": sum(s >= 500 and s not in (503, 504) for s in statuses), "slowest_answer": max(answered),
-            "cpu_1s_after": tree_cpu_seconds(pid) - used}
+            "cpu_1s_after": tree_cpu(pid) - used}
 
 
 def report(what: str, figures: dict[str, float], show: Callable[[str, float], str]) -> None:
