@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import boto3
 import boto3.exceptions
 import botocore.exceptions
+import botocore.loaders
+import botocore.session
 
 from bbt.deploy import DeployError
 
@@ -31,14 +34,26 @@ HINTS = {
 }
 
 
+@functools.cache
+def _service_models() -> botocore.loaders.Loader:
+    """One loader per process: each session would otherwise parse botocore's service models (megabytes of JSON)
+    again, and a fleet rollout or a test run opens many."""
+    return botocore.loaders.create_loader()
+
+
 def aws_session(region: str | None = None, profile: str | None = None) -> boto3.Session:
     """A boto3 session with a region and credentials, or a DeployError saying how to provide them."""
+    loader = _service_models()
     try:
-        session = boto3.Session(region_name=region, profile_name=profile)
+        core = botocore.session.Session(profile=profile)
+        core.register_component("data_loader", loader)
+        session = boto3.Session(botocore_session=core, region_name=region)
+        region_name = session.region_name
     except botocore.exceptions.ProfileNotFound:
         raise DeployError(f"AWS profile {profile!r} is not in ~/.aws/config or ~/.aws/credentials: "
                           "create it with `aws configure --profile NAME` or drop --profile") from None
-    if not session.region_name:
+    loader.search_paths[:] = dict.fromkeys(loader.search_paths)  # boto3 appends its own folder per session
+    if not region_name:
         raise DeployError("no AWS region: pass --region (e.g. --region eu-west-1), or set AWS_REGION / "
                           "AWS_DEFAULT_REGION, or `region` in ~/.aws/config")
     if session.get_credentials() is None:
