@@ -86,3 +86,10 @@ def test_the_shared_warm_parent_ends_with_the_supervisor() -> None:
     os.kill(supervisor.pid, signal.SIGKILL)
     supervisor.wait()
     wait_for(lambda: not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in processes), 5)
+
+
+def test_a_worker_imports_no_model_library() -> None:
+    """What a new worker imports is its start-up: the model's libraries stay in the warm parent."""
+    imported = subprocess.run([sys.executable, "-c", "import sys, bbt.serving.service; print(' '.join(sys.modules))"],
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert not {"sklearn", "scipy", "pandas", "mlflow", "onnxruntime", "dlib"} & set(imported)
