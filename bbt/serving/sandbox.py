@@ -120,7 +120,12 @@ class Sandboxes:
         shared_parent = shared_parent if shared_parent is not None else os.environ.get(SHARED_PARENT_ENV)
         if shared_parent:  # the service's, which the supervisor started (bbt/serving/supervisor.py)
             self._control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            self._control.connect(abstract_address(shared_parent))
+            try:
+                self._control.connect(abstract_address(shared_parent))
+            except OSError as err:
+                self._control.close()
+                raise ModelError(f"the service's photo processes' parent ({shared_parent}) is not running ({err}): "
+                                 "restart the service") from None
         else:  # a parent of its own (tests, benchmarks, a service not started by `bentoml serve`)
             self._control, theirs = socket.socketpair()
             self.zygote = start_warm_parent(factory, argument, connection=theirs)

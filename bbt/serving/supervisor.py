@@ -64,7 +64,7 @@ def supervise(photo_work: PhotoWork | None = None, check_delay_s: float = CHECK_
             workers = [watcher for watcher in watchers if watcher.name == WORKERS_WATCHER]
             try:
                 work = type(self).photo_work() if workers and type(self).photo_work is not None else None
-            except Exception:  # noqa: BLE001 - the workers then start warm parents of their own, as before
+            except Exception:  # the workers then start warm parents of their own, as before
                 log.exception("could not tell what the service's warm parent loads; each worker starts its own")
                 work = None
             if work is not None:

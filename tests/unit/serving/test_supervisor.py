@@ -24,7 +24,7 @@ STAND_IN = ("tests.unit.serving.sandbox_work:one_face", "0")
 def test_the_arbiter_bentoml_serve_makes_after_importing_the_service_checks_every_second() -> None:
     from bentoml._internal.utils.circus import create_standalone_arbiter
 
-    import bbt.serving.service  # noqa: F401 - what `bentoml serve` imports before it makes the arbiter
+    import bbt.serving.service  # what `bentoml serve` imports before it makes the arbiter
     from bbt.serving.supervisor import CHECK_DELAY_S, supervise
 
     assert CHECK_DELAY_S <= 1
