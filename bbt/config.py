@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NoReturn, TypeVar
 
 import yaml
 
 from bbt import MAX_PIXELS, reads
 from bbt.errors import ConfigError
-from bbt.model.candidates import FAMILIES
 from bbt.model.feature_sets import FEATURE_SETS
-from bbt.model.openset import OBJECTIVES, RULES
 from bbt.vision.faces import DETECTORS, DetectorSettings
 from bbt.vision.images import peak_bytes_per_pixel
 
@@ -194,10 +193,19 @@ def _section(cls: type[T], raw: Any, name: str, source: Path) -> T:
     return cls(**values)
 
 
+def _failure(source: str | Path) -> Callable[[str, str], NoReturn]:
+    def fail(key: str, why: str) -> NoReturn:
+        raise ConfigError(f"{source}: {key} {why}")
+    return fail
+
+
 def validate(params: Params, source: str | Path) -> None:
     """A ConfigError naming the key and the fix for the first value params.yaml may not hold."""
-    def fail(key: str, why: str) -> None:
-        raise ConfigError(f"{source}: {key} {why}")
+    # The search's registries import scikit-learn: only here, so that a serving worker (load_serve_params) does not.
+    from bbt.model.candidates import FAMILIES
+    from bbt.model.openset import OBJECTIVES, RULES
+
+    fail = _failure(source)
 
     def choices(key: str, chosen: tuple[str, ...], allowed: tuple[str, ...], what: str) -> None:
         if not chosen:
@@ -241,26 +249,7 @@ def validate(params: Params, source: str | Path) -> None:
         fail("audit.feature_set", f"{params.audit.feature_set!r} is unknown; choose from {tuple(FEATURE_SETS)}")
     if params.audit.folds < 2 or params.audit.repeats < 1:
         fail("audit.folds/repeats", "must be at least 2 (folds) and 1 (repeats)")
-    if params.serve.max_upload_mb <= 0 or params.serve.max_megapixels <= 0:
-        fail("serve.max_upload_mb/max_megapixels", "must be positive")
-    if params.serve.max_pending < 1:
-        fail("serve.max_pending", "must be at least 1 (photos classified or waiting, per worker process)")
-    largest = largest_photo_mb(params.serve)
-    if params.serve.worker_memory_mb < largest:
-        fail("serve.worker_memory_mb", f"must hold at least one photo at the limits ({largest:.0f} MB for "
-                                       f"{params.serve.max_megapixels:g} megapixels and a "
-                                       f"{params.serve.max_upload_mb:g} MB upload): raise it or lower them")
-    if not 1 <= params.serve.timeout_s <= SERVER_TIMEOUT_S - 10:
-        fail("serve.timeout_s", f"must be between 1 and {SERVER_TIMEOUT_S - 10} seconds (a photo's wait plus its "
-                                f"classification; the server cuts any request at {SERVER_TIMEOUT_S} s)")
-    if params.serve.upload_timeout_s <= 0 or params.serve.max_uploads_per_client < 1:
-        fail("serve.upload_timeout_s/max_uploads_per_client", "must be positive seconds and at least 1 upload")
-    if not isinstance(params.serve.feedback_dir, str):
-        fail("serve.feedback_dir", f"= {params.serve.feedback_dir!r} must be a folder name, or empty (\"\") to "
-                                   "keep no feedback")
-    if params.serve.feedback_max_mb < params.serve.max_upload_mb:
-        fail("serve.feedback_max_mb", f"must hold at least one photo at the upload limit "
-                                      f"({params.serve.max_upload_mb:g} MB); raise it")
+    validate_serve(params.serve, source)
     if params.monitor.days < 1 or not 0.0 < params.monitor.alpha < 1.0 or params.monitor.min_faces < 1:
         fail("monitor.days/alpha/min_faces", "must be at least 1 day, a false-alarm rate between 0 and 1 "
                                              "(e.g. 0.01) and at least 1 face")
@@ -271,15 +260,63 @@ def validate(params: Params, source: str | Path) -> None:
              "must be at least 1 face, a recall in (0, 1], a false-accept rate in [0, 1) and a positive budget")
 
 
+def validate_serve(serve: ServeParams, source: str | Path) -> None:
+    """validate() for the serve section alone."""
+    fail = _failure(source)
+    if serve.max_upload_mb <= 0 or serve.max_megapixels <= 0:
+        fail("serve.max_upload_mb/max_megapixels", "must be positive")
+    if serve.max_pending < 1:
+        fail("serve.max_pending", "must be at least 1 (photos classified or waiting, per worker process)")
+    largest = largest_photo_mb(serve)
+    if serve.worker_memory_mb < largest:
+        fail("serve.worker_memory_mb", f"must hold at least one photo at the limits ({largest:.0f} MB for "
+                                       f"{serve.max_megapixels:g} megapixels and a "
+                                       f"{serve.max_upload_mb:g} MB upload): raise it or lower them")
+    if not 1 <= serve.timeout_s <= SERVER_TIMEOUT_S - 10:
+        fail("serve.timeout_s", f"must be between 1 and {SERVER_TIMEOUT_S - 10} seconds (a photo's wait plus its "
+                                f"classification; the server cuts any request at {SERVER_TIMEOUT_S} s)")
+    if serve.upload_timeout_s <= 0 or serve.max_uploads_per_client < 1:
+        fail("serve.upload_timeout_s/max_uploads_per_client", "must be positive seconds and at least 1 upload")
+    if not isinstance(serve.feedback_dir, str):
+        fail("serve.feedback_dir", f"= {serve.feedback_dir!r} must be a folder name, or empty (\"\") to "
+                                   "keep no feedback")
+    if serve.feedback_max_mb < serve.max_upload_mb:
+        fail("serve.feedback_max_mb", f"must hold at least one photo at the upload limit "
+                                      f"({serve.max_upload_mb:g} MB); raise it")
+
+
 def load_params(path: Path | str = PARAMS_FILE) -> Params:
     """Read and validate params.yaml; a missing file gives the defaults."""
     with reads.paused():
         return _load(Path(path))
 
 
+def load_serve_params(path: Path | str = PARAMS_FILE) -> ServeParams:
+    """params.yaml's serve section alone, validated: what a serving worker reads, without importing the
+    pipeline's registries (scikit-learn) that validating the other sections needs."""
+    path = Path(path)
+    with reads.paused():
+        serve = _section(ServeParams, _read(path).get("serve"), "serve", path) if path.exists() else ServeParams()
+        validate_serve(serve, path)
+    return serve
+
+
 def _load(path: Path) -> Params:
     if not path.exists():
         return Params()
+    raw = _read(path)
+    classes = {
+        "data": DataParams, "clean": CleanParams, "featurize": FeaturizeParams, "split": SplitParams,
+        "search": SearchParams, "audit": AuditParams, "register": RegisterParams, "serve": ServeParams,
+        "monitor": MonitorParams, "release": ReleaseParams,
+    }
+    params = Params(**{name: _section(cls, raw.get(name), name, path) for name, cls in classes.items()})
+    validate(params, path)
+    return params
+
+
+def _read(path: Path) -> dict[str, Any]:
+    """params.yaml's sections, each known by name."""
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -290,11 +327,4 @@ def _load(path: Path) -> Params:
     unknown = sorted(set(raw) - set(sections))
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; valid sections are {list(sections)}")
-    classes = {
-        "data": DataParams, "clean": CleanParams, "featurize": FeaturizeParams, "split": SplitParams,
-        "search": SearchParams, "audit": AuditParams, "register": RegisterParams, "serve": ServeParams,
-        "monitor": MonitorParams, "release": ReleaseParams,
-    }
-    params = Params(**{name: _section(cls, raw.get(name), name, path) for name, cls in classes.items()})
-    validate(params, path)
-    return params
+    return raw

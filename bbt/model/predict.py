@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from bbt import CANT_TELL, UNKNOWN
+from bbt.model.face_prediction import FacePrediction
 from bbt.model.openset import OpenSetClassifier, Timer, untimed
 from bbt.vision.faces import Box, DetectorSettings, FaceDetector, crop_photo_face
 from bbt.vision.images import Photo, decode_photo
@@ -22,23 +21,6 @@ def pipeline_path(model_path: Path) -> Path:
     pipeline's own folder, or a version logged before photo models, a plain sklearn flavor)."""
     inside = model_path / "artifacts" / PIPELINE_ARTIFACT
     return inside if (inside / "MLmodel").is_file() else model_path
-
-
-@dataclass(frozen=True)
-class FacePrediction:
-    box: Box
-    label: str  # an actor, UNKNOWN (not one of the four) or CANT_TELL (too small to judge: see `reason`)
-    closest_actor: str
-    confidence: float  # the closed-set probability of closest_actor among the four
-    probabilities: dict[str, float]
-    distance: float  # the open-set rule's distance; the face is named when it is <= threshold
-    threshold: float
-    reason: str = ""  # why the model cannot tell, for CANT_TELL
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"box": self.box.as_dict(), "label": self.label, "closest_actor": self.closest_actor,
-                "confidence": self.confidence, "probabilities": self.probabilities,
-                "distance": self.distance, "threshold": self.threshold, "reason": self.reason}
 
 
 class ActorClassifier:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bbt.model.predict import FacePrediction
+from bbt.model.face_prediction import FacePrediction
 
 log = logging.getLogger(__name__)
 

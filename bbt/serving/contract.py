@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import File, UploadFile
 from pydantic import BaseModel, Field
 
-from bbt.model.predict import FacePrediction
+from bbt.model.face_prediction import FacePrediction
 from bbt.vision.images import SUPPORTED_FOR_PEOPLE, ImageError
 
 

@@ -16,11 +16,10 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
 from bbt import UNKNOWN
-from bbt.model.predict import FacePrediction
+from bbt.model.face_prediction import FacePrediction
 from bbt.review.feedback import USER_LABELS, FeedbackError, FeedbackFull, FeedbackStore, photo_suffix
-from bbt.serving.admission import Ticket
 from bbt.serving.contract import ERRORS, ErrorBody, FaceBox, ModelInfo
-from bbt.serving.upload_limits import TICKET, UploadTooLarge, error_response
+from bbt.serving.upload_limits import UploadTooLarge, error_response
 from bbt.vision.faces import Box
 from bbt.vision.images import ImageError
 
@@ -79,8 +78,7 @@ class FeedbackService(Protocol):
     max_bytes: int
     model_info: ModelInfo
 
-    async def answer(self, data: bytes, name: str, ticket: Ticket,
-                     ) -> tuple[list[FacePrediction], tuple[int, int]] | JSONResponse: ...
+    async def answer(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]] | JSONResponse: ...
 
 
 class BadReport(ValueError):
@@ -144,7 +142,7 @@ async def report_wrong_answer(service: FeedbackService, request: Request) -> JSO
     data = await image.read()
     if len(data) > service.max_bytes:  # the body's limit leaves room for the form's fields, not a larger photo
         return error_response(413, UploadTooLarge(service.max_bytes).detail)
-    answer = await service.answer(data, "the photo in 'image'", request.scope[TICKET])
+    answer = await service.answer(data, "the photo in 'image'")
     if isinstance(answer, JSONResponse):
         return answer
     faces, _ = answer

@@ -1,7 +1,8 @@
 """A worker's photo processes: untrusted bytes are parsed only there, where the worker can stop them.
 
-`Sandboxes` owns a warm parent process (bbt.serving.sandbox_process.zygote, the model loaded once) and a few
-processes forked from it. `await sandboxes.classify(data, name, deadline, reserve)` hands a photo to an idle one
+`Sandboxes` asks a warm parent process (bbt.serving.sandbox_process.zygote, the model loaded once) for a few
+processes forked from it: the service's, which the supervisor started and every worker shares (a worker starting
+up only connects to it), or one of its own. `await sandboxes.classify(data, name, deadline, reserve)` hands a photo to an idle one
 and returns its faces and size. The photo's deadline is the process's: when it passes, the process is killed
 (SIGKILL through a pidfd) and a fresh fork takes its place, so no work outlives its 504. The process first
 reads the photo's header and says what decoding may take; `reserve(cost)` admits that into the worker's memory
@@ -18,8 +19,8 @@ import os
 import select
 import signal
 import socket
+import struct
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +28,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bbt.errors import ModelError
-from bbt.model.predict import FacePrediction
-from bbt.serving.sandbox_process import FORK, FRAME, MAX_REPLY_BYTES, RETIRE_AFTER_BYTES, recv_frame
+from bbt.model.face_prediction import FacePrediction
+from bbt.serving.sandbox_process import (
+    FORK,
+    FRAME,
+    MAX_REPLY_BYTES,
+    RETIRE_AFTER_BYTES,
+    recv_frame,
+    send_frame,
+    start_warm_parent,
+)
 from bbt.vision.faces import Box
 from bbt.vision.images import ImageError
 
@@ -44,8 +53,8 @@ WORK_BYTES = 96 * MB
 # detector needs) or a 1.6 MP image of another format. Larger photos ask for their cost (one more round trip).
 GRANTED_DECODE_BYTES = 24 * MB
 START_TIMEOUT_S = 300  # loading the model in the warm parent
-SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-                   "JE_ARROW_MALLOC_CONF": "background_thread:false"}
+# The environment variable naming the service's warm parent (an abstract unix socket's name) in its workers.
+SHARED_PARENT_ENV = "BBT_PHOTO_PARENT"
 
 
 class TimedOut(Exception):
@@ -82,6 +91,11 @@ class PhotoProcess:
         self.sock.close()
 
 
+def abstract_address(name: str) -> str:
+    """The abstract unix socket (Linux: no file, gone with its last descriptor) of a warm parent's name."""
+    return "\0" + name
+
+
 def face_from_dict(raw: dict[str, Any]) -> FacePrediction:
     """A face as its photo process sent it (FacePrediction.as_dict), every field back."""
     return FacePrediction(Box(**{k: int(v) for k, v in raw["box"].items()}), str(raw["label"]),
@@ -99,19 +113,29 @@ class Sandboxes:
     """
 
     def __init__(self, factory: str, argument: str, processes: int, max_pixels: int, cpu_seconds: float,
-                 retire_after_bytes: int = RETIRE_AFTER_BYTES) -> None:
+                 retire_after_bytes: int = RETIRE_AFTER_BYTES, shared_parent: str | None = None) -> None:
         self.max_pixels = max_pixels
         self.processes = processes
-        self._control, theirs = socket.socketpair()
-        # The parent's module path, so the warm parent imports the same bbt (a bento's src folder included), and
-        # no library thread pools: a process forked from a multi-threaded parent may inherit a held lock.
-        env = {**SINGLE_THREADED, **os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.zygote = subprocess.Popen(
-            [sys.executable, "-m", "bbt.serving.sandbox_process", str(theirs.fileno()), factory, argument,
-             str(cpu_seconds), str(retire_after_bytes)], pass_fds=[theirs.fileno()], env=env)
-        theirs.close()
+        self.zygote: subprocess.Popen[bytes] | None = None
+        shared_parent = shared_parent if shared_parent is not None else os.environ.get(SHARED_PARENT_ENV)
+        if shared_parent:  # the service's, which the supervisor started (bbt/serving/supervisor.py)
+            self._control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                self._control.connect(abstract_address(shared_parent))
+            except OSError as err:
+                self._control.close()
+                raise ModelError(f"the service's photo processes' parent ({shared_parent}) is not running ({err}): "
+                                 "restart the service") from None
+        else:  # a parent of its own (tests, benchmarks, a service not started by `bentoml serve`)
+            self._control, theirs = socket.socketpair()
+            self.zygote = start_warm_parent(factory, argument, connection=theirs)
+            theirs.close()
+        parent_pid = struct.unpack("3i", self._control.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
+        self._parent = os.pidfd_open(parent_pid)
         self._control.settimeout(START_TIMEOUT_S)
         try:
+            send_frame(self._control, {"factory": factory, "argument": argument, "cpu_seconds": cpu_seconds,
+                                       "retire_after_bytes": retire_after_bytes})
             hello, _ = recv_frame(self._control)
         except (EOFError, OSError, TimeoutError) as err:
             self.close()
@@ -189,7 +213,10 @@ class Sandboxes:
 
     @property
     def alive(self) -> bool:
-        return self.zygote.poll() is None
+        """Whether the warm parent still runs (its pidfd turns readable when it ends)."""
+        poller = select.poll()
+        poller.register(self._parent, select.POLLIN)
+        return not poller.poll(0)
 
     def close(self) -> None:
         """Kill the photo processes and end their parent (tests; a worker's exit does the same)."""
@@ -197,6 +224,11 @@ class Sandboxes:
             process.kill()
         self._idle = []
         self._control.close()
+        if hasattr(self, "_parent"):
+            os.close(self._parent)
+            del self._parent
+        if self.zygote is None:
+            return  # the service's parent outlives this worker
         try:
             self.zygote.wait(10)
         except subprocess.TimeoutExpired:

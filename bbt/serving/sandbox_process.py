@@ -9,6 +9,12 @@ every private writable mapping) at what the worker reserved for it in its memory
 more than was admitted, and RLIMIT_CPU at the photo's time limit, a backstop for the worker's kill at the deadline.
 
 The wire format (`send_frame`/`recv_frame`): a frame is two 4-byte lengths, a JSON object and a payload.
+A worker and the warm parent:
+  worker -> parent: {"factory", "argument", "cpu_seconds", "retire_after_bytes"} once, on connecting
+  parent -> worker: {"ready": what the work is (`describe`)} | {"error": why the parent has no such work}
+  then, for each photo process: worker -> parent: FORK (one byte); parent -> worker: its pid, with its socket's
+  end and a pidfd of it (SCM_RIGHTS)
+A worker and a photo process:
   worker -> process: {"name", "max_pixels", "header_bytes", "work_bytes", "granted"} + the photo's bytes
   only when header_bytes + the decoding's cost + work_bytes is over what was granted:
     process -> worker: {"cost": bytes its decoding may take}
@@ -26,17 +32,21 @@ import importlib
 import json
 import os
 import resource
+import select
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from bbt.model.predict import FacePrediction
+from bbt.model.face_prediction import FacePrediction
 from bbt.vision.images import ImageError, Photo, decode_cost, decode_photo
 
 FRAME = struct.Struct("!II")  # the JSON's length, the payload's length
@@ -47,6 +57,9 @@ PR_SET_PDEATHSIG = 1
 # answer, and a fresh fork takes its place: what the processes hold stays bounded over any run.
 RETIRE_AFTER_BYTES = 128 * 1024 * 1024
 FORK = b"f"
+# No library thread pools in the warm parent: a process forked from a multi-threaded parent may inherit a held lock.
+SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                   "JE_ARROW_MALLOC_CONF": "background_thread:false"}
 
 
 class PhotoWork(Protocol):
@@ -233,55 +246,190 @@ def describe(work: PhotoWork) -> dict[str, Any]:
             "threads": threading.active_count(), "native_threads": len(os.listdir("/proc/self/task"))}
 
 
-def zygote(control_fd: int, factory: str, argument: str, cpu_seconds: float,
-           retire_after_bytes: int = RETIRE_AFTER_BYTES) -> None:
-    """Load the work once, then fork a photo process for each request on the control socket.
+@dataclass
+class Worker:
+    """A serving worker's control connection: what its photo processes run under, and the processes it has."""
+
+    sock: socket.socket
+    cpu_seconds: float = 0.0
+    retire_after_bytes: int = RETIRE_AFTER_BYTES
+    greeted: bool = False
+    processes: set[int] = field(default_factory=set)  # the photo processes' pidfds (ours: the worker has copies)
+
+
+class WarmParent:
+    """The loop of the warm parent: forks photo processes for the workers connected to it.
+
+    One warm parent serves a whole service when the supervisor started it (a listening socket the workers connect
+    to: bbt/serving/supervisor.py), or one worker that started its own (one connection, and the parent ends with
+    it). Single-threaded: requests are read with poll(2), so forking it is safe.
+    """
+
+    def __init__(self, work: PhotoWork | None, error: str, factory: str, argument: str,
+                 listener: socket.socket | None, connection: socket.socket | None) -> None:
+        self.work, self.error, self.loaded = work, error, (factory, argument)
+        self.listener = listener
+        self.poller = select.poll()
+        self.handlers: dict[int, Callable[[], None]] = {}
+        self.workers: dict[int, Worker] = {}
+        if listener is not None:
+            self._watch(listener.fileno(), self._accept)
+        if connection is not None:
+            self._add_worker(connection)
+
+    def _watch(self, fd: int, handler: Callable[[], None]) -> None:
+        self.poller.register(fd, select.POLLIN)
+        self.handlers[fd] = handler
+
+    def _unwatch(self, fd: int) -> None:
+        self.poller.unregister(fd)
+        del self.handlers[fd]
+
+    def run(self) -> None:
+        """Until the last worker has gone, when no listener brings others (a worker's own parent)."""
+        while self.listener is not None or self.workers:
+            for fd, _ in self.poller.poll():
+                if fd in self.handlers:  # a handler of this round may have closed a later one's descriptor
+                    self.handlers[fd]()
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        sock, _ = self.listener.accept()
+        uid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[2]
+        if uid != os.getuid():  # the socket's name is private to the service; its user only, whatever the name
+            sock.close()
+            return
+        self._add_worker(sock)
+
+    def _add_worker(self, sock: socket.socket) -> None:
+        worker = Worker(sock)
+        self.workers[sock.fileno()] = worker
+        self._watch(sock.fileno(), lambda: self._serve(worker))
+
+    def _serve(self, worker: Worker) -> None:
+        try:
+            if not worker.greeted:
+                self._greet(worker)
+            elif worker.sock.recv(1) == FORK:
+                self._fork(worker)
+            else:
+                self._drop(worker)  # the worker closed the connection, or ended
+        except (OSError, EOFError, ValueError, KeyError):
+            self._drop(worker)
+
+    def _greet(self, worker: Worker) -> None:
+        """The worker's hello: the work it expects and its limits; the answer: ready (what the work is) or why not."""
+        hello, _ = recv_frame(worker.sock)
+        if self.work is None or (hello["factory"], hello["argument"]) != self.loaded:
+            why = self.error or f"this parent runs {self.loaded[0]}({self.loaded[1]!r}), not what the worker expects"
+            send_frame(worker.sock, {"error": why})
+            self._drop(worker)
+            return
+        worker.cpu_seconds = float(hello["cpu_seconds"])
+        worker.retire_after_bytes = int(hello["retire_after_bytes"])
+        worker.greeted = True
+        send_frame(worker.sock, {"ready": describe(self.work)})
+
+    def _fork(self, worker: Worker) -> None:
+        assert self.work is not None
+        ours, theirs = socket.socketpair()
+        parent_pid = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            for fd in self.handlers:  # the listener, the workers' connections, the other photo processes
+                os.close(fd)
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            die_with_parent()
+            if os.getppid() != parent_pid:  # the parent ended before the line above
+                os._exit(0)
+            try:
+                serve_photos(theirs, self.work, worker.cpu_seconds, worker.retire_after_bytes)
+            finally:
+                os._exit(0)
+        theirs.close()
+        pidfd = os.pidfd_open(pid)
+        worker.processes.add(pidfd)
+        self._watch(pidfd, lambda: self._ended(worker, pidfd))
+        socket.send_fds(worker.sock, [str(pid).encode()], [ours.fileno(), pidfd])
+        ours.close()
+
+    def _ended(self, worker: Worker, pidfd: int) -> None:
+        """A photo process ended (its answer, its deadline, its limits): forget it."""
+        self._unwatch(pidfd)
+        worker.processes.discard(pidfd)
+        os.close(pidfd)
+
+    def _drop(self, worker: Worker) -> None:
+        """A worker has gone: its photo processes end with it (one busy with a photo would not notice)."""
+        for pidfd in list(worker.processes):
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._ended(worker, pidfd)
+        fd = worker.sock.fileno()
+        if fd in self.handlers:
+            self._unwatch(fd)
+        self.workers.pop(fd, None)
+        worker.sock.close()
+
+
+def zygote(factory: str, argument: str, listener_fd: int | None, connection_fd: int | None,
+           parent_pid: int) -> None:
+    """Load the work once, then fork photo processes for the workers (WarmParent).
 
     Single-threaded (OpenCV and onnxruntime run one thread per call here), so forking it is safe, and a fork is
-    ready in milliseconds with the model loaded. It ends when the worker closes the control socket; its forks
-    are killed when it ends (PR_SET_PDEATHSIG) and reaped by the kernel (SIGCHLD ignored).
+    ready in milliseconds with the model loaded. It ends with the process that started it (PR_SET_PDEATHSIG: the
+    supervisor, or a worker), and a worker's own parent also when that worker closes its connection; its forks are
+    killed when it ends (PR_SET_PDEATHSIG) and reaped by the kernel (SIGCHLD ignored).
     """
+    die_with_parent()
+    if os.getppid() != parent_pid:  # the starter ended before the line above
+        return
     import cv2
 
     from bbt.serving.allocator import release_free_heap, reuse_photo_buffers
 
     cv2.setNumThreads(1)
     reuse_photo_buffers()
-    control = socket.socket(fileno=control_fd)
+    listener = socket.socket(fileno=listener_fd) if listener_fd is not None else None
+    connection = socket.socket(fileno=connection_fd) if connection_fd is not None else None
+    work: PhotoWork | None = None
+    error = ""
     try:
         work = load_work(factory, argument)
-    except Exception as err:  # told to the worker, which fails its start-up with it
-        send_frame(control, {"error": f"{type(err).__name__}: {err}"})
-        raise
-    warm_up(work)
+    except Exception as err:  # noqa: BLE001 - told to every worker, which fails its start-up with it
+        error = f"{type(err).__name__}: {err}"
+        traceback.print_exc()
+    if work is not None:
+        warm_up(work)
     # What a fork writes is copied from this process's pages: the collector's writes to the model's objects (frozen
     # instead), and the heap's free pages left by loading (given back, so a fork's allocations get fresh ones).
     gc.collect()
     gc.freeze()
     release_free_heap()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
-    send_frame(control, {"ready": describe(work)})
-    zygote_pid = os.getpid()
-    while control.recv(1) == FORK:
-        ours, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:
-            control.close()
-            ours.close()
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            die_with_parent()
-            if os.getppid() != zygote_pid:  # the parent ended before the line above
-                os._exit(0)
-            try:
-                serve_photos(theirs, work, cpu_seconds, retire_after_bytes)
-            finally:
-                os._exit(0)
-        theirs.close()
-        pidfd = os.pidfd_open(pid)
-        socket.send_fds(control, [str(pid).encode()], [ours.fileno(), pidfd])
-        ours.close()
-        os.close(pidfd)
+    WarmParent(work, error, factory, argument, listener, connection).run()
+
+
+def start_warm_parent(factory: str, argument: str, *, listener: socket.socket | None = None,
+                      connection: socket.socket | None = None) -> subprocess.Popen[bytes]:
+    """A warm parent for `factory(argument)` in a fresh interpreter, serving the workers that connect to `listener`
+    (a service's) or the one at the end of `connection` (a worker's own). It dies with this process."""
+    passed = [sock.fileno() for sock in (listener, connection) if sock is not None]
+    # This process's module path, so the parent imports the same bbt (a bento's src folder included).
+    env = {**SINGLE_THREADED, **os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "bbt.serving.sandbox_process", factory, argument,
+         str(listener.fileno()) if listener is not None else "-",
+         str(connection.fileno()) if connection is not None else "-", str(os.getpid())],
+        pass_fds=passed, env=env)
+
+
+def optional_fd(text: str) -> int | None:
+    return None if text == "-" else int(text)
 
 
 if __name__ == "__main__":
-    zygote(int(sys.argv[1]), sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
+    zygote(sys.argv[1], sys.argv[2], optional_fd(sys.argv[3]), optional_fd(sys.argv[4]), int(sys.argv[5]))

@@ -22,9 +22,16 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from bbt.config import PARAMS_FILE, SERVER_TIMEOUT_S, ConfigError, RegisterParams, ServeParams, load_params
+from bbt.config import (
+    PARAMS_FILE,
+    SERVER_TIMEOUT_S,
+    ConfigError,
+    RegisterParams,
+    ServeParams,
+    load_serve_params,
+)
 from bbt.errors import ModelError
-from bbt.model.predict import FacePrediction
+from bbt.model.face_prediction import FacePrediction
 from bbt.monitoring.answers import ServedModel, log_answer, log_feedback
 from bbt.review.feedback import open_store
 from bbt.serving.admission import MB, Admission, Busy
@@ -43,7 +50,7 @@ from bbt.serving.contract import (
 from bbt.serving.feedback_route import FEEDBACK_ERRORS, OPENAPI_BODY, FeedbackKept, report_wrong_answer
 from bbt.serving.model_card_route import card_and_page, card_response
 from bbt.serving.sandbox import Sandboxes, TimedOut
-from bbt.serving.supervisor import respawn_promptly
+from bbt.serving.supervisor import supervise
 from bbt.serving.upload_limits import (
     UPLOAD_COPIES,
     JsonErrors,
@@ -58,8 +65,7 @@ from bbt.serving.upload_limits import (
 from bbt.vision.images import SUPPORTED_FOR_PEOPLE, ImageError
 
 log = logging.getLogger("bbt.serving.service")
-# `bentoml serve` imports this module in its supervisor before it makes its arbiter (bbt/serving/supervisor.py).
-respawn_promptly()
+PHOTO_WORK = "bbt.serving.sandbox_process:actor_classifier"
 
 WEB_DIR = Path(__file__).with_name("web")
 # A data URL carries base64 (4 bytes per 3) plus its header: the legacy route's body may be this much larger.
@@ -147,7 +153,7 @@ def serve_params(folder: Path | None = None) -> ServeParams:
         raise ConfigError(f"{path} is missing: the service reads its limits (params.yaml's serve section) from its "
                           "working directory; serve from the project folder (`bbt serve`), or serve a bento built "
                           "from bentofile.yaml, which carries params.yaml")
-    return load_params(path).serve
+    return load_serve_params(path)
 
 
 @bentoml.service(
@@ -173,8 +179,8 @@ class ActorService:
         self.max_pixels = int(self.settings.max_megapixels * 1_000_000)
         self.legacy_max_bytes = int(self.max_bytes * BASE64_GROWTH) + ENVELOPE_BYTES
         # The model is loaded once, in the photo processes' warm parent: this process never parses a photo.
-        self.sandboxes = Sandboxes("bbt.serving.sandbox_process:actor_classifier",
-                                   self.bento_model.path_of("mlflow_model"), PROCESSES_PER_WORKER, self.max_pixels,
+        self.sandboxes = Sandboxes(PHOTO_WORK, self.bento_model.path_of("mlflow_model"), PROCESSES_PER_WORKER,
+                                   self.max_pixels,
                                    self.settings.timeout_s + CPU_LIMIT_MARGIN_S)
         self.classes: list[str] = self.sandboxes.info["classes"]
         labels = self.bento_model.info.labels
@@ -198,15 +204,13 @@ class ActorService:
     def __is_ready__(self) -> bool:
         return self.sandboxes.alive
 
-    async def answer(self, data: bytes, name: str, ticket: object = None,
-                     ) -> tuple[list[FacePrediction], tuple[int, int]] | JSONResponse:
+    async def answer(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]] | JSONResponse:
         """The faces and upright size of an uploaded photo, or the JSON error refusing it (the same on every route).
 
         The photo enters the worker's budget now that its body has arrived (waiting for a slow upload takes no
         place): by count and by its upload's memory, then, once its photo process has read its header, by what
         decoding it may take (a 503 when that does not fit). It is decoded and classified in a photo process
-        within serve.timeout_s, or answered 504 with the process killed. (`ticket`: unused; admission no longer
-        starts before the body; /feedback still passes it.)
+        within serve.timeout_s, or answered 504 with the process killed.
         """
         try:
             admitted = self.admission.admit(UPLOAD_COPIES * len(data))
@@ -305,3 +309,13 @@ class ActorService:
 
 web.mount("/static", Assets(directory=WEB_DIR), name="static")
 ActorService.add_asgi_middleware(JsonErrors)
+
+
+def shared_photo_work() -> tuple[str, str] | None:
+    """What the service's warm parent loads (in the supervisor: bbt/serving/supervisor.py); None without a model."""
+    stored = ActorService.inner.bento_model.stored
+    return (PHOTO_WORK, stored.path_of("mlflow_model")) if stored is not None else None
+
+
+# `bentoml serve` imports this module in its supervisor before it makes its arbiter (bbt/serving/supervisor.py).
+supervise(shared_photo_work)

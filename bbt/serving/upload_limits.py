@@ -26,9 +26,6 @@ from bbt.serving.admission import MB, Busy
 
 # An upload is in memory as the body's chunks, the parsed form part and the bytes read from it.
 UPLOAD_COPIES = 3
-# The ASGI scope key routes read an admission ticket from: None, since admission starts once the body has arrived
-# (bbt.serving.service.ActorService.answer).
-TICKET = "bbt.admission_ticket"
 # Bodies over the limit are read and thrown away up to this size so the client sees the 413, then closed.
 DRAIN_LIMIT_BYTES = 64 * MB
 
@@ -134,7 +131,6 @@ class UploadLimit:
                      "client may have): wait for their answers, then retry", {"Retry-After": "1"})
             await self._drain(receive, deadline)
             return await refused(scope, receive, send)
-        scope[TICKET] = None
         received, body_done = 0, False
 
         async def counted() -> dict:

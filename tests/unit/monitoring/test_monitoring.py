@@ -13,7 +13,7 @@ import pytest
 
 from bbt import ACTORS, CANT_TELL, UNKNOWN
 from bbt.config import ConfigError, load_params
-from bbt.model.predict import FacePrediction
+from bbt.model.face_prediction import FacePrediction
 from bbt.monitoring.answers import (
     COLUMNS,
     ServedModel,

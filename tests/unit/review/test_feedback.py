@@ -17,7 +17,7 @@ from PIL import Image
 from starlette.datastructures import FormData, Headers, UploadFile
 
 from bbt.config import ConfigError, ServeParams, load_params
-from bbt.model.predict import FacePrediction
+from bbt.model.face_prediction import FacePrediction
 from bbt.review.feedback import (
     FEEDBACK_DIR_ENV,
     ITEM_FILE,

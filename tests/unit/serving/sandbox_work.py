@@ -8,7 +8,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from bbt.model.predict import FacePrediction
+from bbt.model.face_prediction import FacePrediction
 from bbt.vision.faces import Box
 from bbt.vision.images import Photo
 

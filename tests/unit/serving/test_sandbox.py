@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from bbt import CANT_TELL, UNKNOWN
-from bbt.model.predict import FacePrediction
+from bbt.model.face_prediction import FacePrediction
 from bbt.serving.admission import Busy
 from bbt.serving.sandbox import HEADER_BYTES, Sandboxes, TimedOut, face_from_dict
 from bbt.vision.faces import Box

@@ -23,7 +23,7 @@ def test_a_service_without_its_params_says_so_at_start_up(tmp_path, monkeypatch:
 
 
 def test_legacy_helpers() -> None:
-    from bbt.model.predict import FacePrediction
+    from bbt.model.face_prediction import FacePrediction
     from bbt.serving.contract import decode_data_url, legacy_face
 
     assert decode_data_url("data:image/png;base64," + base64.b64encode(b"abc").decode()) == b"abc"
