@@ -15,8 +15,8 @@ B. The real queue's detections nobody reviewed: a group costs 1 press plus 2 per
    review.outlier_distance from the group's centre). It assumes the proposal is right for every member not
    marked odd, which nobody checked: it is the cost of the workflow, not a claim about the labels.
 
---sweep prints figure A for a grid of HDBSCAN settings: how review.min_cluster_size and review.min_samples in
-params.yaml were chosen. The open-set threshold is the search's model's (artifacts/model/model.json).
+--sweep prints figure A for a grid of HDBSCAN settings, and how many wrong members each review.outlier_distance
+marks odd: how review.min_cluster_size, min_samples and outlier_distance in params.yaml were chosen. The open-set threshold is the search's model's (artifacts/model/model.json).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def reviewed_as_waiting(root: Path, settings: ClusterSettings, threshold: float)
     """Figure A over the reviewed faces, fold by fold."""
     anchors = load_anchors(root)
     truth = np.where(anchors.labels == UNKNOWN, STRANGER, anchors.labels)
-    presses = faces = majority = clustered = right = groups = 0
+    presses = faces = majority = clustered = right = groups = wrong_marked = right_marked = wrong = 0
     folds = StratifiedKFold(FOLDS, shuffle=True, random_state=SEED)
     for rest, fold in folds.split(anchors.X, anchors.labels):
         found = group_faces(anchors.X[fold], [anchors.images[i] for i in fold], anchors.X[rest],
@@ -63,8 +63,14 @@ def reviewed_as_waiting(root: Path, settings: ClusterSettings, threshold: float)
             clustered += len(group.members) if group.kind == "cluster" else 0
             right += verdicts[group.proposal.verdict]
             groups += 1
+            for m in group.members:
+                differs = truth[fold[m]] != group.proposal.verdict
+                wrong += differs
+                wrong_marked += differs and m in group.outliers
+                right_marked += not differs and m in group.outliers
     return {"faces": faces, "groups": groups, "presses": presses, "per_face": presses / faces,
-            "purity": majority / faces, "in_clusters": clustered / faces, "proposal_right": right / faces}
+            "purity": majority / faces, "in_clusters": clustered / faces, "proposal_right": right / faces,
+            "wrong": wrong, "wrong_marked": wrong_marked, "right_marked": right_marked}
 
 
 def real_queue(root: Path) -> dict[str, float]:
@@ -105,6 +111,11 @@ def main() -> None:
                 a = reviewed_as_waiting(root, replace(settings, min_cluster_size=size, min_samples=samples), threshold)
                 print(f"  {size:3d} {samples:3d} | {a['per_face']:.3f} {a['purity']:.3f} {a['in_clusters']:.3f} "
                       f"{a['proposal_right']:.3f} {a['groups']}")
+        print("A over review.outlier_distance: members the proposal gets wrong, and those marked odd")
+        for distance in (0.4, 0.45, 0.5, 0.55, 0.6, 0.65):
+            a = reviewed_as_waiting(root, replace(settings, outlier_distance=distance), threshold)
+            print(f"  {distance:.2f} | wrong {a['wrong']}, of them marked {a['wrong_marked']}; right but marked "
+                  f"{a['right_marked']}")
     a = reviewed_as_waiting(root, settings, threshold)
     print(f"A. reviewed faces as waiting ({a['faces']} faces, {FOLDS} folds): {a['groups']} groups, {a['presses']} "
           f"presses = {a['per_face']:.3f} per face; purity {a['purity']:.3f}, in clusters {a['in_clusters']:.3f}, "
