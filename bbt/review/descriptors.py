@@ -48,6 +48,9 @@ class Anchors:
 def load_anchors(root: Path) -> Anchors:
     """The reviewed actors' and strangers' faces (rejected ones say nothing about who is who), with featurize's
     embeddings of them."""
+    if not (root / artifacts.FACES).is_file():
+        raise DataError(f"{root / artifacts.FACES} not found: run `dvc repro featurize` (the groups need the "
+                        "reviewed faces and their embeddings)")
     with np.load(root / artifacts.FACES) as faces:
         labels, images, boxes = faces["labels"], faces["images"], faces["boxes"]
     path = root / artifacts.features_file(EMBEDDING_SPACE)

@@ -43,7 +43,7 @@ def review(trained_project: Project, tmp_path_factory: pytest.TempPathFactory) -
         process.wait(timeout=30)
 
 
-def test_a_group_is_judged_with_one_key_but_the_face_left_out_and_undone_as_a_whole(review, tmp_path) -> None:
+def test_a_group_is_judged_with_one_key_but_the_face_left_out_and_undone_as_a_whole(review: tuple[str, Path]) -> None:
     url, root = review
     corrections = root / "review/corrections.csv"
     before = corrections.read_bytes()

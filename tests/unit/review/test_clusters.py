@@ -155,3 +155,14 @@ def test_the_page_lists_groups_and_takes_a_group_verdict_only_with_its_token(tmp
     assert client.get("/api/groups").json()["groups"][0]["pending"] == []
     undone = client.post("/api/undo", headers=own).json()
     assert (undone["undone_group"], undone["undone_faces"], undone["done"]) == ("g1", 2, 0)
+
+
+def test_without_the_pipelines_products_the_queue_waits_one_at_a_time_and_says_why(tmp_path: Path) -> None:
+    from bbt.config import Params
+    from bbt.review.app import add_groups
+
+    project = review_project(tmp_path)
+    session = reviewer(project)
+    problem = add_groups(session, project, Params(), Answers(None))
+    assert problem.endswith("artifacts/model/model.json not found: run `dvc repro search` (the clusters' proposals "
+                            "use its open-set threshold)") and session.groups == {}
