@@ -1,7 +1,9 @@
 """`bbt review`: the review queue as a local web page (loopback only), one face at a time, a verdict per key.
 
 Routes: `/` the page; `GET /api/queue` progress and every item's state; `GET /api/items/{n}` one item with the
-champion's answer; `/api/items/{n}/crop.jpg` and `/photo.jpg`; `POST /api/verdict`; `POST /api/undo`.
+champion's answer; `/api/items/{n}/crop.jpg` and `/photo.jpg`; `POST /api/verdict`; `GET /api/groups` the
+unreviewed detections in groups (bbt/review/groups.py); `POST /api/group-verdict` one verdict for a group's
+selected faces; `POST /api/undo` (the last verdict, a whole group's included).
 Every refused request is a JSON `{"error": ...}` with a 4xx status and changes nothing. Only the page this app
 serves can write (bbt/review/guard.py: its own Host, Origin and per-run token).
 """
