@@ -166,3 +166,15 @@ def test_without_the_pipelines_products_the_queue_waits_one_at_a_time_and_says_w
     problem = add_groups(session, project, Params(), Answers(None))
     assert problem.endswith("artifacts/model/model.json not found: run `dvc repro search` (the clusters' proposals "
                             "use its open-set threshold)") and session.groups == {}
+
+
+def test_among_groups_of_one_size_the_less_sure_proposal_comes_first() -> None:
+    from bbt.review.clusters import Group
+
+    def group(members: tuple[int, ...], distance: float, agreement: float) -> Group:
+        return Group("cluster", members, Proposal("raj", "raj", distance, THRESHOLD), agreement, ())
+
+    sure, near_threshold, disputed, bigger = (group((0, 1), 0.1, 1.0), group((2, 3), 0.45, 1.0),
+                                              group((4, 5), 0.1, 0.5), group((6, 7, 8), 0.1, 1.0))
+    assert sorted([sure, near_threshold, disputed, bigger], key=Group.order) == [bigger, disputed, near_threshold,
+                                                                                 sure]
