@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -79,7 +80,10 @@ def real_queue(root: Path) -> dict[str, float]:
     annotations = load_annotations(root / params.data.annotations, root / params.data.raw)
     corrections = load_corrections(root / params.data.corrections, annotations, root / params.data.raw)
     queue = build_queue(root, corrections, None)
+    started = time.perf_counter()
     groups = group_queue(root, params, queue, search_threshold(root))
+    print(f"grouping the queue took {time.perf_counter() - started:.1f} s (descriptors from "
+          f"artifacts/cache/review/ where kept there; delete it to time describing them)")
     faces = sum(len(g.keys) for g in groups)
     odd = sum(len(g.outliers) for g in groups)
     presses = len(groups) + 2 * odd
