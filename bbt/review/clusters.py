@@ -141,9 +141,30 @@ def group_faces(waiting: np.ndarray, waiting_images: list[str], anchors: np.ndar
     for n in np.flatnonzero(labels == -1).tolist():
         alone[(own[n].verdict, own[n].says)].append(n)
     leftovers = []
-    for key in sorted(alone):
-        faces = sorted(alone[key], key=lambda n: (own[n].distance, n))
-        leftovers += [make("leftovers", faces[i:i + settings.group_size])
-                      for i in range(0, len(faces), settings.group_size)]
+    for (verdict, _), faces in sorted(alone.items()):
+        faces.sort(key=lambda n: (own[n].distance, n))
+        # One actor's name for two faces of one photo would be wrong; "stranger" for both is not.
+        one_person = verdict != STRANGER
+        leftovers += [make("leftovers", chunk) for chunk in
+                      chunks(faces, waiting_images, settings.group_size, settings.collages if one_person else None)]
     leftovers.sort(key=Group.order)
     return clusters + leftovers
+
+
+def chunks(faces: list[int], images: list[str], size: int, collages: frozenset[str] | None) -> list[list[int]]:
+    """The faces in order, in chunks of at most `size`; with `collages` given, no chunk holds two faces of one
+    photo that is not among them (a face goes to the first chunk with room and without its photo)."""
+    out: list[list[int]] = []
+    photos: list[set[str]] = []
+    for n in faces:
+        image = images[n]
+        shared = collages is not None and image not in collages
+        at = next((i for i, chunk in enumerate(out) if len(chunk) < size and not (shared and image in photos[i])),
+                  None)
+        if at is None:
+            out.append([])
+            photos.append(set())
+            at = len(out) - 1
+        out[at].append(n)
+        photos[at].add(image)
+    return out

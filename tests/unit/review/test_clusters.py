@@ -178,3 +178,18 @@ def test_among_groups_of_one_size_the_less_sure_proposal_comes_first() -> None:
                                               group((4, 5), 0.1, 0.5), group((6, 7, 8), 0.1, 1.0))
     assert sorted([sure, near_threshold, disputed, bigger], key=Group.order) == [bigger, disputed, near_threshold,
                                                                                  sure]
+
+
+def test_leftovers_proposed_as_one_actor_never_hold_two_faces_of_one_photo() -> None:
+    space = people_space()
+    rng = np.random.default_rng(50)
+    # Faces near Howard's anchors but too spread out for a cluster, two pairs of them from one photo each.
+    lone = np.vstack([space["howard"] + rng.normal(0, 0.04, 16) for _ in range(4)])
+    images = ["pair1.jpg", "pair1.jpg", "pair2.jpg", "pair2.jpg"]
+    settings = ClusterSettings(**{**SETTINGS.__dict__, "min_cluster_size": 10})
+    groups = group_faces(lone, images, *anchors(), ACTORS, THRESHOLD, settings)
+    assert [(g.kind, g.proposal.says, len(g.members)) for g in groups] == [("leftovers", "howard", 2)] * 2
+    assert all(len({images[m] for m in g.members}) == 2 for g in groups)
+    collage = ClusterSettings(**{**settings.__dict__, "collages": frozenset({"pair1.jpg", "pair2.jpg"})})
+    (group,) = group_faces(lone, images, *anchors(), ACTORS, THRESHOLD, collage)
+    assert sorted(group.members) == [0, 1, 2, 3]
