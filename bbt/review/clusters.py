@@ -4,7 +4,8 @@ Waiting faces are clustered by descriptor together with the reviewed faces (the 
 HDBSCAN (parameters in params.yaml `review:`, chosen by benchmarks/review_keys.py). Two faces of one photo are two
 people, so they never share a cluster unless the photo is declared a collage: of a photo's faces in one cluster
 only the one nearest the cluster's centre stays (an anchor first: its label is known), the others leave it.
-Faces no cluster takes are grouped by their own proposal ("leftovers"), at most `group_size` to a group.
+Faces no cluster takes are grouped by their own proposal ("leftovers"), at most `group_size` to a group; one
+proposed as an actor never holds two faces of one (non-collage) photo.
 
 A group's proposal comes from the anchors: the people it may be are the anchors' labels (the actors, and
 UNKNOWN for reviewed strangers), and a face is that person when its distance to the person's nearest anchor is
