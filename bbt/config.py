@@ -134,6 +134,18 @@ class ReleaseParams(Section):
     latency_budget_ms: float = 1500
 
 
+@dataclass(frozen=True)
+class ReviewParams(Section):
+    """How `bbt review` groups the detections nobody reviewed (bbt/review/clusters.py)."""
+
+    section: ClassVar[str] = "review"
+    min_cluster_size: int = 5  # HDBSCAN: the fewest faces a cluster has
+    min_samples: int = 2  # HDBSCAN: neighbours a face needs to be in a cluster's core
+    group_size: int = 48  # the most faces one group shows (the faces no cluster takes are grouped by proposal)
+    outlier_distance: float = 0.5  # a member this far from its group's centre is marked as an odd one out
+    collages: tuple[str, ...] = ()  # photos (paths under data.raw) declared collages: their faces may share a cluster
+
+
 def largest_photo_mb(serve: ServeParams) -> float:
     """The memory (MiB) the largest photo the service admits can take: its upload and its decoding."""
     return serve.max_megapixels * 1e6 * peak_bytes_per_pixel() / MIB + serve.max_upload_mb
@@ -151,6 +163,7 @@ class Params:
     serve: ServeParams = field(default_factory=ServeParams)
     monitor: MonitorParams = field(default_factory=MonitorParams)
     release: ReleaseParams = field(default_factory=ReleaseParams)
+    review: ReviewParams = field(default_factory=ReviewParams)
 
 
 T = TypeVar("T")
@@ -258,6 +271,10 @@ def validate(params: Params, source: str | Path) -> None:
             or release.latency_budget_ms <= 0:
         fail("release.faces_per_label/min_actor_recall/max_false_accept/latency_budget_ms",
              "must be at least 1 face, a recall in (0, 1], a false-accept rate in [0, 1) and a positive budget")
+    review = params.review
+    if review.min_cluster_size < 2 or review.min_samples < 1 or review.group_size < 1 or review.outlier_distance <= 0:
+        fail("review.min_cluster_size/min_samples/group_size/outlier_distance",
+             "must be at least 2 faces, 1 neighbour, 1 face and a positive distance")
 
 
 def validate_serve(serve: ServeParams, source: str | Path) -> None:
@@ -308,7 +325,7 @@ def _load(path: Path) -> Params:
     classes = {
         "data": DataParams, "clean": CleanParams, "featurize": FeaturizeParams, "split": SplitParams,
         "search": SearchParams, "audit": AuditParams, "register": RegisterParams, "serve": ServeParams,
-        "monitor": MonitorParams, "release": ReleaseParams,
+        "monitor": MonitorParams, "release": ReleaseParams, "review": ReviewParams,
     }
     params = Params(**{name: _section(cls, raw.get(name), name, path) for name, cls in classes.items()})
     validate(params, path)

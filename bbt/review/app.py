@@ -1,7 +1,9 @@
 """`bbt review`: the review queue as a local web page (loopback only), one face at a time, a verdict per key.
 
 Routes: `/` the page; `GET /api/queue` progress and every item's state; `GET /api/items/{n}` one item with the
-champion's answer; `/api/items/{n}/crop.jpg` and `/photo.jpg`; `POST /api/verdict`; `POST /api/undo`.
+champion's answer; `/api/items/{n}/crop.jpg` and `/photo.jpg`; `POST /api/verdict`; `GET /api/groups` the
+unreviewed detections in groups (bbt/review/groups.py); `POST /api/group-verdict` one verdict for a group's
+selected faces; `POST /api/undo` (the last verdict, a whole group's included).
 Every refused request is a JSON `{"error": ...}` with a 4xx status and changes nothing. Only the page this app
 serves can write (bbt/review/guard.py: its own Host, Origin and per-run token).
 """
@@ -57,6 +59,14 @@ class VerdictIn(BaseModel):
     box: BoxIn | None = None
 
 
+class GroupVerdictIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    group: str = Field(max_length=40)
+    keys: list[str] = Field(max_length=5000)
+    verdict: str = Field(max_length=40)
+    note: str = Field(default="", max_length=2000)
+
+
 class Answers:
     """The champion's answer for a queued face, computed when first shown and kept (None: no champion)."""
 
@@ -93,9 +103,9 @@ def error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def create_app(reviewer: Reviewer, answers: Answers, port: int) -> FastAPI:
+def create_app(reviewer: Reviewer, answers: Answers, port: int, group_problem: str = "") -> FastAPI:
     """The review app over one session's queue, served at 127.0.0.1:`port`; writes need a token made for this
-    app, which the page it serves carries."""
+    app, which the page it serves carries. `group_problem`: why the queue has no groups, if it has none."""
     app = FastAPI(title="bbt review", docs_url=None, redoc_url=None, openapi_url=None, redirect_slashes=False)
     token = new_token()
     app.add_middleware(OwnPageOnly, port=port, token=token)
@@ -127,8 +137,8 @@ def create_app(reviewer: Reviewer, answers: Answers, port: int) -> FastAPI:
             return last[item.key]
 
     def state() -> dict[str, Any]:
-        done, total = reviewer.progress()
-        given = {g.item.key: g.verdict for g in reviewer.given}
+        done, total = len(reviewer.done), len(reviewer.queue)
+        given = reviewer.verdicts()
         return {"done": done, "total": total, "can_undo": bool(reviewer.given),
                 "last": reviewer.given[-1].item.key if reviewer.given else None,
                 "items": [{"n": n, "key": item.key, "source": item.source, "verdict": given.get(item.key)}
@@ -168,7 +178,7 @@ def create_app(reviewer: Reviewer, answers: Answers, port: int) -> FastAPI:
             return got
         queued, photo = got
         answer = answers.of(queued, photo)
-        given = {g.item.key: g.verdict for g in reviewer.given}
+        given = reviewer.verdicts()
         return JSONResponse({
             "n": n, "key": queued.key, "source": queued.source, "image": queued.image, "box": queued.box.as_dict(),
             "why": queued.why, "current": queued.current, "suggestion": queued.suggestion,
@@ -199,14 +209,32 @@ def create_app(reviewer: Reviewer, answers: Answers, port: int) -> FastAPI:
         log.info("verdict %s: %s", given.item.key, given.verdict)
         return JSONResponse(state())
 
+    @app.get("/api/groups")
+    def groups() -> JSONResponse:
+        position = {item.key: n for n, item in enumerate(reviewer.queue)}
+        given = reviewer.verdicts()
+        return JSONResponse({"problem": group_problem, "groups": [
+            {**g.as_dict(), "items": [position[k] for k in g.keys], "pending": [k for k in g.keys if k not in given]}
+            for g in reviewer.groups.values()]})
+
+    @app.post("/api/group-verdict")
+    def group_verdict(body: GroupVerdictIn) -> JSONResponse:
+        try:
+            given = reviewer.give_group(body.group, body.keys, body.verdict, body.note)
+        except BbtError as err:
+            return error(400, str(err))
+        log.info("group verdict %s (%d faces): %s", given.group, len(given.items), given.verdict)
+        return JSONResponse(state())
+
     @app.post("/api/undo")
     def undo() -> JSONResponse:
         try:
             taken = reviewer.undo()
         except ReviewError as err:
             return error(409, str(err))
-        log.info("undone %s: %s", taken.item.key, taken.verdict)
-        return JSONResponse({**state(), "undone": taken.item.key})
+        log.info("undone %s: %s (%d faces)", taken.group or taken.item.key, taken.verdict, len(taken.items))
+        return JSONResponse({**state(), "undone": taken.item.key, "undone_group": taken.group,
+                             "undone_faces": len(taken.items)})
 
     return app
 
@@ -261,7 +289,28 @@ def serve_review(root: Path, port: int, model: str | None) -> None:
     answers = Answers(None if model == "none" else model)
     min_face_width = answers.classifier.model.min_face_width if answers.classifier is not None else 0
     reviewer = Reviewer(root, params.data, store, min_face_width)
+    group_problem = add_groups(reviewer, root, params, answers)
     counts = ", ".join(f"{source} {sum(i.source == source for i in reviewer.queue)}" for source in SOURCES)
     print(f"bbt review: {len(reviewer.queue)} faces wait for a verdict ({counts}); verdicts go to "
           f"{reviewer.corrections_path}\nopen http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
-    uvicorn.run(create_app(reviewer, answers, port), host="127.0.0.1", port=port, log_level="warning")
+    if group_problem:
+        print(f"bbt review: no groups ({group_problem}); the faces wait one at a time", flush=True)
+    else:
+        print(f"bbt review: the {sum(len(g.keys) for g in reviewer.groups.values())} detections nobody reviewed "
+              f"are in {len(reviewer.groups)} groups (G on the page)", flush=True)
+    uvicorn.run(create_app(reviewer, answers, port, group_problem), host="127.0.0.1", port=port,
+                log_level="warning")
+
+
+def add_groups(reviewer: Reviewer, root: Path, params: Any, answers: Answers) -> str:
+    """Group the queue's detections nobody reviewed (bbt/review/groups.py) with the champion's open-set
+    threshold (or, without a champion, the search's model's); returns why not, if they cannot be grouped."""
+    from bbt.review.groups import NEAREST_FACE, group_queue, search_threshold
+
+    try:
+        model = answers.classifier.model if answers.classifier is not None else None
+        threshold = model.threshold if model is not None and model.rule == NEAREST_FACE else search_threshold(root)
+        reviewer.groups = {g.id: g for g in group_queue(root, params, reviewer.queue, threshold)}
+    except BbtError as err:
+        return str(err)
+    return ""

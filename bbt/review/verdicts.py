@@ -18,12 +18,16 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bbt.config import DataParams
 from bbt.errors import DataError
 from bbt.pipeline.annotations import CORRECTION_COLUMNS, Annotation, load_annotations, load_corrections
 from bbt.review.queue import VERDICT_FILE, VERDICTS, Item, build_queue
 from bbt.vision.faces import Box
+
+if TYPE_CHECKING:
+    from bbt.review.groups import QueueGroup
 
 STRANGERS_FOLDER = "strangers"  # data/raw/<this>/: feedback photos of people who are none of the four
 MAX_NOTE = 500
@@ -38,14 +42,19 @@ class ReviewError(DataError):
 
 @dataclass(frozen=True)
 class Given:
-    """A saved verdict and what it changed, so it can be undone."""
+    """A saved verdict and what it changed, so it can be undone: on one face, or on a group's faces at once."""
 
-    item: Item
+    items: tuple[Item, ...]
     verdict: str
     before: str  # review/corrections.csv's text before the verdict
     after: str  # ... and after it
     copied: Path | None  # the feedback photo copied under data/raw
     verdict_file: Path | None  # the feedback item's verdict.json
+    group: str = ""  # the group's id, for a group verdict
+
+    @property
+    def item(self) -> Item:
+        return self.items[0]
 
 
 class Reviewer:
@@ -61,15 +70,20 @@ class Reviewer:
         self.queue = build_queue(root, corrections, feedback_store, min_face_width)
         self.by_key = {item.key: item for item in self.queue}
         self.given: list[Given] = []
+        self.groups: dict[str, QueueGroup] = {}  # set by the app when it groups the queue
         self._lock = threading.Lock()
 
     @property
     def done(self) -> set[str]:
-        return {g.item.key for g in self.given}
+        return {item.key for g in self.given for item in g.items}
+
+    def verdicts(self) -> dict[str, str]:
+        """The verdict given in this session per face key."""
+        return {item.key: g.verdict for g in self.given for item in g.items}
 
     def progress(self) -> tuple[int, int]:
         """(faces judged in this session, faces in the queue when it started)."""
-        return len(self.given), len(self.queue)
+        return len(self.done), len(self.queue)
 
     def give(self, key: str, verdict: str, note: str = "", image: str | None = None,
              box: Box | None = None) -> Given:
@@ -139,7 +153,40 @@ class Reviewer:
             write_atomically(verdict_file, json.dumps({
                 "verdict": verdict, "note": note, "image": image if copied else None,
                 "at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}, indent=2) + "\n")
-        return Given(item, verdict, before, after, copied, verdict_file)
+        return Given((item,), verdict, before, after, copied, verdict_file)
+
+    def give_group(self, group_id: str, keys: list[str], verdict: str, note: str = "") -> Given:
+        """One verdict for the faces `keys` of group `group_id` (the reviewer deselected the rest): a row per
+        face, each saying it came from this group verdict, written at once; undo takes them all back."""
+        group = self.groups.get(group_id)
+        if group is None:
+            raise ReviewError(f"no group {group_id!r} in this review session: reload the page")
+        if not keys:
+            raise ReviewError(f"group {group_id}: no face is selected; select the faces the verdict is for")
+        foreign = [key for key in keys if key not in group.keys]
+        if foreign:
+            raise ReviewError(f"{foreign[0]!r} is not a face of group {group_id}: reload the page")
+        if len(set(keys)) != len(keys):
+            raise ReviewError(f"group {group_id}: a face is named twice in the verdict")
+        items = [self.check(key, verdict, note, None, None) for key in keys]
+        review, label = VERDICTS[verdict]
+        says = group.proposal.says
+        origin = (f"bbt review, group verdict {group_id} ({len(keys)} of its {len(group.keys)} faces; proposed: "
+                  f"{says} at distance {group.proposal.distance:.2f}, threshold {group.proposal.threshold:.2f})")
+        with self._lock:
+            done = self.done
+            if any(key in done for key in keys):
+                raise ReviewError(f"group {group_id}: a face already has a verdict in this session: reload the page")
+            before = read_exactly(self.corrections_path)
+            after = before
+            for item in items:
+                reason = f"{origin}: {item.why}" + (f"; note: {note.strip()}" if note.strip() else "")
+                after = append_row(after, [item.image, item.box.x, item.box.y, item.box.w, item.box.h, label,
+                                           review, reason])
+            self._write_validated(after)
+            given = Given(tuple(items), verdict, before, after, None, None, group_id)
+            self.given.append(given)
+            return given
 
     def _copy_feedback_photo(self, item: Item, folder: str) -> Path:
         source = Path(item.image)
@@ -162,7 +209,8 @@ class Reviewer:
         os.replace(candidate, self.corrections_path)
 
     def undo(self) -> Given:
-        """Take the last verdict of this session back: its row, its copied photo, its verdict.json."""
+        """Take the last verdict of this session back: its rows (all of a group verdict's), its copied photo, its
+        verdict.json."""
         with self._lock:
             if not self.given:
                 raise ReviewError("nothing to undo: no verdict was given in this session")

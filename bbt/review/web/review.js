@@ -1,5 +1,6 @@
 // bbt review: one queued face at a time; a verdict per key (H L R S: the actors, U: not one of the four,
 // X: unusable, N: the note, Z: undo, arrows: move). Each verdict is saved by the server when given.
+// G switches to the groups: the detections nobody reviewed, clustered; one verdict for a group's selected faces.
 "use strict";
 
 const KEYS = { h: "howard", l: "leonard", r: "raj", s: "sheldon", u: "stranger", x: "unusable" };
@@ -123,7 +124,119 @@ function move(step) {
   show((position + step + queue.total) % queue.total).catch((err) => say(err.message));
 }
 
+let groups = null;       // the server's /api/groups answer
+let groupAt = 0;         // the group shown
+let mode = "faces";      // or "groups"
+const left = new Set();  // keys of the shown group's faces the reviewer left out
+
+function pendingGroups() {
+  return groups.groups.filter((group) => group.pending.length > 0);
+}
+
+async function loadGroups() {
+  groups = await call("api/groups");
+  queue = await call("api/queue");
+  showProgress();
+}
+
+function showGroup() {
+  const open = pendingGroups();
+  const grid = $("grid");
+  grid.replaceChildren();
+  $("group-undo").disabled = !queue.can_undo;
+  if (groups.problem) { $("group-title").textContent = `No groups: ${groups.problem}`; return; }
+  if (open.length === 0) { $("group-title").textContent = "Every group is judged."; $("group-proposal").textContent = ""; return; }
+  groupAt = Math.min(groupAt, open.length - 1);
+  const group = open[groupAt];
+  $("group-title").textContent = `Group ${groupAt + 1} of ${open.length} (${group.id}, ${group.kind}): ` +
+    `${group.pending.length} faces`;
+  const said = group.says === group.verdict ? group.says : `${group.says} (verdict: not one of the four)`;
+  $("group-proposal").textContent = `proposal: ${said}, median distance ${group.distance.toFixed(2)} ` +
+    `(threshold ${group.threshold.toFixed(2)}); ${(group.agreement * 100).toFixed(0)}% of the faces alone agree; ` +
+    `${group.outliers.length} marked odd (dashed)`;
+  group.keys.forEach((key, i) => {
+    if (!group.pending.includes(key)) return;
+    const button = document.createElement("button");
+    button.dataset.key = key;
+    button.setAttribute("aria-pressed", String(!left.has(key)));
+    if (group.outliers.includes(key)) button.classList.add("odd");
+    const img = document.createElement("img");
+    img.src = `api/items/${group.items[i]}/crop.jpg`;
+    img.alt = `face ${i + 1} of the group`;
+    button.append(img);
+    button.addEventListener("click", () => {
+      if (left.has(key)) left.delete(key); else left.add(key);
+      button.setAttribute("aria-pressed", String(!left.has(key)));
+    });
+    grid.append(button);
+  });
+}
+
+async function judgeGroup(verdict) {
+  const open = pendingGroups();
+  if (open.length === 0) return;
+  const group = open[groupAt];
+  const keys = group.pending.filter((key) => !left.has(key));
+  try {
+    await call("api/group-verdict", {
+      method: "POST", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ group: group.id, keys, verdict: verdict || group.verdict }),
+    });
+    say(`saved: ${keys.length} faces of ${group.id} are ${verdict || group.verdict}`, true);
+    left.clear();
+    await loadGroups();
+    showGroup();
+  } catch (err) {
+    say(err.message);
+  }
+}
+
+async function undoInGroups() {
+  try {
+    const answer = await call("api/undo", { method: "POST" });
+    say(`undone: ${answer.undone_group || answer.undone} (${answer.undone_faces} faces)`, true);
+    left.clear();
+    await loadGroups();
+    showGroup();
+  } catch (err) {
+    say(err.message);
+  }
+}
+
+function moveGroup(step) {
+  const open = pendingGroups();
+  if (open.length === 0) return;
+  groupAt = (groupAt + step + open.length) % open.length;
+  left.clear();
+  showGroup();
+}
+
+async function switchMode() {
+  mode = mode === "faces" ? "groups" : "faces";
+  $("mode-name").textContent = mode === "faces" ? "groups" : "one face at a time";
+  $("groups-view").hidden = mode !== "groups";
+  if (mode === "groups") {
+    $("main").hidden = true;
+    $("empty").hidden = true;
+    await loadGroups();
+    showGroup();
+  } else {
+    await refresh(0);
+  }
+}
+
 document.addEventListener("keydown", (event) => {
+  if (mode === "groups") {
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    const key = event.key.toLowerCase();
+    if (event.key === "Enter") { event.preventDefault(); judgeGroup(null); }
+    else if (KEYS[key]) judgeGroup(KEYS[key]);
+    else if (key === "z") undoInGroups();
+    else if (key === "g") switchMode().catch((err) => say(err.message));
+    else if (event.key === "ArrowRight") moveGroup(1);
+    else if (event.key === "ArrowLeft") moveGroup(-1);
+    return;
+  }
   if (event.target === $("note")) {
     if (event.key === "Escape" || event.key === "Enter") $("note").blur();
     return;
@@ -133,9 +246,15 @@ document.addEventListener("keydown", (event) => {
   if (KEYS[key]) judge(KEYS[key]);
   else if (key === "z") undo();
   else if (key === "n") { event.preventDefault(); $("note").focus(); }
+  else if (key === "g") switchMode().catch((err) => say(err.message));
   else if (event.key === "ArrowRight") move(1);
   else if (event.key === "ArrowLeft") move(-1);
 });
+$("mode").addEventListener("click", () => switchMode().catch((err) => say(err.message)));
+$("group-accept").addEventListener("click", () => judgeGroup(null));
+$("group-next").addEventListener("click", () => moveGroup(1));
+$("group-prev").addEventListener("click", () => moveGroup(-1));
+$("group-undo").addEventListener("click", undoInGroups);
 document.querySelectorAll("[data-verdict]").forEach((button) => {
   button.addEventListener("click", () => judge(button.dataset.verdict));
 });
