@@ -205,7 +205,7 @@ class JsonErrors:
                 text = held.get("text") or held["body"].decode("utf-8", "replace").strip() or "error"
                 why = f"{scope['method']} {scope['path']}: {text.lower()}"
                 if status == 404:
-                    why += "; the routes are /, /classify, /classify_image, /feedback, /livez, /readyz, /metrics and /docs.json"
+                    why += "; the routes are /, /classify, /classify_image, /feedback, /livez, /readyz, /metrics, /docs and /docs.json"
                 body = json.dumps({"error": why}).encode()
                 headers = [(k, v) for k, v in held["start"].get("headers", [])
                            if k.lower() not in (b"content-type", b"content-length", b"location")]
