@@ -46,7 +46,7 @@ def call(request: httpx.Request, chunk: int = 7) -> tuple[App, int, dict | None]
         sent.append(message)
 
     app = App()
-    scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": b"",
+    scope = {"type": "http", "method": "POST", "path": "/classify", "query_string": b"", "app": object(),
              "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()]}
     asyncio.run(PhotoForm(app)(scope, receive, send))
     body_sent = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
@@ -75,7 +75,8 @@ def test_a_url_for_the_photo_never_reaches_the_app() -> None:
 def test_json_and_broken_forms_get_the_services_errors() -> None:
     app, status, error = call(httpx.Request("POST", "http://x/classify", json={"image": URL}))
     assert app.scope is None and status == 415 and "(got application/json)" in error["error"]
-    broken = httpx.Request("POST", "http://x/classify", content=b"--b\r\nno headers here",
-                           headers={"content-type": "multipart/form-data; boundary=b"})
-    app, status, error = call(broken)
-    assert app.scope is None and status == 400 and error["error"].startswith("the request body is not a valid form")
+    for body in (b"--b\r\nno headers here", b"--b\r\nnot really multipart"):
+        broken = httpx.Request("POST", "http://x/classify", content=body,
+                               headers={"content-type": "multipart/form-data; boundary=b"})
+        app, status, error = call(broken)
+        assert app.scope is None and status == 400 and error["error"].startswith("the request body is not a valid form")
