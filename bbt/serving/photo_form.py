@@ -8,6 +8,7 @@ The form's file name is left in the scope for the answer's error messages.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -21,6 +22,9 @@ from bbt.serving.upload_limits import error_response
 PHOTO_NAME = "bbt.photo_name"
 PHOTO_FIELD = "image"
 CURL_HINT = "e.g. curl -F image=@photo.jpg URL/classify"
+# The longest file name (its last part, in bytes) BentoML can name its temporary copy after: 255 bytes, less
+# tempfile's own prefix and random part.
+MAX_NAME_BYTES = 240
 
 
 class PhotoForm:
@@ -89,9 +93,20 @@ async def _check_form(scope: dict, chunks: list[bytes]) -> tuple[str, str]:
         if not photos or not all(isinstance(photo, UploadFile) for photo in photos):
             return ("the form has no file in the field 'image': send the photo as a file part named 'image', "
                     f"{CURL_HINT}"), ""
+        for photo in photos:
+            if not _storable(photo.filename or ""):
+                return (f"the photo's file name {photo.filename!r} is one this service cannot store (a NUL "
+                        f"character, or over {MAX_NAME_BYTES} bytes): rename the photo, e.g. photo.jpg"), ""
         return "", getattr(photos[0], "filename", None) or ""
     finally:
         await form.close()
+
+
+def _storable(filename: str) -> bool:
+    """Whether BentoML can keep the upload in a temporary file named after it (its name's last part is the
+    file's suffix: a NUL or a name past the file system's 255 bytes would make it fail)."""
+    name = os.path.basename(filename)
+    return "\x00" not in name and len(os.fsencode(name)) <= MAX_NAME_BYTES
 
 
 async def _disconnected() -> dict:

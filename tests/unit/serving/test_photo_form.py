@@ -80,3 +80,19 @@ def test_json_and_broken_forms_get_the_services_errors() -> None:
                                headers={"content-type": "multipart/form-data; boundary=b"})
         app, status, error = call(broken)
         assert app.scope is None and status == 400 and error["error"].startswith("the request body is not a valid form")
+
+
+def raw_upload(filename: str) -> httpx.Request:
+    """A form with the photo under this file name, written as it is (httpx would escape a NUL)."""
+    body = (b'--b\r\nContent-Disposition: form-data; name="image"; filename="' + filename.encode() +
+            b'"\r\nContent-Type: image/jpeg\r\n\r\n\xff\xd8\r\n--b--\r\n')
+    return httpx.Request("POST", "http://x/classify", content=body,
+                         headers={"content-type": "multipart/form-data; boundary=b"})
+
+
+def test_a_file_name_bentoml_cannot_store_gets_a_400_naming_the_fix() -> None:
+    for name in ("\x00", "a\x00.jpg", "x" * 241 + ".jpg", "a" * 5000):
+        app, status, error = call(raw_upload(name))
+        assert app.scope is None and status == 400 and error["error"].endswith("rename the photo, e.g. photo.jpg")
+    app, status, _ = call(raw_upload("x" * 236 + ".jpg"))
+    assert status == 200 and app.scope[PHOTO_NAME] == "x" * 236 + ".jpg"
