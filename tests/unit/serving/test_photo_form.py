@@ -91,7 +91,7 @@ def raw_upload(filename: str) -> httpx.Request:
 
 
 def test_a_file_name_bentoml_cannot_store_gets_a_400_naming_the_fix() -> None:
-    for name in ("\x00", "a\x00.jpg", "x" * 241 + ".jpg", "a" * 5000):
+    for name in ("\x00", "a\x00.jpg", "x" * 241 + ".jpg", "\u00fc" * 121):  # the last: 242 bytes
         app, status, error = call(raw_upload(name))
         assert app.scope is None and status == 400 and error["error"].endswith("rename the photo, e.g. photo.jpg")
     app, status, _ = call(raw_upload("x" * 236 + ".jpg"))
