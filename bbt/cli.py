@@ -205,7 +205,7 @@ def serve(
 
     params = load_params().register
     tag = run_import(params.model_name, params.alias)
-    typer.echo(f"serving {tag} on http://{host}:{port} (page /, API /classify, OpenAPI /docs.json); Ctrl-C stops it")
+    typer.echo(f"serving {tag} on http://{host}:{port} (page /, API /classify, docs /docs); Ctrl-C stops it")
     # A fresh interpreter (not this one, which imported MLflow to import the champion) runs the server.
     os.execv(sys.executable, [sys.executable, "-m", "bbt.serving.bento_serve", "bbt.serving.service:ActorService",
                               "--host", host, "--port", str(port)])

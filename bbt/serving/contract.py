@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import File, UploadFile
 from pydantic import BaseModel, Field
 
 from bbt.model.face_prediction import FacePrediction
-from bbt.vision.images import SUPPORTED_FOR_PEOPLE, ImageError
+from bbt.vision.images import ImageError
 
 
 class FaceBox(BaseModel):
@@ -64,9 +63,6 @@ class LegacyFace(BaseModel):
 
 class ErrorBody(BaseModel):
     error: str
-
-
-PhotoUpload = Annotated[UploadFile, File(description=f"A {SUPPORTED_FOR_PEOPLE} photo")]
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -1,9 +1,10 @@
 """The champion over HTTP: a BentoML service with the drop-box page, `/classify` and the legacy `/classify_image`.
 
 Run it with `bbt serve` (imports the champion into the BentoML store, then `bentoml serve bbt.serving.service:ActorService`).
-The routes live in a FastAPI app mounted on the service, so every request is parsed by our own code: each bad
-input gets a clear 4xx `{"error": ...}` and nothing makes the server fetch a URL (BentoML's own multipart parser
-downloads string fields that look like URLs).
+`/classify` is a BentoML API (its clients, /schema.json and the docs page at /docs know it); its body is checked by
+bbt.serving.photo_form before BentoML parses it, so each bad input gets a clear 4xx `{"error": ...}` and nothing
+makes the server fetch a URL (BentoML's parsers download file fields given as URL strings). The page, the legacy
+route and /feedback live in a FastAPI app mounted on the service.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _bentoml_impl.server
 import bentoml
 import prometheus_client
 from fastapi import FastAPI, Request
@@ -43,12 +45,12 @@ from bbt.serving.contract import (
     ImageSize,
     LegacyFace,
     ModelInfo,
-    PhotoUpload,
     decode_data_url,
     legacy_face,
 )
 from bbt.serving.feedback_route import FEEDBACK_ERRORS, OPENAPI_BODY, FeedbackKept, report_wrong_answer
 from bbt.serving.model_card_route import card_and_page, card_response
+from bbt.serving.photo_form import PHOTO_NAME, PhotoForm
 from bbt.serving.sandbox import Sandboxes, TimedOut
 from bbt.serving.supervisor import supervise
 from bbt.serving.upload_limits import (
@@ -68,6 +70,8 @@ log = logging.getLogger("bbt.serving.service")
 PHOTO_WORK = "bbt.serving.sandbox_process:actor_classifier"
 
 WEB_DIR = Path(__file__).with_name("web")
+# BentoML's docs page (Swagger UI over /docs.json), which it serves at / on a service without a page of its own.
+BENTOML_DOCS_PAGE = Path(_bentoml_impl.server.__file__).with_name("main-openapi.html")
 # A data URL carries base64 (4 bytes per 3) plus its header: the legacy route's body may be this much larger.
 # Old pages post it URL-encoded, where '+' and '/' (1 in 32 base64 characters) take 3 bytes each: 1.0625x more,
 # and a margin for photos whose base64 has more of them.
@@ -107,7 +111,6 @@ class Assets(StaticFiles):
 web = FastAPI(title="bbt actor classifier", version="1", docs_url=None, redoc_url=None, openapi_url=None,
               redirect_slashes=False,
               description="Finds the faces in a photo and names the Big Bang Theory actor of each.")
-web.add_middleware(UploadLimit, service=bentoml.get_current_service)
 
 
 @web.exception_handler(RequestValidationError)
@@ -247,19 +250,31 @@ class ActorService:
         # Browsers ask for /favicon.ico on pages without a <link rel="icon">, e.g. /docs.json.
         return FileResponse(WEB_DIR / "favicon.svg", media_type="image/svg+xml")
 
+    @web.get("/docs", include_in_schema=False)
+    async def docs(self) -> FileResponse:
+        # BentoML serves its docs page at /, where this service's page is: the same file, here.
+        return FileResponse(BENTOML_DOCS_PAGE, media_type="text/html")
+
     @web.get("/model-card", summary="The served model's card: markdown with Accept: text/markdown, else a page",
              responses={404: {"description": "The served model has no card"}})
     async def model_card(self, request: Request) -> Response:
         return card_response(self.card, request)
 
-    @web.post("/classify", response_model=Classification, responses=ERRORS,
-              summary="Find every face in a photo and name the actor")
-    async def classify(self, image: PhotoUpload) -> Classification | JSONResponse:
+    @bentoml.api(route="/classify")
+    async def classify(self, image: Path, ctx: bentoml.Context) -> Classification:
+        """Find every face in a photo and name the actor.
+
+        `image`: a JPEG, PNG, WebP, BMP, TIFF or GIF photo, as a multipart file part (bbt.serving.photo_form
+        refuses anything else before BentoML parses it). A photo that cannot be answered gets the service's JSON
+        error (see docs/serving.md) instead of the Classification.
+        """
         started = time.perf_counter()
-        name = f"the uploaded file {image.filename!r}" if image.filename else "the uploaded file"
-        answer = await self.answer(await image.read(), name)
+        filename = ctx.request.scope.get(PHOTO_NAME, "")
+        name = f"the uploaded file {filename!r}" if filename else "the uploaded file"
+        answer = await self.answer(image.read_bytes(), name)
         if isinstance(answer, JSONResponse):
-            return answer
+            ctx.response.status_code = answer.status_code  # BentoML sets the context's status on what it sends
+            return answer  # type: ignore[return-value]  # BentoML sends a Response as it is
         faces, (width, height) = answer
         self.record_answer(faces, started)
         return Classification(faces=[Face.model_validate(f.as_dict()) for f in faces], model=self.model_info,
@@ -308,6 +323,9 @@ class ActorService:
 
 
 web.mount("/static", Assets(directory=WEB_DIR), name="static")
+# Outermost first: the upload limits hold every upload route's body, then /classify's form is checked.
+ActorService.add_asgi_middleware(UploadLimit, service=bentoml.get_current_service)
+ActorService.add_asgi_middleware(PhotoForm)
 ActorService.add_asgi_middleware(JsonErrors)
 
 

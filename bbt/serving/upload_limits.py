@@ -200,8 +200,10 @@ class JsonErrors:
                 status = held["start"]["status"]
                 text = held.get("text") or held["body"].decode("utf-8", "replace").strip() or "error"
                 why = f"{scope['method']} {scope['path']}: {text.lower()}"
+                if status == 405 and scope["path"] == "/classify":  # the API route, which BentoML answers
+                    why += "; send the photo with POST, e.g. curl -F image=@photo.jpg URL/classify"
                 if status == 404:
-                    why += "; the routes are /, /classify, /classify_image, /feedback, /livez, /readyz, /metrics and /docs.json"
+                    why += "; the routes are /, /classify, /classify_image, /feedback, /livez, /readyz, /metrics, /docs and /docs.json"
                 body = json.dumps({"error": why}).encode()
                 headers = [(k, v) for k, v in held["start"].get("headers", [])
                            if k.lower() not in (b"content-type", b"content-length", b"location")]

@@ -51,13 +51,19 @@ def service(trained_project: Project) -> Iterator[object]:
         os.chdir(previous)
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def client(service: object) -> Iterator[TestClient]:
-    """Calls into the FastAPI app the service mounts, without a network server."""
-    from bbt.serving.service import web
+    """Calls into BentoML's app for the service (its /classify API, the FastAPI app it mounts, the middlewares),
+    over the `service` instance, without a network server. One per module: each app registers its metrics."""
+    from _bentoml_impl.server.app import ServiceAppFactory
 
-    with TestClient(web, raise_server_exceptions=False) as test_client:
-        yield test_client
+    from bbt.serving.service import ActorService
+
+    ActorService.inject_config()  # as `bentoml serve` (and Service.to_asgi) does before making the app
+    factory = ServiceAppFactory(ActorService, is_main=True)
+    app = factory()
+    factory._service_instance = service  # what its lifespan would create: this test's instance instead
+    yield TestClient(app, raise_server_exceptions=False)
 
 
 def reviewed_face(project: Project, status: str = "accepted", split: str = "train") -> tuple[bytes, str, Box]:

@@ -1,0 +1,113 @@
+"""`PhotoForm`: the checks `/classify`'s body passes before BentoML parses it.
+
+BentoML's multipart parser downloads a file field given as a string (a URL), and so does its JSON parser; it has
+no setting to stop that. So the whole body (already bounded by `UploadLimit`) is read here and refused unless it
+is a multipart form whose field 'image' is a file part: then nothing reaches BentoML that makes it fetch a URL.
+The form's file name is left in the scope for the answer's error messages.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from bbt.serving.upload_limits import error_response
+
+# The ASGI scope key the classify API reads the uploaded file's name from.
+PHOTO_NAME = "bbt.photo_name"
+PHOTO_FIELD = "image"
+CURL_HINT = "e.g. curl -F image=@photo.jpg URL/classify"
+# The longest file name (its last part, in bytes) BentoML can name its temporary copy after: 255 bytes, less
+# tempfile's own prefix and random part.
+MAX_NAME_BYTES = 240
+
+
+class PhotoForm:
+    """ASGI middleware: a POST to one of `paths` is answered with the same JSON errors as the rest of the service
+    (415 not multipart, 400 not a valid form or no file in 'image') unless its 'image' is a file part; a body that
+    passes is handed on, byte for byte, to the app."""
+
+    def __init__(self, app: Any, paths: tuple[str, ...] = ("/classify",)) -> None:
+        self.app = app
+        self.paths = paths
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
+            return await self.app(scope, receive, send)
+        content_type = dict(scope["headers"]).get(b"content-type", b"").decode("latin-1")
+        if not content_type.startswith("multipart/form-data"):
+            return await error_response(415, (
+                f"POST {scope['path']} needs multipart/form-data with the photo in the field 'image' "
+                f"(got {content_type or 'no content type'}), {CURL_HINT}"))(scope, receive, send)
+        try:
+            chunks = await _whole_body(receive)
+        except HTTPException as err:  # UploadLimit's 413 or 408 while the body streams in
+            return await error_response(err.status_code, str(err.detail))(scope, receive, send)
+        refusal, name = await _check_form(scope, chunks)
+        if refusal:
+            return await error_response(400, refusal)(scope, receive, send)
+        scope[PHOTO_NAME] = name
+        await self.app(scope, _replay(chunks, receive), send)
+
+
+async def _whole_body(receive: Any) -> list[bytes]:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return chunks
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return chunks
+
+
+def _replay(chunks: list[bytes], receive: Any) -> Any:
+    """A `receive` that gives the body read already as one message, then the client's later messages."""
+    pending = [b"".join(chunks)]
+
+    async def replayed() -> dict:
+        if pending:
+            return {"type": "http.request", "body": pending.pop(), "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+async def _check_form(scope: dict, chunks: list[bytes]) -> tuple[str, str]:
+    """Why the form is refused ('' when it is not), and the name of its photo's file."""
+    request = Request(scope, _replay(chunks, _disconnected))
+    try:
+        form = await request.form()
+    except (MultiPartException, HTTPException, AssertionError) as err:
+        detail = str(getattr(err, "detail", None) or getattr(err, "message", None) or err).rstrip(".")
+        reason = f" ({detail})" if detail and detail != "There was an error parsing the body" else ""
+        return (f"the request body is not a valid form{reason}: send the photo as the file field 'image', "
+                f"{CURL_HINT}"), ""
+    try:
+        photos = form.getlist(PHOTO_FIELD)  # BentoML fetches every string among them
+        if not photos or not all(isinstance(photo, UploadFile) for photo in photos):
+            return ("the form has no file in the field 'image': send the photo as a file part named 'image', "
+                    f"{CURL_HINT}"), ""
+        for photo in photos:
+            if not _storable(photo.filename or ""):
+                return (f"the photo's file name {photo.filename!r} is one this service cannot store (a NUL "
+                        f"character, or over {MAX_NAME_BYTES} bytes): rename the photo, e.g. photo.jpg"), ""
+        return "", getattr(photos[0], "filename", None) or ""
+    finally:
+        await form.close()
+
+
+def _storable(filename: str) -> bool:
+    """Whether BentoML can keep the upload in a temporary file named after it (its name's last part is the
+    file's suffix: a NUL or a name past the file system's 255 bytes would make it fail)."""
+    name = os.path.basename(filename)
+    return "\x00" not in name and len(os.fsencode(name)) <= MAX_NAME_BYTES
+
+
+async def _disconnected() -> dict:
+    return {"type": "http.disconnect"}
