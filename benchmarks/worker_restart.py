@@ -1,7 +1,8 @@
 """How long a killed serving worker takes to be replaced: kill -9 a worker of `bbt serve`, then time until its
-supervisor starts another (spawned) and until the service answers /readyz again (ready).
+supervisor starts another (spawned) and until the service answers /readyz again (ready). With `--kill parent`,
+the photo processes' warm parent is killed instead (the supervisor starts another; the workers reconnect).
 
-    python benchmarks/worker_restart.py --project . --rounds 5
+    python benchmarks/worker_restart.py --project . --rounds 5 [--kill parent]
 
 The server runs one worker, so /readyz needs the replacement: a request sent after the kill waits in the
 listening socket's backlog (the supervisor holds the socket) until the replacement accepts it, so `ready` is
@@ -27,8 +28,10 @@ import psutil
 
 from bbt.deploy.shutdown import stop_process_tree
 from bbt.serving.ready import free_port
+from bbt.serving.supervisor import YOUNG_S
 
 WORKER_MODULE = "_bentoml_impl.worker"  # in the command line of each BentoML worker process
+PARENT_MODULE = "bbt.serving.sandbox_process"  # the warm parent's (and its forks') command line
 
 
 def workers(server: psutil.Process) -> set[int]:
@@ -38,6 +41,19 @@ def workers(server: psutil.Process) -> set[int]:
             if any(WORKER_MODULE in part for part in process.cmdline()):
                 found.add(process.pid)
         except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def warm_parents(server: psutil.Process) -> set[int]:
+    """The warm parents under `server`: processes running PARENT_MODULE that are not forks of one."""
+    found = set()
+    for process in server.children(recursive=True):
+        try:
+            if (process.status() != psutil.STATUS_ZOMBIE and PARENT_MODULE in " ".join(process.cmdline())
+                    and PARENT_MODULE not in " ".join(process.parent().cmdline())):
+                found.add(process.pid)
+        except psutil.Error:
             continue
     return found
 
@@ -63,6 +79,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--project", type=Path, default=Path("."))
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--kill", choices=("worker", "parent"), default="worker",
+                        help="What is killed each round: the worker, or the photo processes' warm parent.")
     parser.add_argument("--log", type=Path, default=Path(os.devnull), help="Where the server's output goes.")
     args = parser.parse_args()
 
@@ -79,19 +97,22 @@ def main() -> None:
         started = wait(lambda: ready(url), 300)
         supervisor = psutil.Process(server.pid)
         wait(lambda: len(workers(supervisor)) == 1)
+        victims = workers if args.kill == "worker" else warm_parents
         print(f"bbt serve ready in {started:.1f} s; load average {os.getloadavg()[0]:.1f}")
         spawned, answered = [], []
         for round_ in range(1, args.rounds + 1):
-            time.sleep(2)  # the replacement of the previous round has settled
-            before = workers(supervisor)
+            # The replacement of the previous round has settled; a warm parent that ends young is started
+            # again only after a pause (a crash loop: bbt/serving/supervisor.py YOUNG_S), so let it age past that.
+            time.sleep(2 if args.kill == "worker" else YOUNG_S + 1)
+            before = victims(supervisor)
             [victim] = before
             os.kill(victim, signal.SIGKILL)
             killed = time.monotonic()
-            wait(lambda: bool(workers(supervisor) - before))  # noqa: B023 - used within the iteration
+            wait(lambda: bool(victims(supervisor) - before))  # noqa: B023 - used within the iteration
             spawned.append(time.monotonic() - killed)
             wait(lambda: ready(url))
             answered.append(time.monotonic() - killed)
-            print(f"round {round_}: worker {victim} killed; another spawned after {spawned[-1]:.2f} s, "
+            print(f"round {round_}: {args.kill} {victim} killed; another spawned after {spawned[-1]:.2f} s, "
                   f"/readyz 200 after {answered[-1]:.2f} s (load average {os.getloadavg()[0]:.1f})")
         print(f"spawned after: median {statistics.median(spawned):.2f} s, max {max(spawned):.2f} s; "
               f"ready after: median {statistics.median(answered):.2f} s, max {max(answered):.2f} s")

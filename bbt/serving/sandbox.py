@@ -19,7 +19,6 @@ import os
 import select
 import signal
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -29,6 +28,7 @@ from typing import Any
 
 from bbt.errors import ModelError
 from bbt.model.face_prediction import FacePrediction
+from bbt.serving.admission import Busy
 from bbt.serving.sandbox_process import (
     FORK,
     FRAME,
@@ -55,6 +55,8 @@ GRANTED_DECODE_BYTES = 24 * MB
 START_TIMEOUT_S = 300  # loading the model in the warm parent
 # The environment variable naming the service's warm parent (an abstract unix socket's name) in its workers.
 SHARED_PARENT_ENV = "BBT_PHOTO_PARENT"
+RECONNECT_DELAY_S = 0.2  # between tries to reach a warm parent's replacement
+RESTART_RETRY_AFTER_S = 5  # what a photo whose process died with its parent is told (a new parent loads in ~2-4 s)
 
 
 class TimedOut(Exception):
@@ -117,49 +119,137 @@ class Sandboxes:
         self.max_pixels = max_pixels
         self.processes = processes
         self.zygote: subprocess.Popen[bytes] | None = None
-        shared_parent = shared_parent if shared_parent is not None else os.environ.get(SHARED_PARENT_ENV)
-        if shared_parent:  # the service's, which the supervisor started (bbt/serving/supervisor.py)
+        self._work = {"factory": factory, "argument": argument, "cpu_seconds": cpu_seconds,
+                      "retire_after_bytes": retire_after_bytes}
+        self._shared_parent = shared_parent if shared_parent is not None else os.environ.get(SHARED_PARENT_ENV)
+        self._fork_lock = threading.Lock()
+        self._closed = threading.Event()
+        self._up = threading.Event()  # connected to a live warm parent
+        self._connect()
+        self._idle = [self._fork() for _ in range(processes)]
+        self._waiters: list[asyncio.Future[PhotoProcess]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop photos last waited on
+        threading.Thread(target=self._keep_parent, name="photo-parent-keeper", daemon=True).start()
+
+    # ---- the warm parent ------------------------------------------------------------------------------------
+
+    def _connect(self) -> None:
+        """Connect to the warm parent (the service's, or a new one of this worker's own) and wait for its model."""
+        if self._shared_parent:  # the service's, which the supervisor started (bbt/serving/supervisor.py)
             self._control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
-                self._control.connect(abstract_address(shared_parent))
+                self._control.connect(abstract_address(self._shared_parent))
             except OSError as err:
                 self._control.close()
-                raise ModelError(f"the service's photo processes' parent ({shared_parent}) is not running ({err}): "
-                                 "restart the service") from None
+                raise ModelError(f"the service's photo processes' parent ({self._shared_parent}) is not running "
+                                 f"({err}): restart the service") from None
         else:  # a parent of its own (tests, benchmarks, a service not started by `bentoml serve`)
             self._control, theirs = socket.socketpair()
-            self.zygote = start_warm_parent(factory, argument, connection=theirs)
+            self.zygote = start_warm_parent(self._work["factory"], self._work["argument"], connection=theirs)
             theirs.close()
-        parent_pid = struct.unpack("3i", self._control.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-        self._parent = os.pidfd_open(parent_pid)
         self._control.settimeout(START_TIMEOUT_S)
         try:
-            send_frame(self._control, {"factory": factory, "argument": argument, "cpu_seconds": cpu_seconds,
-                                       "retire_after_bytes": retire_after_bytes})
+            send_frame(self._control, self._work)
             hello, _ = recv_frame(self._control)
         except (EOFError, OSError, TimeoutError) as err:
-            self.close()
+            self._disconnect()
             raise ModelError(f"the photo processes' parent did not start ({err}): see the log above") from None
         if "error" in hello:
-            self.close()
+            self._disconnect()
             raise ModelError(f"the photo processes' parent could not load the model: {hello['error']}")
+        # Its pid from its hello: the socket's peer credentials name whoever made the socket (the supervisor).
+        try:
+            self._parent = os.pidfd_open(int(hello["pid"]))
+        except ProcessLookupError:
+            self._disconnect()
+            raise ModelError("the photo processes' parent ended as it started: see the log above") from None
         self.info: dict[str, Any] = hello["ready"]
         if self.info.get("threads", 1) != 1:
             log.warning("the photo processes' parent runs %s Python threads; forking it copies only one",
                         self.info["threads"])
         log.debug("the photo processes' parent runs %s threads in all", self.info.get("native_threads"))
         self._control.settimeout(None)
-        self._fork_lock = threading.Lock()
-        self._idle = [self._fork() for _ in range(processes)]
-        self._waiters: list[asyncio.Future[PhotoProcess]] = []
+        self._up.set()
+
+    def _disconnect(self) -> None:
+        self._up.clear()
+        self._control.close()
+        if hasattr(self, "_parent"):
+            os.close(self._parent)
+            del self._parent
+        if self.zygote is not None:  # this worker's own: it ends once its control socket closes
+            try:
+                self.zygote.wait(10)
+            except subprocess.TimeoutExpired:
+                self.zygote.kill()
+                self.zygote.wait()
+            self.zygote = None
+
+    def _keep_parent(self) -> None:
+        """When the warm parent ends (killed, out of memory), connect to its replacement: the supervisor starts
+        the service's again under the same name (bbt/serving/supervisor.py); a worker's own is started anew. Its
+        photo processes died with it; each is replaced when next taken, from the new parent."""
+        while not self._closed.is_set():
+            poller = select.poll()
+            with self._fork_lock:
+                if self._closed.is_set() or not self._up.is_set():
+                    return
+                poller.register(self._parent, select.POLLIN)
+            if not poller.poll(1000):
+                continue
+            self._up.clear()
+            log.warning("the photo processes' parent has ended; connecting to its replacement")
+            deadline = time.monotonic() + START_TIMEOUT_S
+            with self._fork_lock:
+                while not self._closed.is_set():
+                    self._disconnect()
+                    try:
+                        self._connect()
+                        break
+                    except ModelError as err:
+                        if time.monotonic() > deadline:
+                            log.error("no photo processes' parent to connect to: %s", err)
+                            return
+                        # The supervisor checks its processes every second; its new parent then loads the model.
+                        self._closed.wait(RECONNECT_DELAY_S)
+            log.warning("connected to the photo processes' new parent")
+            self._refill_dead()
+
+    def _refill_dead(self) -> None:
+        """Replace the idle processes that died with the old parent now, not when a photo next needs one."""
+        for process in [p for p in list(self._idle) if not p.alive]:
+            try:
+                self._idle.remove(process)
+            except ValueError:  # a photo took it meanwhile, and replaces it itself
+                continue
+            process.kill()
+            try:
+                self._idle.append(self._fork())
+            except ModelError as err:
+                log.error("could not fork a new photo process: %s", err)
+                return
+            self._wake_soon()
+
+    def _wake_soon(self) -> None:
+        """From a thread: wake the photos waiting on the event loop, if any (_wake)."""
+        try:
+            if self._loop is not None:
+                self._loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # the loop has closed: no photo waits on it
+            pass
 
     # ---- processes ------------------------------------------------------------------------------------------
 
     def _fork(self) -> PhotoProcess:
         """A new photo process from the warm parent (blocking: a few milliseconds)."""
         with self._fork_lock:
-            self._control.sendall(FORK)
-            message, fds, _, _ = socket.recv_fds(self._control, 64, 2)
+            if self._closed.is_set():
+                raise ModelError("the photo processes are closed")
+            try:
+                self._control.sendall(FORK)
+                message, fds, _, _ = socket.recv_fds(self._control, 64, 2)
+            except OSError:
+                fds = []
         if len(fds) != 2:
             raise ModelError("the photo processes' parent has ended: restart the service")
         sock = socket.socket(fileno=fds[0])
@@ -167,6 +257,9 @@ class Sandboxes:
         return PhotoProcess(int(message), fds[1], sock)
 
     async def _take(self) -> PhotoProcess:
+        # Before looking at the idle list: a refill that finds it empty-handed then wakes this loop (tests run
+        # several loops in turn; a service, one).
+        self._loop = asyncio.get_running_loop()
         while self._idle:
             process = self._idle.pop()
             if process.alive:
@@ -192,48 +285,56 @@ class Sandboxes:
                 return
         self._idle.append(process)
 
+    def _wake(self) -> None:
+        """Hand idle processes to the photos waiting for one (on the event loop)."""
+        while self._waiters and self._idle:
+            process = self._idle.pop()
+            if process.alive:
+                self._give(process)
+            else:
+                self._replace(process)
+
     def _replace(self, process: PhotoProcess) -> None:
         """Kill a process whose state is unknown (past its deadline, cancelled, or dead) and fork another on a
-        thread, which hands it to the pool on the event loop (or straight to the idle list once the loop is gone)."""
+        thread, which puts it in the idle list and wakes a photo waiting for one."""
         process.kill()
-        loop = asyncio.get_running_loop()
 
         def refill() -> None:
-            try:
-                fresh = self._fork()
-            except (OSError, ModelError) as err:
-                log.error("could not fork a new photo process: %s", err)
-                return
-            try:
-                loop.call_soon_threadsafe(self._give, fresh)
-            except RuntimeError:  # the loop has closed (a test's asyncio.run): no photo waits on it
-                self._idle.append(fresh)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while True:
+                try:
+                    fresh = self._fork()
+                    break
+                except ModelError as err:  # the warm parent ended: the keeper connects to its replacement
+                    if self._closed.is_set() or time.monotonic() > deadline:
+                        log.error("could not fork a new photo process: %s", err)
+                        return
+                    self._closed.wait(RECONNECT_DELAY_S)
+            # Idle first, then a photo waiting for it is woken on the loop: a loop that ends before the wake-up runs
+            # (a test's asyncio.run) loses no process.
+            self._idle.append(fresh)
+            self._wake_soon()
 
         threading.Thread(target=refill, name="photo-process-refill", daemon=True).start()
 
     @property
     def alive(self) -> bool:
-        """Whether the warm parent still runs (its pidfd turns readable when it ends)."""
+        """Whether the warm parent runs: False from its end until this worker is connected to its replacement."""
+        if not self._up.is_set():
+            return False
         poller = select.poll()
-        poller.register(self._parent, select.POLLIN)
+        poller.register(self._parent, select.POLLIN)  # readable once it has ended (before the keeper wakes)
         return not poller.poll(0)
 
     def close(self) -> None:
-        """Kill the photo processes and end their parent (tests; a worker's exit does the same)."""
-        for process in getattr(self, "_idle", []):
-            process.kill()
-        self._idle = []
-        self._control.close()
-        if hasattr(self, "_parent"):
-            os.close(self._parent)
-            del self._parent
-        if self.zygote is None:
-            return  # the service's parent outlives this worker
-        try:
-            self.zygote.wait(10)
-        except subprocess.TimeoutExpired:
-            self.zygote.kill()
-            self.zygote.wait()
+        """Kill the photo processes and end their parent if it is this worker's own (tests; a worker's exit does
+        the same)."""
+        self._closed.set()
+        with self._fork_lock:
+            for process in getattr(self, "_idle", []):
+                process.kill()
+            self._idle = []
+            self._disconnect()
 
     # ---- a photo --------------------------------------------------------------------------------------------
 
@@ -258,6 +359,8 @@ class Sandboxes:
             raise TimedOut from None
         except (EOFError, ConnectionError, ValueError) as err:  # it died: its CPU limit, a crash, the OOM killer
             self._replace(process)
+            if not self.alive:  # it died with its parent, not of the photo
+                raise Busy(RESTART_RETRY_AFTER_S, "its photo processes are restarting") from None
             log.warning("a photo process ended while reading %s: %s", name, err)
             raise ImageError(f"{name} could not be decoded within the service's limits: re-save it as an "
                              "ordinary JPEG or PNG") from None

@@ -328,7 +328,7 @@ class WarmParent:
         worker.cpu_seconds = float(hello["cpu_seconds"])
         worker.retire_after_bytes = int(hello["retire_after_bytes"])
         worker.greeted = True
-        send_frame(worker.sock, {"ready": describe(self.work)})
+        send_frame(worker.sock, {"ready": describe(self.work), "pid": os.getpid()})
 
     def _fork(self, worker: Worker) -> None:
         assert self.work is not None

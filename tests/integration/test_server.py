@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import signal
 import socket
 import struct
@@ -449,3 +450,39 @@ def test_a_second_server_counts_only_its_requests_and_sigterm_stops_it_all(bento
     assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
     assert not Path(folders.pop()).exists()
     assert httpx.get(f"{bento_server.url}/readyz").status_code == 200  # the other server is untouched
+
+
+def test_a_killed_warm_parent_is_started_again_and_the_service_answers_after(bento_server: Server,
+                                                                             tmp_path: Path) -> None:
+    """Issue 26: the warm parent the photo processes fork from (bbt/serving/supervisor.py) died for good with
+    kill -9 or the OOM killer, and every worker stayed not ready. The supervisor starts it again; the workers
+    reconnect; /readyz and /classify answer within a minute, as after a worker's death."""
+    import psutil
+
+    server = start_server(bento_server.project, ["bbt", "serve"], tmp_path / "server.log")
+    try:
+        def parents() -> set[int]:  # the supervisor's children running photo work (not their forks)
+            found = set()
+            for process in psutil.Process(server.process.pid).children(recursive=True):
+                try:
+                    if (process.status() != psutil.STATUS_ZOMBIE
+                            and "bbt.serving.sandbox_process" in " ".join(process.cmdline())
+                            and "bbt.serving.sandbox_process" not in " ".join(process.parent().cmdline())):
+                        found.add(process.pid)
+                except psutil.Error:
+                    pass
+            return found
+
+        (first,) = parents()
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not (parents() - {first} and httpx.get(f"{server.url}/readyz").status_code == 200):
+            assert time.monotonic() < deadline, f"not ready again within 60 s:\n{server.log.read_text()[-3000:]}"
+            time.sleep(0.2)
+        assert len(parents()) == 1
+        photo = one_per_actor(bento_server.project)[0]
+        response = post(server, photo.data)
+        assert response.status_code == 200 and photo.label in {f["label"] for f in response.json()["faces"]}
+        assert "started a new one" in server.log.read_text()
+    finally:
+        stop_server(server)

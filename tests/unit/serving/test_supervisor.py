@@ -15,7 +15,7 @@ import time
 import psutil
 
 from bbt.serving.sandbox import Sandboxes
-from bbt.serving.supervisor import start_shared_parent
+from bbt.serving.supervisor import ParentKeeper, start_shared_parent
 from tests.bombs import jpeg
 
 STAND_IN = ("tests.unit.serving.sandbox_work:one_face", "0")
@@ -75,7 +75,7 @@ def test_workers_share_one_warm_parent_and_their_photo_processes_end_with_them()
 def test_the_shared_warm_parent_ends_with_the_supervisor() -> None:
     supervisor = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
-        from bbt.serving.supervisor import start_shared_parent
+        from bbt.serving.supervisor import ParentKeeper, start_shared_parent
         from bbt.serving.sandbox import Sandboxes
         name, parent = start_shared_parent({STAND_IN!r})
         pool = Sandboxes({STAND_IN[0]!r}, "0", 1, 40_000_000, 31, shared_parent=name)
@@ -93,3 +93,32 @@ def test_a_worker_imports_no_model_library() -> None:
     imported = subprocess.run([sys.executable, "-c", "import sys, bbt.serving.service; print(' '.join(sys.modules))"],
                               capture_output=True, text=True, check=True).stdout.split()
     assert not {"sklearn", "scipy", "pandas", "mlflow", "onnxruntime", "dlib"} & set(imported)
+
+
+def test_the_supervisor_starts_a_dead_warm_parent_again_and_the_workers_reconnect() -> None:
+    """Issue 26: if the service's warm parent died, every worker stayed not ready for good. The arbiter's check
+    (ParentKeeper.check, every second) starts it again under the same name; a worker reconnects by itself."""
+    keeper = ParentKeeper(STAND_IN)
+    pool = Sandboxes(*STAND_IN, processes=1, max_pixels=40_000_000, cpu_seconds=31, shared_parent=keeper.name)
+    try:
+        first, name = keeper.process.pid, keeper.name
+        keeper.check()
+        assert keeper.process.pid == first  # alive: left alone
+        os.kill(first, signal.SIGKILL)
+        keeper.process.wait()
+        wait_for(lambda: not pool.alive, 5)
+
+        def restarted() -> bool:  # the arbiter checks every second; the old socket's name may take a moment to free
+            keeper.check()
+            return keeper.process.pid != first
+
+        wait_for(restarted, 10)
+        assert keeper.name == name
+        wait_for(lambda: pool.alive, 60)
+        result = asyncio.run(pool.classify(jpeg(), "the photo", time.monotonic() + 30, lambda cost: None))
+        assert result.size == (160, 120)
+        assert {p.pid for p in psutil.Process(keeper.process.pid).children()} == {p.pid for p in pool._idle}
+    finally:
+        pool.close()
+        keeper.process.kill()
+        keeper.process.wait()
