@@ -50,7 +50,7 @@ from bbt.serving.contract import (
 )
 from bbt.serving.feedback_route import FEEDBACK_ERRORS, OPENAPI_BODY, FeedbackKept, report_wrong_answer
 from bbt.serving.model_card_route import card_and_page, card_response
-from bbt.serving.photo_form import PHOTO_NAME, PhotoForm
+from bbt.serving.photo_form import PHOTO_NAME, PhotoForm, UploadedPhoto
 from bbt.serving.sandbox import Sandboxes, TimedOut
 from bbt.serving.supervisor import supervise
 from bbt.serving.upload_limits import (
@@ -261,7 +261,7 @@ class ActorService:
         return card_response(self.card, request)
 
     @bentoml.api(route="/classify")
-    async def classify(self, image: Path, ctx: bentoml.Context) -> Classification:
+    async def classify(self, image: UploadedPhoto, ctx: bentoml.Context) -> Classification:
         """Find every face in a photo and name the actor.
 
         `image`: a JPEG, PNG, WebP, BMP, TIFF or GIF photo, as a multipart file part (bbt.serving.photo_form
@@ -271,7 +271,7 @@ class ActorService:
         started = time.perf_counter()
         filename = ctx.request.scope.get(PHOTO_NAME, "")
         name = f"the uploaded file {filename!r}" if filename else "the uploaded file"
-        answer = await self.answer(image.read_bytes(), name)
+        answer = await self.answer(image.data, name)
         if isinstance(answer, JSONResponse):
             ctx.response.status_code = answer.status_code  # BentoML sets the context's status on what it sends
             return answer  # type: ignore[return-value]  # BentoML sends a Response as it is
