@@ -23,8 +23,8 @@ from bbt.serving.upload_limits import error_response
 PHOTO_NAME = "bbt.photo_name"
 PHOTO_FIELD = "image"
 CURL_HINT = "e.g. curl -F image=@photo.jpg URL/classify"
-# The longest file name (its last part, in bytes) BentoML can name its temporary copy after: 255 bytes, less
-# tempfile's own prefix and random part.
+# The longest file name (its last part, in bytes) taken: a file system's 255 bytes, less room for a prefix (error
+# messages and logs quote the name).
 MAX_NAME_BYTES = 240
 
 
@@ -104,8 +104,7 @@ async def _check_form(scope: dict, chunks: list[bytes]) -> tuple[str, str]:
 
 
 def _storable(filename: str) -> bool:
-    """Whether BentoML can keep the upload in a temporary file named after it (its name's last part is the
-    file's suffix: a NUL or a name past the file system's 255 bytes would make it fail)."""
+    """Whether the name's last part could name a file (no NUL, within MAX_NAME_BYTES)."""
     name = os.path.basename(filename)
     return "\x00" not in name and len(os.fsencode(name)) <= MAX_NAME_BYTES
 
