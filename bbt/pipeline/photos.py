@@ -16,6 +16,7 @@ name; the recall / false-accept curve; the most-confused actor pairs with their 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -27,18 +28,29 @@ from bbt.model.openset import RULES, learn_band, learn_threshold, open_set_label
 from bbt.model.photo_folds import folder_actor, grouped_split, photo_folds
 from bbt.pipeline.search import out_of_fold
 
+# A learned metric (benchmarks/recall_variants.py): fitted on a fold's actors' embeddings and their labels, it
+# returns the map every embedding of that fold is compared in.
+Metric = Callable[[np.ndarray, np.ndarray], Callable[[np.ndarray], np.ndarray]]
+
 # Face width buckets (px in the photo): [low, high).
 WIDTH_BUCKETS: tuple[tuple[str, float, float], ...] = (
     ("under_32", 0, 32), ("32_64", 32, 64), ("64_128", 64, 128), ("128_plus", 128, np.inf))
 
 
 def grouped_answers(candidate: Candidate, X: np.ndarray, E: np.ndarray, labels: np.ndarray, photos: np.ndarray,
-                    widths: np.ndarray, min_face_width: int, params: SearchParams) -> pd.DataFrame:
+                    widths: np.ndarray, min_face_width: int, params: SearchParams,
+                    metric: Metric | None = None) -> pd.DataFrame:
     """One row per reviewed face (labels != ""): its label, photo, width, outer fold, the closest actor, its
-    distance, the fold's threshold and band, the answer, and its distance to each actor's nearest training face."""
+    distance, the fold's threshold and band, the answer, and its distance to each actor's nearest training face.
+    `metric`: a map of the embeddings learned on each outer fold's training actors (None: the embeddings as
+    they are)."""
     labels, photos = np.asarray(labels, dtype=object), np.asarray(photos, dtype=object)
+    E_given = E
     rows = []
     for fold, (rest, held) in enumerate(grouped_split(labels, photos, params.cv_folds, params.seed)):
+        if metric is not None:
+            fitted_on = rest[labels[rest] != UNKNOWN]
+            E = metric(E_given[fitted_on], labels[fitted_on].astype(str))(E_given)
         inner = photo_folds(labels[rest], photos[rest], params.cv_folds, params.seed)
         oof = out_of_fold(candidate.head, X[rest], E[rest], labels[rest], inner, params.seed, (candidate.rule,))
         closest, distances = oof["answers"][candidate.rule], oof["distances"][candidate.rule]
