@@ -300,7 +300,7 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         return Decisions(labels, closest, proba, distances, self.threshold, (low, high), too_small)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """An actor's name, or 'unknown', per face crop."""
+        """An actor's name, 'unknown', or 'cant_tell' (a distance in the band), per face crop."""
         return self.decide(X).labels.astype(str)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix
 
-from bbt import ACTORS, UNKNOWN, artifacts
+from bbt import ACTORS, CANT_TELL, UNKNOWN, artifacts
 from bbt.artifacts import load_faces, load_features, load_split
 from bbt.config import Params, load_params
 from bbt.errors import ModelError
@@ -178,7 +178,8 @@ def run_evaluate(params: Params | None = None) -> dict:
     answers = result.pop("answers")
     artifacts.PLOTS.mkdir(parents=True, exist_ok=True)
     pd.DataFrame({"actual": labels, "predicted": answers}).to_csv(artifacts.CONFUSION_CSV, index=False)
-    plot_confusion(labels, answers, [*info["classes"], UNKNOWN])
+    # A face answered "can't tell" is a column of its own, not dropped from the matrix.
+    plot_confusion(labels, answers, [*info["classes"], UNKNOWN, *([CANT_TELL] if CANT_TELL in answers else [])])
     curve = open_set_curve(model, crops, labels)
     curve.to_csv(artifacts.OPEN_SET_CSV, index=False)
     plot_curve(curve, model.threshold, model.rule)
