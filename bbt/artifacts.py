@@ -26,6 +26,7 @@ CLEAN_METRICS = METRICS / "clean.json"
 SEARCH_METRICS = METRICS / "search.json"
 EVALUATE_METRICS = METRICS / "evaluate.json"
 AUDIT_METRICS = METRICS / "audit.json"
+PHOTOS_METRICS = METRICS / "photos.json"  # evaluate's grouped evaluation (bbt/pipeline/photos.py)
 
 REPORTS = Path("reports")
 AUDIT_CSV = REPORTS / "label_audit.csv"
@@ -37,6 +38,7 @@ CLEAN_REPORT = REPORTS / "clean.json"
 AUDIT_REPORT = REPORTS / "audit.json"
 SEARCH_REPORT = REPORTS / "search.json"
 EVALUATE_REPORT = REPORTS / "evaluate.json"
+PHOTOS_REPORT = REPORTS / "photos.json"
 # What register registered and what release went through: names and hashes, not figures, so not DVC metrics.
 REGISTER_REPORT = REPORTS / "register.json"
 RELEASE_REPORT = REPORTS / "release.json"
@@ -46,6 +48,7 @@ CONFUSION_CSV = PLOTS / "confusion.csv"
 CONFUSION_PNG = PLOTS / "confusion_matrix.png"
 OPEN_SET_CSV = PLOTS / "open_set.csv"
 OPEN_SET_PNG = PLOTS / "open_set_curve.png"
+PHOTOS_CURVE_PNG = PLOTS / "photos_curve.png"
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -78,6 +78,7 @@ class SearchParams(Section):
     open_set_rules: tuple[str, ...] = ("nearest_face", "probability")
     target_false_accept: float = 0.05
     min_width_recall: float = 0.9
+    band_precision: float = 0.9
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,8 @@ def validate(params: Params, source: str | Path) -> None:
         fail("search.target_false_accept", "must be a fraction in [0, 1), e.g. 0.05")
     if not 0.0 < params.search.min_width_recall <= 1.0:
         fail("search.min_width_recall", "must be a fraction in (0, 1], e.g. 0.9")
+    if not 0.5 < params.search.band_precision <= 1.0:
+        fail("search.band_precision", "must be a fraction in (0.5, 1], e.g. 0.9")
     if params.audit.feature_set not in FEATURE_SETS:
         fail("audit.feature_set", f"{params.audit.feature_set!r} is unknown; choose from {tuple(FEATURE_SETS)}")
     if params.audit.folds < 2 or params.audit.repeats < 1:

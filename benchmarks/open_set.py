@@ -27,6 +27,7 @@ from bbt.artifacts import load_faces, load_features, load_split
 from bbt.config import load_params
 from bbt.model.candidates import Candidate, heads
 from bbt.model.openset import EMBEDDING_SPACE
+from bbt.model.photo_folds import photo_folds
 from bbt.pipeline.evaluate import score
 from bbt.pipeline.search import out_of_fold, ranking_key, refit, score_rule
 from bbt.vision.faces import Box, crop_face
@@ -35,12 +36,7 @@ from bbt.vision.faces import Box, crop_face
 def best_per_family(params, faces: dict, train: np.ndarray) -> list[tuple[Candidate, dict, object]]:
     """(candidate, CV scores, refitted model) of the best grid point of every feature set x family x rule."""
     y = faces["labels"][train].astype(object)
-    actors = np.flatnonzero(y != UNKNOWN)
-    from sklearn.model_selection import StratifiedKFold
-
-    folds = [(actors[a], actors[b]) for a, b in StratifiedKFold(params.search.cv_folds, shuffle=True,
-                                                                random_state=params.search.seed)
-             .split(actors, y[actors])]
+    folds = photo_folds(y, faces["images"][train], params.search.cv_folds, params.search.seed)
     E = load_features(EMBEDDING_SPACE)[train]
     rules = params.search.open_set_rules
     scored: dict[tuple[str, str, str], list[tuple[Candidate, dict]]] = {}
@@ -55,7 +51,9 @@ def best_per_family(params, faces: dict, train: np.ndarray) -> list[tuple[Candid
     for group in scored.values():
         candidate, row = min(group, key=lambda cr: ranking_key(cr[1], params.search.objective, cr[0]))
         X = load_features(candidate.head.feature_set)[train]
-        found.append((candidate, row, refit(candidate, X, E, y, row["threshold"], params)))
+        # Judged at every width and without a band: this compares the rules' thresholds alone.
+        found.append((candidate, row, refit(candidate, X, E, y, row["threshold"], 0,
+                                            (row["threshold"], row["threshold"]), params)))
     return found
 
 

@@ -14,7 +14,7 @@ from bbt.vision.faces import Box
 @dataclass(frozen=True)
 class FacePrediction:
     box: Box
-    label: str  # an actor, UNKNOWN (not one of the four) or CANT_TELL (too small to judge: see `reason`)
+    label: str  # an actor, UNKNOWN (not one of the four) or CANT_TELL (too small, or in the band of doubt: see `reason`)
     closest_actor: str
     confidence: float  # the closed-set probability of closest_actor among the four
     probabilities: dict[str, float]

@@ -105,6 +105,53 @@ def learn_threshold(labels: np.ndarray, closest: np.ndarray, distances: np.ndarr
     return float(candidates[best[len(best) // 2]])
 
 
+def learn_band(labels: np.ndarray, closest: np.ndarray, distances: np.ndarray, threshold: float,
+               precision: float) -> tuple[float, float]:
+    """The band (low, high] around the threshold where faces are answered "can't tell", learned on out-of-fold
+    answers: the widest band such that, on the faces inside it, neither answer reaches `precision` - naming them
+    all would name fewer than that share right, and calling them all "not one of the four" would be right for
+    fewer than that share (strangers) - within the range where the two overlap: from the closest stranger's face
+    (or the threshold, if lower) to the farthest actor's face named right (or the threshold, if higher). Past
+    that range one answer is right for every face, so the band never reaches there. (threshold, threshold), no
+    band, when no band with faces in it has that property.
+
+    Edges lie halfway between consecutive distances (as the threshold's do) or on the threshold itself; the band
+    only turns answers into "can't tell", so it never names a stranger the threshold did not. Ties go to the
+    lower band.
+    """
+    labels, closest = np.asarray(labels, dtype=object), np.asarray(closest, dtype=object)
+    distances = np.asarray(distances, dtype=float)
+    finite = np.isfinite(distances)
+    values = np.unique(distances[finite])
+    if len(values) == 0:
+        return float(threshold), float(threshold)
+    edges = np.unique(np.concatenate([[values[0] - 1e-3], (values[:-1] + values[1:]) / 2, [values[-1] + 1e-3],
+                                      [threshold]]))
+    right = (labels == closest) & (labels != UNKNOWN)
+    strangers = labels == UNKNOWN
+    floor = min([threshold, *distances[strangers & finite]])
+    ceiling = max([threshold, *distances[right & finite]])
+    lows = edges[(edges <= threshold) & (edges >= edges[edges <= floor].max())]
+    highs = edges[(edges >= threshold) & (edges <= edges[edges >= ceiling].min())]
+    order = np.argsort(distances[finite], kind="stable")
+    sorted_distances = distances[finite][order]
+
+    def at_most(mask: np.ndarray, edge: np.ndarray) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(mask[finite][order])])[np.searchsorted(sorted_distances, edge,
+                                                                                     side="right")]
+
+    every = np.ones(len(labels), dtype=bool)
+    inside = {name: at_most(mask, highs)[None, :] - at_most(mask, lows)[:, None]
+              for name, mask in (("faces", every), ("right", right), ("strangers", strangers))}
+    n = inside["faces"]
+    valid = (n > 0) & (inside["right"] < precision * n) & (inside["strangers"] < precision * n)
+    if not valid.any():
+        return float(threshold), float(threshold)
+    width = np.where(valid, highs[None, :] - lows[:, None], -np.inf)
+    low, high = np.unravel_index(np.argmax(np.round(width, 9) == np.round(width.max(), 9)), width.shape)
+    return float(lows[low]), float(highs[high])
+
+
 def _fbeta(tp: np.ndarray, answered: np.ndarray, actual: int, beta2: float) -> np.ndarray:
     """F-beta of one actor from its true matches, the faces given its name and its real faces (arrays work)."""
     tp, answered = np.asarray(tp, dtype=float), np.asarray(answered, dtype=float)
@@ -158,14 +205,18 @@ def open_set_scores(labels: np.ndarray, answers: np.ndarray) -> dict[str, float]
 
 @dataclass(frozen=True)
 class Decisions:
-    """Per face: the answer (an actor, UNKNOWN, or CANT_TELL for a face narrower than the model judges), the
-    closest actor, its closed-set probabilities, the rule's distance and the threshold it was held to."""
+    """Per face: the answer (an actor, UNKNOWN, or CANT_TELL for a face narrower than the model judges or with
+    a distance inside the band where the four and strangers overlap), the closest actor, its closed-set
+    probabilities, the rule's distance, the threshold it was held to and the band (low, high]; `too_small`
+    marks the faces answered CANT_TELL for their width."""
 
     labels: np.ndarray
     closest: np.ndarray
     proba: np.ndarray
     distances: np.ndarray
     threshold: float
+    band: tuple[float, float] | None = None
+    too_small: np.ndarray | None = None
 
 
 Timer = Callable[[str], AbstractContextManager[Any]]
@@ -181,12 +232,15 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
     `gallery` holds the embeddings of the training faces of the four actors (what `nearest_face` compares with)
     and `gallery_labels` their actors. `embedder` maps crops into the embedding space; when the pipeline's own
     features are that embedding, it is computed once per face. `min_face_width`: faces narrower than this (px in
-    the photo) are answered CANT_TELL (learned by the search: bbt.model.quality).
+    the photo) are answered CANT_TELL (learned by the search: bbt.model.quality), and so are faces whose distance
+    lies in (band_low, band_high], where the actors' and the strangers' faces overlap (learned by the search:
+    `learn_band`; None: no band, as in models of before).
     """
 
     def __init__(self, classifier: Pipeline, embedder: Any, rule: str, threshold: float,
                  gallery: np.ndarray, gallery_labels: np.ndarray, target_false_accept: float,
-                 min_face_width: int = 0) -> None:
+                 min_face_width: int = 0, band_low: float | None = None,
+                 band_high: float | None = None) -> None:
         self.classifier = classifier
         self.embedder = embedder
         self.rule = rule
@@ -195,6 +249,14 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         self.gallery_labels = gallery_labels
         self.target_false_accept = target_false_accept
         self.min_face_width = min_face_width
+        self.band_low = band_low
+        self.band_high = band_high
+
+    @property
+    def band(self) -> tuple[float, float]:
+        """(low, high]: the distances answered CANT_TELL; (threshold, threshold) when there is no band."""
+        low, high = getattr(self, "band_low", None), getattr(self, "band_high", None)
+        return (float(self.threshold if low is None else low), float(self.threshold if high is None else high))
 
     @property
     def classes_(self) -> np.ndarray:
@@ -230,12 +292,15 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
             distances = rule.distance(embeddings, proba, predicted, self.gallery, gallery_index)
             closest = classes[predicted]
         labels = open_set_labels(closest, distances, self.threshold)
-        if widths is not None:
-            labels[np.asarray(widths) < self.min_face_width] = CANT_TELL
-        return Decisions(labels, closest, proba, distances, self.threshold)
+        low, high = self.band
+        labels[(distances > low) & (distances <= high)] = CANT_TELL
+        too_small = np.zeros(len(labels), dtype=bool) if widths is None else \
+            np.asarray(widths) < self.min_face_width
+        labels[too_small] = CANT_TELL
+        return Decisions(labels, closest, proba, distances, self.threshold, (low, high), too_small)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
-        """An actor's name, or 'unknown', per face crop."""
+        """An actor's name, 'unknown', or 'cant_tell' (a distance in the band), per face crop."""
         return self.decide(X).labels.astype(str)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -247,4 +312,5 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         return {"rule": self.rule, "threshold": float(self.threshold),
                 "target_false_accept": float(self.target_false_accept),
                 "min_face_width": int(self.min_face_width),
+                "band": [round(edge, 6) for edge in self.band],
                 "description": RULES[self.rule].description, "gallery_faces": len(self.gallery)}

@@ -92,13 +92,20 @@ class ActorClassifier:
             FacePrediction(box, str(label), str(closest), round(float(row.max()), 4),
                            {c: round(float(p), 4) for c, p in zip(self.classes, row)},
                            round(float(distance), 4), round(float(decisions.threshold), 4),
-                           self.cant_tell_reason(box) if label == CANT_TELL else "")
-            for box, label, closest, row, distance in zip(boxes, decisions.labels, decisions.closest,
-                                                         decisions.proba, decisions.distances)
+                           self.cant_tell_reason(box, small, float(distance), decisions.band)
+                           if label == CANT_TELL else "")
+            for box, label, closest, row, distance, small in zip(boxes, decisions.labels, decisions.closest,
+                                                                decisions.proba, decisions.distances,
+                                                                decisions.too_small)
         ]
         return sorted(faces, key=lambda f: (f.label in (UNKNOWN, CANT_TELL), f.label == CANT_TELL,
                                             -f.confidence, f.box.x, f.box.y))
 
-    def cant_tell_reason(self, box: Box) -> str:
-        return (f"face {box.w} px wide: the model judges faces from {self.model.min_face_width} px "
-                "(learned by cross-validation)")
+    def cant_tell_reason(self, box: Box, too_small: bool, distance: float, band: tuple[float, float] | None) -> str:
+        """Why a face is answered "can't tell": too narrow to judge, or a distance where the four and strangers
+        overlap (distances at the threshold's precision, 3 decimals, as the page shows them)."""
+        if too_small or band is None:
+            return (f"face {box.w} px wide: the model judges faces from {self.model.min_face_width} px "
+                    "(learned by cross-validation)")
+        return (f"distance {distance:.3f}: between {band[0]:.3f} and {band[1]:.3f}, where the four and strangers "
+                "overlap (learned by cross-validation)")

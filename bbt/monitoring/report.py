@@ -117,7 +117,8 @@ def table_rows(summary: Summary) -> list[tuple[str, str, str, str]]:
          if faces else "-", f"{np.mean(ref.faces_per_photo):.2f} / -" if ref.faces_per_photo else "-", ""),
         ('share of "unknown"', share(labels.count(UNKNOWN), len(labels)),
          share(ref.labels.count(UNKNOWN), len(ref.labels)), test_cell(tests[UNKNOWN_TEST])),
-        ("share of \"can't tell\" (too small to judge)", share(labels.count(CANT_TELL), len(labels)),
+        ("share of \"can't tell\" (too small to judge, or in the band of doubt)",
+         share(labels.count(CANT_TELL), len(labels)),
          share(ref.labels.count(CANT_TELL), len(ref.labels)), ""),
     ]
     for actor in ACTORS:

@@ -1,9 +1,11 @@
 """Stage `search`: cross-validate every candidate on the training split, one MLflow child run each.
 
-A candidate is a classifier head on a feature set plus an open-set rule. In each fold the head is fitted on the
-actors' faces of the other folds; the held-out fold's faces, strangers included, are answered, and the rule's
-distances are kept. Each rule's threshold is then learned on those out-of-fold distances for
-`search.target_false_accept`, and the candidate is scored on `search.objective` at that threshold.
+A candidate is a classifier head on a feature set plus an open-set rule. The folds are grouped by photo
+(bbt.model.photo_folds: no photo has faces on both sides). In each fold the head is fitted on the actors' faces of
+the other folds; the held-out fold's faces, strangers included, are answered, and the rule's distances are kept.
+Each rule's threshold is then learned on those out-of-fold distances for `search.target_false_accept`, and the
+candidate is scored on `search.objective` at that threshold. The winner's band of "can't tell" around its
+threshold (bbt.model.openset.learn_band) is learned on the same distances.
 
 The feature transformers are stateless, so cross-validating the scaler and classifier on the cached feature
 matrix is the same as cross-validating the whole pipeline, at a fraction of the cost. Everything written to DVC
@@ -23,10 +25,9 @@ import mlflow
 import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score
-from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 
-from bbt import UNKNOWN, artifacts
+from bbt import CANT_TELL, UNKNOWN, artifacts
 from bbt.artifacts import load_faces, load_split
 from bbt.config import Params
 from bbt.errors import DataError
@@ -36,10 +37,12 @@ from bbt.model.openset import (
     EMBEDDING_SPACE,
     RULES,
     OpenSetClassifier,
+    learn_band,
     learn_threshold,
     open_set_labels,
     open_set_scores,
 )
+from bbt.model.photo_folds import Fold, photo_folds
 from bbt.model.quality import WIDTHS, WidthScores, shrink, smallest_judged_width, width_scores
 from bbt.pipeline.progress import progress
 from bbt.registry.tracking import MODEL_MD5_TAG, corrections_hash, data_hash, git_commit, setup_tracking
@@ -59,37 +62,37 @@ def search_params(params: Params) -> dict[str, str]:
     return flat
 
 
-def out_of_fold(head: Head, X: np.ndarray, E: np.ndarray, y: np.ndarray, folds: list[tuple[np.ndarray, np.ndarray]],
-                seed: int, rules: tuple[str, ...], answered_as: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
+def out_of_fold(head: Head, X: np.ndarray, E: np.ndarray, y: np.ndarray, folds: list[Fold], seed: int,
+                rules: tuple[str, ...], answered_as: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Out-of-fold closed-set answers, every rule's distances, per-fold closed-set macro-F1 and fit time.
 
-    `folds` split the actors' faces. The strangers' faces are answered by every fold's model, and each keeps its
-    smallest distance: a stranger counts as let through when any of the models would let it through. That is
-    its distance to the whole training gallery, as the refitted model will see it; scoring each stranger in one
-    fold only would compare it with 80% of the gallery and flatter the threshold. `answered_as`: the features
-    and embeddings the held-out faces are answered from (the same faces shrunk, bbt.model.quality), if not X, E.
+    `folds` come from bbt.model.photo_folds: each trains on actors' faces and answers faces of photos it never
+    saw. An actor's face is answered by one fold; a stranger's by every fold that may answer it, keeping the
+    smallest distance (it counts as let through when any of them would let it through). `answered_as`: the
+    features and embeddings the answered faces are read from (the same faces shrunk, bbt.model.quality), if not
+    X, E.
     """
     X_answered, E_answered = answered_as if answered_as is not None else (X, E)
-    strangers = np.flatnonzero(y == UNKNOWN)
     answers = {rule: np.empty(len(y), dtype=object) for rule in rules}
     distances = {rule: np.full(len(y), np.inf) for rule in rules}
+    seen = np.zeros(len(y), dtype=bool)
     fold_f1, fit_seconds = [], []
-    for train, held_out in folds:
+    for train, answered in folds:
         start = time.perf_counter()
         model = head.head(seed).fit(X[train], y[train])
         fit_seconds.append(time.perf_counter() - start)
-        answered = np.concatenate([held_out, strangers])
         proba = model.predict_proba(X_answered[answered])
         index = proba.argmax(axis=1)
         named = model.classes_[index]
         gallery_index = np.searchsorted(model.classes_, y[train])
         for rule in rules:
             found = RULES[rule].distance(E_answered[answered], proba, index, E[train], gallery_index)
-            closer = found < distances[rule][answered]
-            closer[:len(held_out)] = True
+            closer = (found < distances[rule][answered]) | ~seen[answered]
             distances[rule][answered[closer]] = found[closer]
             answers[rule][answered[closer]] = named[closer]
-        fold_f1.append(f1_score(y[held_out], named[:len(held_out)], average="macro", zero_division=0))
+        seen[answered] = True
+        actors = y[answered] != UNKNOWN
+        fold_f1.append(f1_score(y[answered][actors], named[actors], average="macro", zero_division=0))
     return {"answers": answers, "distances": distances, "fold_f1": fold_f1, "fit_seconds": fit_seconds}
 
 
@@ -121,10 +124,7 @@ def run_search(params: Params) -> dict:
     rules = params.search.open_set_rules
     features = {fs: artifacts.load_features(fs)[train] for fs in params.featurize.feature_sets}
     E = artifacts.load_features(EMBEDDING_SPACE)[train]
-    actors = np.flatnonzero(y != UNKNOWN)
-    folds = [(actors[train], actors[held_out]) for train, held_out in
-             StratifiedKFold(params.search.cv_folds, shuffle=True, random_state=params.search.seed)
-             .split(actors, y[actors])]
+    folds = photo_folds(y, faces["images"][train], params.search.cv_folds, params.search.seed)
     heads = list(dict.fromkeys(c.head for c in grid))
     setup_tracking()
     rows: dict[Candidate, dict] = {}
@@ -169,9 +169,16 @@ def run_search(params: Params) -> dict:
                                      best_scores["threshold"], params)
         min_face_width = smallest_judged_width(widths, best_scores["cv_actor_accuracy"],
                                                params.search.min_width_recall, params.search.target_false_accept)
-        best_scores = {**best_scores, "min_face_width": min_face_width}
+        oof = out_of_fold(best.head, features[best.head.feature_set], E, y, folds, params.search.seed, (best.rule,))
+        band = learn_band(y, oof["answers"][best.rule], oof["distances"][best.rule], best_scores["threshold"],
+                          params.search.band_precision)
+        best_scores = {**best_scores, "min_face_width": min_face_width, "band_low": band[0], "band_high": band[1],
+                       **band_scores(y, oof["answers"][best.rule], oof["distances"][best.rule],
+                                     best_scores["threshold"], band)}
+        mlflow.log_metrics({k: v for k, v in best_scores.items() if k.startswith(("band_", "cv_band"))})
         record_widths(widths, min_face_width)
-        model = refit(best, features[best.head.feature_set], E, y, best_scores["threshold"], min_face_width, params)
+        model = refit(best, features[best.head.feature_set], E, y, best_scores["threshold"], min_face_width, band,
+                      params)
         model_md5 = save_model(model, best, best_scores, params, faces)
         mlflow.set_tag(MODEL_MD5_TAG, model_md5)
     summary = {"best_candidate": best.name, "n_candidates": len(grid), "objective": params.search.objective,
@@ -183,6 +190,8 @@ def run_search(params: Params) -> dict:
         objective: round(best_scores[f"cv_{objective}"], 4), "actor_f1": round(best_scores["cv_actor_f1"], 4),
         "false_accept_rate": round(best_scores["cv_false_accept_rate"], 4),
         "threshold": round(best_scores["threshold"], 4)})
+    log.info("search: 'can't tell' between distances %.3f and %.3f (%.3f of the actors' CV faces, %.3f of the "
+             "strangers')", *band, best_scores["cv_band_actor_share"], best_scores["cv_band_stranger_share"])
     log.info("search: best %s, CV %s %.3f, false accepts %.3f at threshold %.3f", best.name,
              params.search.objective, best_scores[f"cv_{params.search.objective}"],
              best_scores["cv_false_accept_rate"], best_scores["threshold"])
@@ -190,7 +199,7 @@ def run_search(params: Params) -> dict:
 
 
 def shrunk_width_scores(best: Candidate, crops: np.ndarray, X: np.ndarray, E: np.ndarray, y: np.ndarray,
-                        folds: list[tuple[np.ndarray, np.ndarray]], threshold: float,
+                        folds: list[Fold], threshold: float,
                         params: Params) -> list[WidthScores]:
     """The winner's out-of-fold answers with every held-out face shrunk to each width of quality.WIDTHS."""
     featurizer = build_features(best.head.feature_set, params.featurize).fit(None)
@@ -219,8 +228,20 @@ def record_widths(scores: list[WidthScores], min_face_width: int) -> None:
              ", ".join(f"{s.width} px recall {s.actor_recall:.2f} misnamed {s.misnamed:.2f}" for s in scores))
 
 
+def band_scores(y: np.ndarray, predicted: np.ndarray, distances: np.ndarray, threshold: float,
+                band: tuple[float, float]) -> dict[str, float]:
+    """The CV faces the band answers "can't tell": actors' and strangers' shares, and the open-set scores left."""
+    inside = (distances > band[0]) & (distances <= band[1])
+    answers = open_set_labels(predicted, distances, threshold)
+    answers[inside] = CANT_TELL
+    actors = y != UNKNOWN
+    return {"cv_band_actor_share": float(inside[actors].mean()),
+            "cv_band_stranger_share": float(inside[~actors].mean()) if (~actors).any() else 0.0,
+            **{f"cv_banded_{k}": v for k, v in open_set_scores(y, answers).items()}}
+
+
 def refit(best: Candidate, X: np.ndarray, E: np.ndarray, y: np.ndarray, threshold: float, min_face_width: int,
-          params: Params) -> OpenSetClassifier:
+          band: tuple[float, float], params: Params) -> OpenSetClassifier:
     """Fit the winner's head on the actors' training faces, put its feature transformer in front, and wrap it
     with its open-set rule: the learned threshold and the actors' training embeddings as the gallery."""
     actors = y != UNKNOWN
@@ -229,7 +250,7 @@ def refit(best: Candidate, X: np.ndarray, E: np.ndarray, y: np.ndarray, threshol
     classifier = Pipeline([("features", features), *head.steps])
     return OpenSetClassifier(classifier, build_features(EMBEDDING_SPACE, params.featurize).fit(None), best.rule,
                              threshold, E[actors].astype(np.float32), y[actors].astype(str),
-                             params.search.target_false_accept, min_face_width)
+                             params.search.target_false_accept, min_face_width, *band)
 
 
 def save_model(model: OpenSetClassifier, best: Candidate, scores: dict, params: Params, faces: dict) -> str:

@@ -44,7 +44,8 @@ class CardInputs:
     `faces`: faces per label in each split, e.g. {"train": {"howard": 48, ..., "unknown": 45}, "test": {...}};
     `test_metrics`: bbt.pipeline.evaluate.score's dict (actor_accuracy, actor_f1, false_accept_rate, per_class, ...);
     `model_info`: artifacts/model/model.json (candidate, family, hyperparameters, open_set, detector, ...);
-    `search`: params.yaml's search section; `registered_at`: the version's registration time, UTC ISO 8601.
+    `search`: params.yaml's search section; `registered_at`: the version's registration time, UTC ISO 8601;
+    `photos`: the grouped evaluation (reports/photos.json, bbt.pipeline.photos.summarize), {} when not run.
     """
 
     model_name: str
@@ -59,6 +60,7 @@ class CardInputs:
     faces: dict[str, dict[str, int]]
     test_metrics: dict[str, Any]
     search: dict[str, Any] = field(default_factory=dict)
+    photos: dict[str, Any] = field(default_factory=dict)
 
 
 def _rate(value: Any) -> str:
@@ -91,10 +93,52 @@ def _candidate_section(inputs: CardInputs) -> list[str]:
              (f"- faces judged from {md(open_set['min_face_width'])} px wide: narrower ones are answered \"can't "
               "tell\" (learned from held-out faces shrunk to 12-48 px, reports/face_width.csv)"
               if open_set.get("min_face_width") else "- every face is judged, whatever its size"),
+             _band_line(open_set),
              f"- classes: {md(', '.join(info.get('classes', [])))}",
              f"- model file md5: {md(inputs.model_md5)}; training params hash: {md(inputs.params_hash)}"]
     if inputs.search:
         lines.append("- search params: " + "; ".join(f"{md(k)}={md(v)}" for k, v in sorted(inputs.search.items())))
+    return lines
+
+
+def _band_line(open_set: dict[str, Any]) -> str:
+    band = open_set.get("band")
+    if not band or band[0] == band[1]:
+        return "- no band of \"can't tell\": the cross-validation found no distances where the four and strangers overlap"
+    return (f"- \"can't tell\" for distances over {_rate(band[0])} up to {_rate(band[1])}, where the four and "
+            "strangers overlap (both edges learned by cross-validation grouped by photo)")
+
+
+def _figure(value: Any) -> str:
+    return "no faces" if value is None else md(value)
+
+
+# The by-width table's columns (bbt.pipeline.photos.face_figures).
+WIDTH_COLUMNS = ("actor_faces", "stranger_faces", "actor_recall", "actor_as_other_actor", "actor_as_unknown",
+                 "actor_cant_tell", "stranger_false_accept", "stranger_cant_tell")
+
+
+def _photos_section(inputs: CardInputs) -> list[str]:
+    """The grouped evaluation: every figure, by face width and by photo."""
+    if not inputs.photos:
+        return []
+    faces, photos = inputs.photos.get("faces", {}), inputs.photos.get("photos", {})
+    lines = ["## Every reviewed face, cross-validated by photo (reports/photos.json)",
+             ("- no photo has faces on both sides of a fold; each fold learns its own threshold and band; "
+              "the detections nobody reviewed are left out"),
+             "- faces: " + ", ".join(f"{md(k)} {_figure(v)}" for k, v in faces.items()),
+             "- photos: " + ", ".join(f"{md(k)} {_figure(v)}" for k, v in photos.items()),
+             "", "| face width (px) | " + " | ".join(md(c) for c in WIDTH_COLUMNS) + " |",
+             "|---|" + "---|" * len(WIDTH_COLUMNS)]
+    for bucket, figures in inputs.photos.get("by_width", {}).items():
+        lines.append(f"| {md(bucket)} | " + " | ".join(_figure(figures.get(c)) for c in WIDTH_COLUMNS) + " |")
+    pairs = inputs.photos.get("confused_pairs", [])
+    if pairs:
+        lines += ["", "- closest actor pairs (embedding margin: distance to the other's nearest training face minus "
+                  "to the actor's own; smallest first): " + "; ".join(
+                      f"{md(p['actor'])} to {md(p['other'])}: min {md(p['min_margin'])}, median "
+                      f"{md(p['median_margin'])}, closest to the other {md(p['closest_to_other'])} of "
+                      f"{md(p['faces'])}" for p in pairs)]
     return lines
 
 
@@ -165,6 +209,7 @@ def build_card(inputs: CardInputs) -> str:
              *_data_section(inputs), "",
              *_candidate_section(inputs), "",
              *_metrics_section(inputs), "",
+             *(section + [""] if (section := _photos_section(inputs)) else []),
              *_detector_section(inputs), "",
              *_limitations_section(inputs), "",
              "## Reproduce",

@@ -6,6 +6,7 @@ every bento) and the version's tag `model_card` points at it; the release step c
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections import Counter
 from collections.abc import Mapping
@@ -41,9 +42,10 @@ def card_inputs(params: Params, name: str, version: str, when: str, model_info: 
                 test_metrics: dict, params_hash: str, recorded: Mapping[str, str]) -> CardInputs:
     """A card's inputs from the working tree the register stage runs in (artifacts/, data.dvc, review/); the
     hashes and commit the version recorded at registration (`recorded`: its tags) win over today's."""
-    from bbt.artifacts import load_faces, load_split
+    from bbt.artifacts import PHOTOS_REPORT, load_faces, load_split
 
     train, test = load_split()
+    photos = json.loads(PHOTOS_REPORT.read_text()) if PHOTOS_REPORT.is_file() else {}
     faces = faces_per_split(load_faces()["labels"], train, test)
     metrics = {k: v for k, v in test_metrics.items() if k != "answers"}
     return CardInputs(model_name=name, version=str(version), registered_at=when,
@@ -51,7 +53,8 @@ def card_inputs(params: Params, name: str, version: str, when: str, model_info: 
                       corrections_hash=recorded.get("corrections_hash") or corrections_hash(params.data.corrections),
                       git_commit=recorded.get("git_commit") or git_commit(),
                       params_hash=recorded.get("params_hash") or params_hash, model_md5=model_md5,
-                      model_info=model_info, faces=faces, test_metrics=metrics, search=asdict(params.search))
+                      model_info=model_info, faces=faces, test_metrics=metrics, search=asdict(params.search),
+                      photos=photos)
 
 
 def logged_model_id(found: ModelVersion) -> str | None:

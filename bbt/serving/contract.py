@@ -23,8 +23,10 @@ class FaceBox(BaseModel):
 class Face(BaseModel):
     box: FaceBox = Field(description="In the uploaded image's pixel coordinates (after EXIF rotation).")
     label: str = Field(description="howard, leonard, raj or sheldon; 'unknown' when the face is not one of the "
-                                   "four (its distance is over the model's learned threshold); 'cant_tell' when "
-                                   "the face is too small for the model to judge (see reason).")
+                                   "four (its distance is over the model's learned band of doubt); 'cant_tell' "
+                                   "when the model cannot judge the face (see reason): too small, or a distance "
+                                   "in the band where the four and strangers overlap (both edges learned by "
+                                   "cross-validation and stored in the model).")
     closest_actor: str = Field(description="The actor the face resembles most, even when the label is 'unknown'.")
     confidence: float = Field(description="The classifier's probability of closest_actor among the four actors. "
                                           "It assumes the face is one of them: it is not a probability that the "
@@ -35,7 +37,8 @@ class Face(BaseModel):
     threshold: float = Field(description="The largest distance the model names an actor at, learned by "
                                          "cross-validation for a target false-accept rate on strangers.")
     reason: str = Field("", description="Why the label is 'cant_tell', e.g. 'face 20 px wide: the model judges "
-                                        "faces from 32 px'; empty otherwise.")
+                                        "faces from 28 px' or 'distance 0.570: between 0.538 and 0.591, where the "
+                                        "four and strangers overlap'; empty otherwise.")
 
 
 class ModelInfo(BaseModel):
@@ -77,7 +80,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def legacy_face(face: FacePrediction, classes: list[str]) -> dict[str, Any]:
     """The original system's answer for one face: its class ('unknown' for a face that is not one of the four,
-    'cant_tell' for one too small to judge: answers the original never gave) and the four percentages in
+    'cant_tell' for one the model cannot judge, too small or in the band of doubt: answers the original never
+    gave) and the four percentages in
     class_dictionary order."""
     return {"class": face.label,
             "class_probability": [round(face.probabilities[c] * 100, 2) for c in classes],

@@ -282,8 +282,10 @@ class ActorService:
 
     @web.post("/classify_image", response_model=list[LegacyFace], responses=ERRORS,
               summary="The original system's route: a data URL in the form field image_data",
-              description="Each face's 'class' is an actor, 'unknown' (not one of the four) or 'cant_tell' (too "
-                          "small to judge), answers /classify gives as its 'label'; the original had neither.",
+              description="Each face's 'class' is an actor, 'unknown' (not one of the four) or 'cant_tell' (the "
+                          "model cannot judge it: too small, or a distance in the band where the four and "
+                          "strangers overlap; /classify's 'reason' says which), answers /classify gives as its "
+                          "'label'; the original had neither.",
               openapi_extra={"requestBody": {"required": True, "content": {
                   "application/x-www-form-urlencoded": {"schema": {
                       "type": "object", "required": ["image_data"],

@@ -121,7 +121,7 @@ def assert_readable(page) -> dict:
     threshold = float(layout["threshold"])
     for row in layout["rows"]:
         assert row["lines"] <= 2, row
-        if row["answer"] == "can't tell":  # too small to judge: held to no threshold, no answer in bold
+        if row["answer"] == "can't tell":  # the model cannot judge it: held to no threshold, no answer in bold
             assert row["distance"] == "–" and not any(row["bold"]), row
             continue
         assert len(row["distance"].split(".")[1]) == decimals, (row, layout["threshold"])
@@ -252,9 +252,20 @@ def test_crowded_photos_read_on_a_desktop_and_a_phone(page, bento_server: Server
             if "can't tell" in answers:  # the small faces: drawn apart, counted apart, said why
                 assert page.locator(".box.cant-tell").count() == sum(r["answer"] == "can't tell"
                                                                      for r in layout["rows"])
-                assert "too small to judge" in page.inner_text("#message")
+                assert "the model cannot judge" in page.inner_text("#message")
                 reason = page.locator("#probabilities tbody tr.cant-tell td:nth-child(2)").first.get_attribute("title")
-                assert reason and " px wide: the model judges faces from " in reason
+                assert reason and (" px wide: the model judges faces from " in reason
+                                   or "where the four and strangers overlap" in reason), reason
+            # The three answers are drawn apart: each its own box style, none shared.
+            styles = page.evaluate("""() => [...document.querySelectorAll('.box')].map((box) => [
+              box.classList.contains('cant-tell') ? "can't tell" : box.classList.contains('unknown')
+                ? 'not one of the four' : 'actor', getComputedStyle(box).borderStyle + ' ' +
+                getComputedStyle(box).borderColor])""")
+            kinds: dict[str, set[str]] = {}
+            for kind, style in styles:
+                kinds.setdefault(kind, set()).add(style)
+            for kind, style in kinds.items():
+                assert all(not style & other for k, other in kinds.items() if k != kind), kinds
             seen |= answers
             page.set_viewport_size({"width": 390, "height": 844})
             assert_readable(page)

@@ -103,11 +103,11 @@ def test_second_repro_is_a_no_op_and_dvc_shows_results(trained_project: Project)
     assert "Data and pipelines are up to date" in again.stdout
     shown = trained_project.run("dvc", "metrics", "show").stdout
     assert max(len(line) for line in shown.splitlines()) <= 160, shown
-    assert {"actor_f1", "false_accept_rate", "suspects"} <= set(shown.split())
+    assert {"actor_f1", "false_accept_rate", "suspects", "photo_recall", "metrics/photos.json"} <= set(shown.split())
     plots = json.loads(trained_project.run("dvc", "plots", "show", "--json").stdout)
     # Image plots: `dvc plots show` renders them without a network.
     assert {entry[0]["type"] for entry in plots["data"].values()} == {"image"}
-    assert set(plots["data"]) == {"plots/confusion_matrix.png", "plots/open_set_curve.png"}
+    assert set(plots["data"]) == {"plots/confusion_matrix.png", "plots/open_set_curve.png", "plots/photos_curve.png"}
 
 
 def test_dvc_repro_restores_a_wiped_mlflow_store(trained_project: Project, tmp_path) -> None:
@@ -195,7 +195,8 @@ def test_a_param_change_reruns_only_what_reads_it(trained_project: Project) -> N
         changed = json.loads(trained_project.run("dvc", "status", "--json").stdout)
     finally:
         params.write_text(original)
-    assert set(changed) == {"search", "register"}, changed
+    # evaluate reads it too: its grouped evaluation cross-validates the champion's recipe (bbt/pipeline/photos.py).
+    assert set(changed) == {"search", "evaluate", "register"}, changed
     assert "Data and pipelines are up to date" in trained_project.run("dvc", "status").stdout
 
 

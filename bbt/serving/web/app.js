@@ -27,8 +27,9 @@ const NOT_NAMED = {
     words: "can't tell",
     className: "cant-tell",
     summary: (n, all) => (all
-      ? `Can't tell: ${n === 1 ? "this face is" : "these faces are"} too small for the model to judge.`
-      : `${n} face${n > 1 ? "s are" : " is"} too small to judge (can't tell).`),
+      ? `Can't tell: the model cannot judge ${n === 1 ? "this face" : "these faces"} (too small, or where the four `
+        + "and strangers look alike; the table says which)."
+      : `${n} face${n > 1 ? "s" : ""} the model cannot judge (can't tell).`),
   },
 };
 
@@ -195,7 +196,7 @@ function fillTable(faces) {
     inTwoLines(answerCell, displayName(face.label));
     if (face.reason) answerCell.title = face.reason;
     const distance = row.insertCell();
-    // A face too small to judge was held to no threshold: its distance is shown, not compared.
+    // A face the model cannot judge is held to no threshold: its reason (size, or the band) says why.
     distance.textContent = face.label === CANT_TELL ? "–" : face.distance.toFixed(digits);
     distance.title = face.label === CANT_TELL ? face.reason
       : `${face.distance <= face.threshold ? "within" : "over"} the threshold ${face.threshold.toFixed(digits)}`;

@@ -11,16 +11,18 @@ import pytest
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from bbt import ACTORS, UNKNOWN
+from bbt import ACTORS, CANT_TELL, UNKNOWN
 from bbt.config import SearchParams
 from bbt.model.candidates import Candidate, Head
 from bbt.model.openset import (
     OpenSetClassifier,
+    learn_band,
     learn_threshold,
     nearest_face_distance,
     open_set_labels,
     open_set_scores,
 )
+from bbt.model.photo_folds import photo_folds
 from bbt.pipeline.search import out_of_fold, ranking_key, score_rule
 
 
@@ -86,10 +88,7 @@ def test_the_search_result_is_the_same_bytes_whatever_the_timing() -> None:
     """Cross-validation, the threshold and the refitted model's bytes depend on the inputs only."""
     X, y = clusters()
     actors = np.flatnonzero(y != UNKNOWN)
-    from sklearn.model_selection import StratifiedKFold
-
-    folds = [(actors[a], actors[b]) for a, b in StratifiedKFold(3, shuffle=True, random_state=0)
-             .split(actors, y[actors])]
+    folds = photo_folds(y, np.array([f"photo {i // 2}" for i in range(len(y))], dtype=object), 3, 0)
     head = Head("face_embedding", "svm", (("C", 1), ("kernel", "rbf")))
     runs = [out_of_fold(head, X, X, y, folds, 0, ("nearest_face",)) for _ in range(2)]
     scored = [score_rule(y, r["answers"]["nearest_face"], r["distances"]["nearest_face"], 0.05, "open_set_f05")
@@ -128,3 +127,77 @@ def test_ties_go_to_the_simpler_candidate_never_to_a_timing() -> None:
     better = {"cv_open_set_f05": 1.0, "cv_false_accept_rate": 0.0}
     worse = {"cv_open_set_f05": 0.99, "cv_false_accept_rate": 0.0}
     assert ranking_key(better, objective, candidates[0]) < ranking_key(worse, objective, candidates[-1])
+
+
+def overlapping() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Actors named right up to 0.59, strangers from 0.55: they overlap between 0.55 and 0.59."""
+    labels = np.array(["howard"] * 8 + [UNKNOWN, "howard", UNKNOWN, "howard"] + [UNKNOWN] * 6, dtype=object)
+    distances = np.array([0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.48, 0.5, 0.55, 0.56, 0.58, 0.59,
+                          0.62, 0.7, 0.75, 0.8, 0.9, 1.0])
+    return labels, np.array(["howard"] * len(labels), dtype=object), distances
+
+
+def test_the_band_covers_where_actors_and_strangers_overlap_and_no_further() -> None:
+    labels, closest, distances = overlapping()
+    threshold = learn_threshold(labels, closest, distances, target_false_accept=0.0)
+    assert 0.5 < threshold < 0.55
+    low, high = learn_band(labels, closest, distances, threshold, precision=0.9)
+    assert low == threshold and 0.59 < high < 0.62
+    inside = (distances > low) & (distances <= high)
+    assert list(distances[inside]) == [0.55, 0.56, 0.58, 0.59]
+    # The answers outside the band keep their promise: every face named is an actor, every other a stranger.
+    assert (labels[distances <= low] == "howard").all() and (labels[distances > high] == UNKNOWN).all()
+
+
+def test_no_band_where_actors_and_strangers_are_apart() -> None:
+    labels = np.array(["howard"] * 5 + [UNKNOWN] * 5, dtype=object)
+    distances = np.array([0.2, 0.3, 0.35, 0.4, 0.45, 0.6, 0.7, 0.8, 0.9, 1.0])
+    closest = np.array(["howard"] * 10, dtype=object)
+    threshold = learn_threshold(labels, closest, distances, 0.0)
+    assert learn_band(labels, closest, distances, threshold, 0.9) == (threshold, threshold)
+
+
+def test_a_band_where_one_answer_is_right_often_enough_is_not_taken() -> None:
+    """Nine strangers and one actor past the threshold: "not one of the four" is right 0.9 of the time there."""
+    labels = np.array(["howard"] * 5 + [UNKNOWN] * 4 + ["howard"] + [UNKNOWN] * 5, dtype=object)
+    distances = np.array([0.2, 0.3, 0.35, 0.4, 0.45, 0.6, 0.61, 0.62, 0.63, 0.64, 0.65, 0.7, 0.8, 0.9, 1.0])
+    closest = np.array(["howard"] * len(labels), dtype=object)
+    low, high = learn_band(labels, closest, distances, 0.5, precision=0.8)
+    assert (low, high) == (0.5, 0.5)
+    low, high = learn_band(labels, closest, distances, 0.5, precision=0.9)
+    assert low == 0.5 and 0.64 < high < 0.65
+
+
+def test_the_band_and_the_width_travel_inside_the_model() -> None:
+    """Saved and loaded like the registered model: a face in the band, or too narrow, is "can't tell"."""
+    X, y = clusters()
+    actors = y != UNKNOWN
+    head = Head("face_embedding", "logistic_regression", (("C", 1),)).head(0).fit(X[actors], y[actors].astype(str))
+    identity = FunctionTransformer()
+    model = OpenSetClassifier(Pipeline([("features", identity), *head.steps]), identity, "nearest_face", 0.5,
+                              X[actors], y[actors].astype(str), 0.05, 28, 0.5, 2.0)
+    buffer = io.BytesIO()
+    joblib.dump(model, buffer)
+    buffer.seek(0)
+    loaded = joblib.load(buffer)
+    assert loaded.band == (0.5, 2.0) and loaded.describe()["band"] == [0.5, 2.0]
+    probe = X[actors][:3] + np.array([[0.0] * 8, [1.2] + [0.0] * 7, [5.0] + [0.0] * 7])
+    decisions = loaded.decide(probe, widths=np.array([100, 100, 100]))
+    d = decisions.distances
+    assert d[0] == 0.0 and 0.5 < d[1] <= 2.0 and d[2] > 2.0
+    assert list(decisions.labels) == [y[actors][0], CANT_TELL, UNKNOWN]
+    assert not decisions.too_small.any()
+    small = loaded.decide(probe[:1], widths=np.array([20]))
+    assert list(small.labels) == [CANT_TELL] and small.too_small.all()
+
+
+def test_a_model_of_before_without_a_band_answers_as_it_did() -> None:
+    X, y = clusters()
+    actors = y != UNKNOWN
+    head = Head("face_embedding", "logistic_regression", (("C", 1),)).head(0).fit(X[actors], y[actors].astype(str))
+    identity = FunctionTransformer()
+    model = OpenSetClassifier(Pipeline([("features", identity), *head.steps]), identity, "nearest_face", 2.0,
+                              X[actors], y[actors].astype(str), 0.05)
+    del model.band_low, model.band_high  # as unpickled from a model saved before the band existed
+    assert model.band == (2.0, 2.0)
+    assert CANT_TELL not in set(model.predict(X))

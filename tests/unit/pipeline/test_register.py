@@ -3,7 +3,12 @@ making one)."""
 
 from __future__ import annotations
 
-from bbt.pipeline.register import outcome, promotion
+import numpy as np
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from bbt.model.openset import OpenSetClassifier
+from bbt.pipeline.register import faces_it_trained_on, outcome, promotion
 
 NAME = "bbt-actor-classifier"
 GOOD = {"actor_f1": 1.0, "false_accept_rate": 0.0}
@@ -42,3 +47,16 @@ def test_a_version_already_registered_says_so() -> None:
 def test_the_champion_itself_is_said_to_be_the_champion() -> None:
     reason = "version 1 (this model) is already @champion"
     assert outcome(NAME, "1", "champion", False, "1", False, reason) == f"{NAME} {reason}"
+
+
+def test_the_gate_knows_which_test_faces_a_champion_trained_on() -> None:
+    """A champion from another split holds some of today's test faces in its gallery: those are found, so the
+    gate does not judge it on its own training faces; a model without a gallery trained on none we can tell."""
+    rng = np.random.default_rng(0)
+    faces = rng.normal(size=(10, 8))
+    identity = FunctionTransformer()
+    champion = OpenSetClassifier(Pipeline([("features", identity)]), identity, "nearest_face", 0.5, faces[:6],
+                                 np.array(["howard"] * 6), 0.05)
+    today = np.concatenate([faces[4:], faces[:2] + 0.01])
+    assert list(faces_it_trained_on(champion, today)) == [True, True, False, False, False, False, False, False]
+    assert not faces_it_trained_on(object(), today).any()

@@ -52,6 +52,25 @@ def test_the_card_states_every_field() -> None:
     assert "| howard | 10 | 40 |" in card and "| strangers (unknown) | 8 | 30 |" in card
 
 
+PHOTOS = {"faces": {"actor_faces": 187, "actor_recall": 0.9893, "actor_as_other_actor": 0.0},
+          "photos": {"photos": 149, "photo_recall": 0.9933},
+          "by_width": {"under_32": {"actor_faces": 0, "actor_recall": None},
+                       "128_plus": {"actor_faces": 140, "actor_recall": 0.9929, "actor_as_other_actor": 0.0}},
+          "confused_pairs": [{"actor": "raj", "other": "sheldon", "faces": 55, "closest_to_other": 0,
+                              "named_other": 0, "min_margin": 0.0032, "median_margin": 0.3318}]}
+
+
+def test_the_card_states_the_band_and_every_figure_of_the_grouped_evaluation() -> None:
+    info = {**MODEL_INFO, "open_set": {**MODEL_INFO["open_set"], "band": [0.53125, 0.59]}}
+    card = build_card(inputs(model_info=info, photos=PHOTOS))
+    for expected in ("over 0.5312 up to 0.5900, where the four and strangers overlap", "cross-validated by photo",
+                     f"{md('photo_recall')} 0.9933", f"{md('actor_as_other_actor')} 0.0",
+                     f"| {md('under_32')} | 0 | no faces |", f"| {md('128_plus')} | 140 |",
+                     "raj to sheldon: min 0.0032, median 0.3318"):
+        assert expected in card, expected
+    assert "no band" in build_card(inputs()) and "cross-validated by photo" not in build_card(inputs())
+
+
 def test_the_same_inputs_give_the_same_card_and_another_date_only_its_line() -> None:
     assert build_card(inputs()) == build_card(inputs())
     first, later = build_card(inputs()).splitlines(), build_card(inputs(registered_at="2027-01-01T00:00:00Z")).splitlines()
