@@ -77,7 +77,7 @@ def model_conda_env() -> dict:
 def training_params_hash(params: Params) -> str:
     """A hash of the params that decide the trained model (not the worker count, not serving)."""
     clean = {f.name: getattr(params.clean, f.name) for f in fields(params.clean) if f.name != "workers"}
-    decisive = {"data": asdict(params.data), "clean": clean,
+    decisive = {"cast": list(params.cast), "data": asdict(params.data), "clean": clean,
                 "featurize": asdict(params.featurize), "split": asdict(params.split), "search": asdict(params.search)}
     return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
