@@ -128,7 +128,10 @@ def people_gate(new: dict, old: dict, alias: str, champion: str | None, added: l
     promote = (new["actor_f1"] >= old["actor_f1"] - f1_noise
                and new["false_accept_rate"] <= old["false_accept_rate"] + far_noise)
     figures = "; ".join(f"{p}: CV recall {cv_people[p]['recall']:.3f}, precision {cv_people[p]['precision']:.3f} "
-                        f"({cv_people[p]['faces']} training faces)" for p in added if p in cv_people)
+                        f"({cv_people[p]['faces']} training faces"
+                        + (f"; {n} stranger face(s) as close as theirs, see the search's warning"
+                           if (n := cv_people[p].get("strangers_as_close", 0)) else "") + ")"
+                        for p in added if p in cv_people)
     verdict = "no worse" if promote else "worse"
     return promote, (f"new people {', '.join(added)} ({figures}); on the people both know, {verdict} than {alias} "
                      f"version {champion} within CV noise: macro-F1 {new['actor_f1']:.4f} vs {old['actor_f1']:.4f} "

@@ -114,6 +114,29 @@ def per_person(y: np.ndarray, answers: np.ndarray) -> dict[str, dict[str, float]
     return figures
 
 
+def strangers_like(y: np.ndarray, E: np.ndarray, share: float = 0.9) -> dict[str, np.ndarray]:
+    """Per person, the strangers' faces (indices into y) whose nearest face in embedding space is that person's and
+    is nearer than `share` of the person's own faces are to their nearest other face of the person: most likely the
+    person's own faces reviewed as `stranger`. Each one holds the single open-set threshold below it (the strangers
+    given a name are capped), so every person's recall drops; `run_search` names them for the review."""
+    people = np.flatnonzero(~np.isin(y, [UNKNOWN]))
+    strangers = np.flatnonzero(y == UNKNOWN)
+    found: dict[str, np.ndarray] = {}
+    if not len(people):
+        return found
+    to_people = np.linalg.norm(E[strangers][:, None, :] - E[people][None, :, :], axis=2)
+    nearest = y[people][to_people.argmin(axis=1)] if len(strangers) else np.array([], dtype=object)
+    distance = to_people.min(axis=1) if len(strangers) else np.array([])
+    for person in people_in(y):
+        theirs = E[y == person]
+        if len(theirs) < 2:
+            continue
+        own = np.linalg.norm(theirs[:, None, :] - theirs[None, :, :], axis=2)
+        np.fill_diagonal(own, np.inf)
+        found[person] = strangers[(nearest == person) & (distance <= np.quantile(own.min(axis=1), share))]
+    return found
+
+
 def ranking_key(row: dict, objective: str, candidate: Candidate) -> tuple:
     """Best objective first, then fewer strangers let through, then the simpler candidate (bbt.model.candidates)."""
     return (-round(row[f"cv_{objective}"], TIE_DECIMALS), round(row["cv_false_accept_rate"], TIE_DECIMALS),
@@ -174,6 +197,10 @@ def run_search(params: Params) -> dict:
         order = sorted(rows, key=lambda c: ranking_key(rows[c], params.search.objective, c))
         best, best_scores = order[0], rows[order[0]]
         people = per_person(y, open_set_labels(*answered[best], best_scores["threshold"]))
+        alike = strangers_like(y, E)
+        for person, figures in people.items():
+            figures["strangers_as_close"] = len(alike.get(person, ()))
+        warn_strangers_like(alike, faces, train, params.data.corrections)
         mlflow.log_metrics({f"cv_{k}_{person}": v for person, f in people.items() for k, v in f.items()
                             if k != "faces"})
         leaderboard = pd.DataFrame([{"candidate": c.name, **rows[c]} for c in order])
@@ -205,6 +232,18 @@ def run_search(params: Params) -> dict:
              params.search.objective, best_scores[f"cv_{params.search.objective}"],
              best_scores["cv_false_accept_rate"], best_scores["threshold"])
     return summary
+
+
+def warn_strangers_like(alike: dict[str, np.ndarray], faces: dict, train: np.ndarray, corrections: str) -> None:
+    """A warning per person with strangers' faces as close as their own (strangers_like): the faces to look at."""
+    for person, found in alike.items():
+        if len(found):
+            where = "; ".join(f"{faces['images'][train][i]} box {list(map(int, faces['boxes'][train][i]))}"
+                              for i in found)
+            log.warning("search: %d face(s) reviewed as strangers are as close to %s's faces as %s's own median "
+                        "face: %s. If they are %s, accept them as %s in `bbt review` (%s): as strangers they hold "
+                        "the open-set threshold below them, and every person's recall with it", len(found), person,
+                        person, where, person, person, corrections)
 
 
 def shrunk_width_scores(best: Candidate, crops: np.ndarray, X: np.ndarray, E: np.ndarray, y: np.ndarray,
