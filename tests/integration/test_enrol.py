@@ -26,7 +26,9 @@ from tests.conftest import CHAMPIONS_SEARCH, Project, clone_trained_project, sta
 from tests.integration.test_browser import chromium
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
-NOTED_AS_PENNY = "Penny (Kaley"  # how the second review's reasons name her
+# How the second review's reasons name her: "Penny (Kaley Cuoco), ..." or, in cast photos, "Kaley Cuoco, ...". Her
+# faces noted only by the actress's name, left as strangers, hold the open-set threshold down for everyone.
+NOTED_AS_PENNY = "Kaley Cuoco"
 
 
 def penny_rows(corrections: Path) -> list[list[str]]:
