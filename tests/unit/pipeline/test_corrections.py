@@ -71,8 +71,8 @@ def test_a_rejected_box_can_be_a_stranger_or_unusable(tmp_path: Path) -> None:
         ("howard/a.jpg,11,10,50,50,raj,accepted,typo in x\n",
          r"corrections.csv:2: no annotations.csv row has image 'howard/a.jpg' and box"),
         ("howard/a.jpg,10,10,50,50,raj,accepted,\n", r"corrections.csv:2: give a reason"),
-        ("howard/a.jpg,10,10,50,50,Penny!,accepted,who\n", r"corrections.csv:2: an accepted face is labelled with a "
-                                                          r"person's name: 'Penny!' is not a name"),
+        ("howard/a.jpg,10,10,50,50,Penny!,accepted,who\n", (r"corrections.csv:2: an accepted face is labelled with a "
+                                                          r"person's name: 'Penny!' is not a name")),
         ("howard/a.jpg,100,10,50,50,raj,stranger,Penny\n",
          r"corrections.csv:2: a stranger face must have an empty label, got 'raj'"),
         ("howard/a.jpg,100,10,50,50,,strange,Penny\n", r"corrections.csv:2: review 'strange' must be one of"),
