@@ -1,4 +1,5 @@
-"""bbt: recognise the four lead actors of "The Big Bang Theory" in photos."""
+"""bbt: recognise the people of params.yaml's `cast` (by default the four lead actors of "The Big Bang Theory")
+in photos."""
 
 import os
 
@@ -22,8 +23,7 @@ if os.environ.get("BBT_RECORD_READS"):  # tests/integration: what a stage reads,
 
     start_recording(os.environ["BBT_RECORD_READS"])
 
-ACTORS: tuple[str, ...] = ("howard", "leonard", "raj", "sheldon")
-# The answer for a face that is not one of the four (and the label of the reviewed strangers' faces).
+# The answer for a face that is not one of the cast (and the label of the reviewed strangers' faces).
 UNKNOWN = "unknown"
 # The answer for a face the model cannot judge (too small): neither an actor nor "not one of the four".
 CANT_TELL = "cant_tell"

@@ -59,10 +59,10 @@ def pull() -> None:
 def clean() -> None:
     """Stage 1: decode photos, detect faces, keep the accepted ones (artifacts/faces, metrics/clean.json)."""
     from bbt.config import load_params
-    from bbt.pipeline.clean import run_clean
+    from bbt.pipeline.clean import cast_of, run_clean
 
     params = load_params()
-    run_clean(params.data, params.clean)
+    run_clean(params.data, params.clean, cast_of(params))
 
 
 @app.command()
@@ -217,6 +217,9 @@ def review(
     port: int = typer.Option(8501, help="Port on 127.0.0.1 (the review app never listens elsewhere)."),
     model: str = typer.Option("", help="The model whose answers are shown (default models:/<register.model_name>"
                                        "@<register.alias>; 'none' shows none)."),
+    find: str = typer.Option("", help="Also queue the faces review/corrections.csv already judges whose reason "
+                                      "holds this text (any case), to judge again: e.g. to name a person reviewed "
+                                      "as a stranger (docs/review.md, 'Adding a person')."),
 ) -> None:
     """Judge the faces waiting for a verdict (feedback, audit suspects, rejected boxes, unreviewed detections) on a
     local page, one key per verdict; each verdict is saved to data.corrections (review/corrections.csv) at once."""
@@ -224,7 +227,7 @@ def review(
 
     from bbt.review.app import serve_review
 
-    serve_review(Path("."), port, model or None)
+    serve_review(Path("."), port, model or None, find)
 
 
 @app.command()

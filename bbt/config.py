@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Any, ClassVar, NoReturn, TypeVar
 
 import yaml
 
-from bbt import MAX_PIXELS, reads
+from bbt import CANT_TELL, MAX_PIXELS, UNKNOWN, reads
 from bbt.errors import ConfigError
 from bbt.model.feature_sets import FEATURE_SETS
 from bbt.vision.faces import DETECTORS, DetectorSettings
@@ -152,8 +153,27 @@ def largest_photo_mb(serve: ServeParams) -> float:
     return serve.max_megapixels * 1e6 * peak_bytes_per_pixel() / MIB + serve.max_upload_mb
 
 
+# A cast member's name: what review/corrections.csv's label column, the model's classes and the page's cards hold.
+PERSON_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+# Words that are answers or verdicts, never a person's name.
+RESERVED_NAMES = (UNKNOWN, CANT_TELL, "stranger", "unusable", "rejected", "accepted")
+
+
+def check_person_name(name: object) -> str | None:
+    """Why `name` cannot be a cast member's name, or None when it can."""
+    if not isinstance(name, str) or not PERSON_NAME.fullmatch(name):
+        return (f"{name!r} is not a name: use 1-32 lower-case letters, digits, '-' or '_', starting with a letter "
+                "(e.g. penny)")
+    if name in RESERVED_NAMES:
+        return f"{name!r} is an answer or a verdict, not a name; choose another name"
+    return None
+
+
 @dataclass(frozen=True)
 class Params:
+    # The people the model names (params.yaml's `cast`, which has no default: the one place they are listed). The
+    # pipeline trains one class per name, from the faces data/annotations.csv and review/corrections.csv accept as it.
+    cast: tuple[str, ...] = ()
     data: DataParams = field(default_factory=DataParams)
     clean: CleanParams = field(default_factory=CleanParams)
     featurize: FeaturizeParams = field(default_factory=FeaturizeParams)
@@ -165,6 +185,11 @@ class Params:
     monitor: MonitorParams = field(default_factory=MonitorParams)
     release: ReleaseParams = field(default_factory=ReleaseParams)
     review: ReviewParams = field(default_factory=ReviewParams)
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "cast":
+            reads.note_param("cast")
+        return object.__getattribute__(self, name)
 
 
 T = TypeVar("T")
@@ -220,6 +245,8 @@ def validate(params: Params, source: str | Path) -> None:
     from bbt.model.openset import OBJECTIVES, RULES
 
     fail = _failure(source)
+    if params.cast:  # a params.yaml without one fails where the cast is needed (cast_of, load_cast)
+        validate_cast(params.cast, source)
 
     def choices(key: str, chosen: tuple[str, ...], allowed: tuple[str, ...], what: str) -> None:
         if not chosen:
@@ -280,6 +307,22 @@ def validate(params: Params, source: str | Path) -> None:
              "must be at least 2 faces, 1 neighbour, 1 face and a positive distance")
 
 
+def validate_cast(cast: tuple[str, ...], source: str | Path) -> None:
+    """A ConfigError unless `cast` lists two or more distinct valid names."""
+    fail = _failure(source)
+    if not cast:
+        raise ConfigError(f"{source} has no `cast`: list the people the model names, e.g. `cast: [alice, bob]` "
+                          "(README, 'Adding a person')")
+    if len(cast) < 2:
+        fail("cast", f"= {list(cast)} must list at least two people (a classifier tells people apart)")
+    for name in cast:
+        why = check_person_name(name)
+        if why:
+            fail("cast", f"has {why}")
+    if len(set(cast)) != len(cast):
+        fail("cast", f"= {list(cast)} lists a name twice")
+
+
 def validate_serve(serve: ServeParams, source: str | Path) -> None:
     """validate() for the serve section alone."""
     fail = _failure(source)
@@ -330,9 +373,30 @@ def _load(path: Path) -> Params:
         "search": SearchParams, "audit": AuditParams, "register": RegisterParams, "serve": ServeParams,
         "monitor": MonitorParams, "release": ReleaseParams, "review": ReviewParams,
     }
-    params = Params(**{name: _section(cls, raw.get(name), name, path) for name, cls in classes.items()})
+    params = Params(cast=_cast(raw.get("cast"), path),
+                    **{name: _section(cls, raw.get(name), name, path) for name, cls in classes.items()})
     validate(params, path)
     return params
+
+
+def _cast(raw: Any, path: Path) -> tuple[str, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: cast must be a list of names, e.g. `cast: [alice, bob]`, got {raw!r}")
+    return tuple(raw)
+
+
+def load_cast(path: Path | str = PARAMS_FILE) -> tuple[str, ...]:
+    """params.yaml's cast alone, validated (what `bbt review` reads); noted as read by the caller's stage."""
+    path = Path(path)
+    reads.note_param("cast")
+    with reads.paused():
+        if not path.exists():
+            raise ConfigError(f"{path} not found: the cast (the people the model names) is listed there")
+        cast = _cast(_read(path).get("cast"), path)
+        validate_cast(cast, path)
+    return cast
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -342,7 +406,7 @@ def _read(path: Path) -> dict[str, Any]:
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must be a mapping of sections (data, clean, featurize, ...)")
+        raise ConfigError(f"{path} must be a mapping of sections (cast, data, clean, featurize, ...)")
     sections = {f.name: f.type for f in fields(Params)}
     unknown = sorted(set(raw) - set(sections))
     if unknown:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bbt import artifacts
 from bbt.config import load_params
-from bbt.pipeline.clean import run_clean
+from bbt.pipeline.clean import cast_of, run_clean
 
 
 def reencoded(path: Path, quality: int) -> bytes:
@@ -50,7 +50,7 @@ def products_digest() -> str:
 
 def timed_clean(label: str, params, **kwargs) -> float:
     start = time.perf_counter()
-    report = run_clean(params.data, params.clean, **kwargs)
+    report = run_clean(params.data, params.clean, cast_of(params), **kwargs)
     seconds = time.perf_counter() - start
     print(f"| {label} | {report['total']['images']} | {seconds:.1f} s |", flush=True)
     return seconds

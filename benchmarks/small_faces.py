@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bbt import ACTORS
+from bbt import UNKNOWN
 from bbt.vision.faces import Box, DetectorSettings, FaceDetector
 from bbt.vision.images import decode_photo
 
@@ -69,7 +69,7 @@ def cases(root: Path, width: int, limit: int) -> list[Case]:
     with np.load(root / "artifacts/faces/faces.npz") as faces, np.load(root / "artifacts/features/split.npz") as split:
         labels, images, boxes = faces["labels"], faces["images"], faces["boxes"]
         test = set(split["test"].tolist())
-    chosen = [i for i in range(len(labels)) if labels[i] in ACTORS][: limit or None]
+    chosen = [i for i in range(len(labels)) if labels[i] not in (UNKNOWN, "")][: limit or None]
     rng = np.random.default_rng(width)
     built = []
     for i in chosen:

@@ -29,7 +29,7 @@ from bbt.config import ConfigError, Params, load_params
 from bbt.config import validate as validate_params
 from bbt.errors import BbtError
 from bbt.pipeline.audit import run_audit
-from bbt.pipeline.clean import BatchWork, ImageJob, run_clean
+from bbt.pipeline.clean import BatchWork, ImageJob, cast_of, run_clean
 from bbt.pipeline.detection_cache import Detected
 from bbt.pipeline.evaluate import run_evaluate
 from bbt.pipeline.featurize import run_featurize
@@ -124,7 +124,7 @@ def map_over_task_runner(batches: list[list[ImageJob]], work: BatchWork) -> list
 
 @task(name="clean", timeout_seconds=3600, cache_policy=NO_CACHE)
 def clean(params: Params, batch_size: int) -> dict:
-    report = run_clean(params.data, params.clean, map_batches=map_over_task_runner, batch_size=batch_size)
+    report = run_clean(params.data, params.clean, cast_of(params), map_batches=map_over_task_runner, batch_size=batch_size)
     logger = get_run_logger()
     logger.info("faces per actor: %s", report["faces_per_label"])
     logger.info("totals: %s", report["total"])

@@ -19,10 +19,16 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.metrics import f1_score
 from sklearn.pipeline import Pipeline
 
-from bbt import ACTORS, CANT_TELL, UNKNOWN
+from bbt import CANT_TELL, UNKNOWN
 
 # The space in which "is this one of the four?" is decided, whatever features the classifier uses.
 EMBEDDING_SPACE = "face_embedding"
+
+def people_in(labels: np.ndarray) -> list[str]:
+    """The people the labels name (not UNKNOWN, not CANT_TELL, not a rejected face's ""), sorted: the classes the
+    scores average over, whoever the cast is."""
+    return sorted(str(label) for label in set(np.asarray(labels, dtype=object).tolist()) - {UNKNOWN, CANT_TELL, ""})
+
 
 # (embeddings, closed-set probabilities, predicted class index, gallery embeddings, gallery class index) -> distances
 RuleFunction = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], np.ndarray]
@@ -92,10 +98,8 @@ def learn_threshold(labels: np.ndarray, closest: np.ndarray, distances: np.ndarr
     allowed = named(strangers) / strangers.sum() <= target_false_accept + 1e-12
     beta2 = OBJECTIVES[objective] ** 2
     per_actor = []
-    for actor in ACTORS:
+    for actor in people_in(labels):
         truth = labels == actor
-        if not truth.any():
-            continue
         said = closest == actor
         per_actor.append(_fbeta(named(said & truth), named(said), int(truth.sum()), beta2))
     scores = np.round(np.mean(per_actor, axis=0), 9) if per_actor else np.zeros(len(candidates))
@@ -163,7 +167,7 @@ def _open_set_fbeta(labels: np.ndarray, answers: np.ndarray, beta: float) -> flo
     """Macro F-beta over the four actors present, on every face: a stranger named as an actor is a false match
     for that actor, an actor answered UNKNOWN or another actor a miss."""
     scores = []
-    for actor in ACTORS:
+    for actor in people_in(labels):
         truth, said = labels == actor, answers == actor
         if truth.any():
             scores.append(float(_fbeta(int((said & truth).sum()), int(said.sum()), int(truth.sum()), beta**2)))
@@ -193,7 +197,7 @@ def open_set_scores(labels: np.ndarray, answers: np.ndarray) -> dict[str, float]
     labels, answers = np.asarray(labels, dtype=object), np.asarray(answers, dtype=object)
     actors = labels != UNKNOWN
     strangers = ~actors
-    present = [a for a in ACTORS if a in set(labels[actors])]
+    present = people_in(labels[actors])
     return {
         **{name: _open_set_fbeta(labels, answers, beta) for name, beta in OBJECTIVES.items()},
         "actor_f1": float(f1_score(labels[actors], answers[actors], labels=present, average="macro",

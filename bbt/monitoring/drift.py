@@ -23,7 +23,7 @@ from typing import Any
 
 from scipy.stats import fisher_exact, ks_2samp
 
-from bbt import ACTORS, UNKNOWN
+from bbt import UNKNOWN
 from bbt.monitoring.logs import Period, Record
 from bbt.monitoring.reference import Reference
 
@@ -63,7 +63,7 @@ def verdict(tests: Sequence[DriftTest]) -> str:
 
 def judge(labels: Sequence[str], confidences: Sequence[float], reference: Reference, alpha: float,
           min_faces: int) -> list[DriftTest]:
-    """The unknown-share test, then one confidence test per actor, in ACTORS' order. `labels` and `confidences`:
+    """The unknown-share test, then one confidence test per person the model names (its classes, in order). `labels` and `confidences`:
     one entry per face answered in the period."""
     unknown = sum(label == UNKNOWN for label in labels)
     ref_unknown = sum(label == UNKNOWN for label in reference.labels)
@@ -74,7 +74,7 @@ def judge(labels: Sequence[str], confidences: Sequence[float], reference: Refere
         (lambda: fisher_exact(table, alternative="two-sided"))
         if len(labels) >= min_faces and len(reference.labels) >= REFERENCE_MIN_FACES else None,
     )]
-    for actor in ACTORS:
+    for actor in reference.people:
         period = [c for label, c in zip(labels, confidences, strict=True) if label == actor]
         ref = [c for label, c in zip(reference.labels, reference.confidences, strict=True) if label == actor]
         planned.append((

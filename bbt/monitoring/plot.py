@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from bbt import ACTORS, UNKNOWN
+from bbt import UNKNOWN
 from bbt.monitoring.drift import UNKNOWN_TEST, Summary
 
 PERIOD_COLOUR, REFERENCE_COLOUR = "tab:blue", "tab:grey"
@@ -58,8 +58,10 @@ def plot_summary(summary: Summary, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=(16, 7.5))
-    grid = fig.add_gridspec(2, 4)
+    people = summary.reference.people
+    columns = max(4, len(people))  # the top row's four panels, and one panel per person below
+    fig = plt.figure(figsize=(4 * columns, 7.5))
+    grid = fig.add_gridspec(2, columns)
     tests = {test.name: test for test in summary.tests}
 
     ax = fig.add_subplot(grid[0, :2])
@@ -83,7 +85,7 @@ def plot_summary(summary: Summary, png: Path) -> None:
     ax.set_title("faces per photo")
     ax.legend()
 
-    ax = fig.add_subplot(grid[0, 3])
+    ax = fig.add_subplot(grid[0, 3:])
     labels, ref = summary.labels, summary.reference.labels
     shares = [labels.count(UNKNOWN) / len(labels) if labels else 0.0, ref.count(UNKNOWN) / len(ref) if ref else 0.0]
     ax.bar(["period", "test split"], shares, color=[PERIOD_COLOUR, REFERENCE_COLOUR])
@@ -92,7 +94,7 @@ def plot_summary(summary: Summary, png: Path) -> None:
     ax.set_title(f"unknown: {tests[UNKNOWN_TEST].verdict}")
 
     confidences = summary.confidences
-    for column, actor in enumerate(ACTORS):
+    for column, actor in enumerate(people):
         ax = fig.add_subplot(grid[1, column])
         ecdf(ax, [c for label, c in zip(labels, confidences, strict=True) if label == actor], PERIOD_COLOUR,
              "period")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from bbt import CANT_TELL, UNKNOWN
 from bbt.artifacts import load_faces, load_split
 
 METADATA_KEY = "monitoring_reference"
@@ -30,15 +31,22 @@ class Reference:
     confidences: tuple[float, ...]
     faces_per_photo: tuple[int, ...]
     source: str = "the model's metadata"
+    classes: tuple[str, ...] = ()  # the people the model names (its cast); () = those its answers name
+
+    @property
+    def people(self) -> tuple[str, ...]:
+        """The people `bbt monitor` compares confidences for: the model's classes."""
+        return self.classes or tuple(sorted(set(self.labels) - {UNKNOWN, CANT_TELL}))
 
     def as_metadata(self) -> dict[str, Any]:
         return {"labels": list(self.labels), "confidences": list(self.confidences),
-                "faces_per_photo": list(self.faces_per_photo)}
+                "faces_per_photo": list(self.faces_per_photo), "classes": list(self.classes)}
 
     @classmethod
     def from_metadata(cls, raw: dict[str, Any], source: str) -> Reference:
         return cls(tuple(str(label) for label in raw["labels"]), tuple(float(c) for c in raw["confidences"]),
-                   tuple(int(n) for n in raw.get("faces_per_photo", [])), source)
+                   tuple(int(n) for n in raw.get("faces_per_photo", [])), source,
+                   tuple(str(c) for c in raw.get("classes", [])))
 
 
 def faces_per_photo(images: np.ndarray, detections: Path = DETECTIONS) -> tuple[int, ...]:
@@ -66,4 +74,5 @@ def reference_on_test_split(model: Any) -> Reference:
     return Reference(tuple(str(label) for label in labels),
                      tuple(round(float(row.max()), 4) for row in proba),
                      faces_per_photo(faces["images"][test]),
-                     "the project's test split (artifacts/), scored now: the model carries no reference")
+                     "the project's test split (artifacts/), scored now: the model carries no reference",
+                     tuple(str(c) for c in model.classes_))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bbt import ACTORS, CANT_TELL, UNKNOWN
+from bbt import CANT_TELL, UNKNOWN
 from bbt.model.predict import pipeline_path
 from bbt.monitoring.drift import DRIFT, TOO_FEW, UNKNOWN_TEST, DriftTest, Summary, summarise
 from bbt.monitoring.logs import MonitoringError, Period, Record, in_period, read_records
@@ -121,7 +121,7 @@ def table_rows(summary: Summary) -> list[tuple[str, str, str, str]]:
          share(labels.count(CANT_TELL), len(labels)),
          share(ref.labels.count(CANT_TELL), len(ref.labels)), ""),
     ]
-    for actor in ACTORS:
+    for actor in ref.people:
         mine = [c for label, c in zip(labels, confidences, strict=True) if label == actor]
         theirs = [c for label, c in zip(ref.labels, ref.confidences, strict=True) if label == actor]
         rows.append((f"confidence {actor}: p10 / p50 / p90", f"{quantiles(mine)} (n={len(mine)})",

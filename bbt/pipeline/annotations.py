@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bbt import ACTORS
+from bbt.config import check_person_name
 from bbt.errors import DataError
 from bbt.vision.faces import Box
 
@@ -106,12 +106,13 @@ def _parse(
         if review not in REVIEWS:
             problems.append(f"{where}: review {review!r} must be one of {REVIEWS}")
             continue
-        if review == "accepted" and label not in ACTORS:
-            problems.append(f"{where}: accepted face needs a label from {ACTORS}, got {label!r}")
+        why = check_person_name(label) if review == "accepted" else None
+        if why:
+            problems.append(f"{where}: an accepted face is labelled with a person's name: {why}")
             continue
         if review != "accepted" and label is not None:
             problems.append(f"{where}: a {review} face must have an empty label, got {label!r} "
-                            "(a face of one of the four actors is `accepted` with its label)")
+                            "(a face of a person in the cast is `accepted` with its label)")
             continue
         values = [v.strip() if isinstance(v, str) else "" for v in (row.x, row.y, row.w, row.h)]
         if not all(WHOLE_NUMBER.fullmatch(v) and len(v) <= 9 for v in values):

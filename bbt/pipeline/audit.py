@@ -19,11 +19,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
-from bbt import ACTORS, UNKNOWN, artifacts
+from bbt import UNKNOWN, artifacts
 from bbt.artifacts import load_faces
 from bbt.config import AuditParams, DataParams, FeaturizeParams, SearchParams
 from bbt.errors import DataError
-from bbt.model.openset import EMBEDDING_SPACE, RULES, learn_threshold
+from bbt.model.openset import EMBEDDING_SPACE, RULES, learn_threshold, people_in
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def nearest_actor(embeddings: np.ndarray, gallery: np.ndarray, gallery_labels: n
     """Per face, the actor of the closest gallery face and that distance (the `nearest_face` rule asked for every
     actor); `exclude[i]` is a gallery index face i may not match (itself), or -1."""
     rule = RULES["nearest_face"].distance
-    classes = np.array(ACTORS)
+    classes = np.array(people_in(gallery_labels))
     index = np.searchsorted(classes, gallery_labels)
     per_actor = []
     for actor in range(len(classes)):

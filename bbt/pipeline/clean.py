@@ -12,18 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from bbt import ACTORS, UNKNOWN, artifacts
-from bbt.config import CleanParams, DataParams
+from bbt import UNKNOWN, artifacts
+from bbt.config import CleanParams, DataParams, Params, validate_cast
 from bbt.errors import DataError
 from bbt.pipeline.annotations import (
     Annotation,
@@ -39,6 +40,63 @@ from bbt.vision.faces import Box, DetectorSettings, FaceDetector, crop_photo_fac
 from bbt.vision.images import ImageError, decode_photo
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cast:
+    """The people the model is trained to name (params.yaml's `cast`), and the fewest accepted faces each needs."""
+
+    names: tuple[str, ...]
+    min_faces: int
+    why: str  # what min_faces comes from, for the message when a person has fewer
+
+
+def fewest_faces(cv_folds: int, audit_folds: int, test_size: float) -> int:
+    """The fewest faces of a person that leave at least one fold's worth per CV fold in the training split: the
+    stratified split holds out up to ceil(n * test_size) of them, and the search's (and the audit's) stratified
+    folds need a face of every person in each fold."""
+    folds = max(cv_folds, audit_folds)
+    n = folds
+    while n - math.ceil(round(n * test_size, 9)) < folds:
+        n += 1
+    return n
+
+
+def cast_of(params: Params) -> Cast:
+    """params.yaml's cast and the faces each person needs (run_clean checks the cast: a missing params.yaml has
+    none)."""
+    folds, test_size = params.search.cv_folds, params.split.test_size
+    n = fewest_faces(folds, params.audit.folds, test_size)
+    return Cast(tuple(params.cast), n, f"after the test split (split.test_size {test_size:g}) holds out its share, "
+                                      f"the cross-validation needs a face in each of its {max(folds, params.audit.folds)} "
+                                      "folds (search.cv_folds, audit.folds)")
+
+
+def outside_cast(annotations: list[Annotation], corrections: list[Correction],
+                 cast: tuple[str, ...]) -> tuple[list[Annotation], list[Correction], Counter]:
+    """Faces accepted as someone the cast does not list are someone else's, strangers to this model: the reviews
+    with those faces made `stranger`, and how many there are per name. A cast without the name trains exactly as
+    if the faces had been reviewed as strangers."""
+    def as_stranger(annotation: Annotation) -> Annotation:
+        if annotation.review == "accepted" and annotation.label not in cast:
+            return replace(annotation, review="stranger", label=None)
+        return annotation
+
+    names = Counter(a.label for a in annotations if a.review == "accepted" and a.label not in cast)
+    return ([as_stranger(a) for a in annotations],
+            [replace(c, corrected=as_stranger(c.corrected)) for c in corrections], names)
+
+
+def check_faces_per_person(results: Sequence[ImageResult], cast: Cast, corrections: Path) -> None:
+    """A DataError naming every cast member with fewer accepted (detected) faces than the training needs."""
+    found = Counter(f.label for r in results for f in r.faces if f.status == "accepted")
+    short = {name: found.get(name, 0) for name in cast.names if found.get(name, 0) < cast.min_faces}
+    if short:
+        counts = ", ".join(f"{name!r} has {n}" for name, n in short.items())
+        raise DataError(f"too few faces for the cast: {counts}; each person needs at least {cast.min_faces} "
+                        f"accepted faces the detector finds ({cast.why}). Accept more faces of them in `bbt review` "
+                        f"(rows `label=<name>,review=accepted` in {corrections}), or take them out of `cast` in "
+                        "params.yaml")
 
 
 @dataclass(frozen=True)
@@ -229,7 +287,7 @@ def detect_with_cache(
     return [found[job.digest] for job in jobs]
 
 
-def summarize(jobs: Sequence[ImageJob], results: Sequence[ImageResult]) -> dict:
+def summarize(jobs: Sequence[ImageJob], results: Sequence[ImageResult], cast: tuple[str, ...]) -> dict:
     """Per-actor counts (by folder) of images, failures and faces, plus totals; a DVC metric."""
     report: dict[str, dict[str, int]] = {}
     def actor_of(path: str) -> str:
@@ -259,7 +317,7 @@ def summarize(jobs: Sequence[ImageJob], results: Sequence[ImageResult]) -> dict:
     return {
         "actors": per_actor,
         "total": totals,
-        "faces_per_label": {a: int(labels.get(a, 0)) for a in ACTORS},
+        "faces_per_label": {a: int(labels.get(a, 0)) for a in cast},
         "stranger_faces": totals["stranger"],
         # Share of the accepted annotation boxes the detector finds (IoU >= clean.iou_threshold).
         "detector_recall": round(1 - totals["missed_annotations"] / reviewed, 4) if reviewed else None,
@@ -315,7 +373,7 @@ def reviewed_annotations(data: DataParams) -> tuple[list[Annotation], list[Corre
 
 
 def run_clean(
-    data: DataParams, params: CleanParams, map_batches: BatchMapper | None = None, batch_size: int = 32
+    data: DataParams, params: CleanParams, cast: Cast, map_batches: BatchMapper | None = None, batch_size: int = 32
 ) -> dict:
     """The whole stage: list, dedupe, detect in parallel what the cache lacks, match reviews, write products;
     returns the report.
@@ -323,7 +381,13 @@ def run_clean(
     Detection runs on a local process pool, or over batches of `batch_size` images with `map_batches`.
     """
     paths = list_images(data.raw)
+    validate_cast(cast.names, "params.yaml")
     annotations, corrections = reviewed_annotations(data)
+    annotations, corrections, others = outside_cast(annotations, corrections, cast.names)
+    for name, n in sorted(others.items()):
+        log.warning("%s or %s accept %d face(s) as %r, who is not in `cast` (params.yaml): they train as strangers "
+                    "(not one of the cast). To enrol %s, add the name to cast: in params.yaml and run `dvc repro`",
+                    data.corrections, data.annotations, n, name, name)
     for correction in corrections:
         before, after = correction.original, correction.corrected
         log.debug("second review (%s): %s %s %s -> %s: %s", data.corrections, after.image, after.box,
@@ -344,7 +408,8 @@ def run_clean(
             log.warning("skipped unreadable file: %s", result.error)
         for missed in result.missed:
             log.warning("accepted face %s in %s was not detected", missed.box, missed.image)
-    report = summarize(jobs, results)
+    check_faces_per_person(results, cast, data.corrections)
+    report = summarize(jobs, results, cast.names)
     report["second_review"] = second_review_counts(corrections)
     write_outputs(results, report, params)
     log_report(report)

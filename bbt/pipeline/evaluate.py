@@ -20,12 +20,12 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import classification_report, confusion_matrix
 
-from bbt import ACTORS, CANT_TELL, UNKNOWN, artifacts
+from bbt import CANT_TELL, UNKNOWN, artifacts
 from bbt.artifacts import load_faces, load_features, load_split
 from bbt.config import Params, load_params
 from bbt.errors import ModelError
 from bbt.model.candidates import Candidate, Head
-from bbt.model.openset import EMBEDDING_SPACE, open_set_labels, open_set_scores
+from bbt.model.openset import EMBEDDING_SPACE, open_set_labels, open_set_scores, people_in
 from bbt.pipeline import photos
 from bbt.registry.tracking import file_md5, model_run_id
 
@@ -54,7 +54,7 @@ def answers_of(model: Any, crops: np.ndarray) -> np.ndarray:
 def score(model: Any, crops: np.ndarray, labels: np.ndarray) -> dict:
     """Open-set scores (bbt.model.openset.open_set_scores) and the per-class report of a model on labelled crops."""
     answers = answers_of(model, crops)
-    classes = [c for c in (*ACTORS, UNKNOWN) if c in set(labels) | set(answers)]
+    classes = [*people_in(np.concatenate([labels, answers])), *([UNKNOWN] if UNKNOWN in {*labels, *answers} else [])]
     report = classification_report(labels, answers, labels=classes, output_dict=True, zero_division=0)
     return {
         **open_set_scores(labels, answers),

@@ -21,10 +21,10 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from bbt import ACTORS, CANT_TELL, UNKNOWN
+from bbt import CANT_TELL, UNKNOWN
 from bbt.config import SearchParams
 from bbt.model.candidates import Candidate
-from bbt.model.openset import RULES, learn_band, learn_threshold, open_set_labels, open_set_scores
+from bbt.model.openset import RULES, learn_band, learn_threshold, open_set_labels, open_set_scores, people_in
 from bbt.model.photo_folds import folder_actor, grouped_split, photo_folds
 from bbt.pipeline.search import out_of_fold
 
@@ -76,6 +76,11 @@ def grouped_answers(candidate: Candidate, X: np.ndarray, E: np.ndarray, labels: 
     return pd.DataFrame(rows).sort_values("face", kind="stable").reset_index(drop=True)
 
 
+def named(answers: pd.Series) -> pd.Series:
+    """Which answers give a face a person's name (not "not one of them", not "can't tell")."""
+    return ~answers.isin((UNKNOWN, CANT_TELL))
+
+
 def face_figures(table: pd.DataFrame) -> dict[str, float | int | None]:
     """Actors named right, named as another actor, answered "not one of the four" or "can't tell"; strangers
     given a name or "can't tell" (shares of their faces); open-set scores."""
@@ -86,10 +91,10 @@ def face_figures(table: pd.DataFrame) -> dict[str, float | int | None]:
 
     figures = {"actor_faces": len(actors), "stranger_faces": len(strangers),
                "actor_recall": share(actors, actors.answer == actors.label),
-               "actor_as_other_actor": share(actors, actors.answer.isin(ACTORS) & (actors.answer != actors.label)),
+               "actor_as_other_actor": share(actors, named(actors.answer) & (actors.answer != actors.label)),
                "actor_as_unknown": share(actors, actors.answer == UNKNOWN),
                "actor_cant_tell": share(actors, actors.answer == CANT_TELL),
-               "stranger_false_accept": share(strangers, strangers.answer.isin(ACTORS)),
+               "stranger_false_accept": share(strangers, named(strangers.answer)),
                "stranger_cant_tell": share(strangers, strangers.answer == CANT_TELL)}
     if len(actors) and len(strangers):
         scores = open_set_scores(table.label.to_numpy(object), table.answer.to_numpy(object))
@@ -111,7 +116,7 @@ def photo_figures(table: pd.DataFrame) -> dict[str, float | int | None]:
     named_there = (table.answer == folder).groupby(table.photo).any()
     shows_actor = (table.label == folder).groupby(table.photo).any()
     folders = named_there.index.map(folder_actor)
-    per_actor = {actor: named_there[shows_actor & (folders == actor)] for actor in ACTORS}
+    per_actor = {actor: named_there[shows_actor & (folders == actor)] for actor in people_in(table.label)}
     return {"photos": int(shows_actor.sum()),
             "photo_recall": round(float(named_there[shows_actor].mean()), 4) if shows_actor.any() else None,
             "photos_with_a_face": len(named_there),
@@ -125,9 +130,10 @@ def confused_pairs(table: pd.DataFrame, top: int = 6) -> list[dict]:
     margin in embedding space (distance to other's nearest training face - to the actor's own), smallest first."""
     actors = table[table.label != UNKNOWN]
     rows = []
-    for actor in ACTORS:
+    people = people_in(actors.label)
+    for actor in people:
         own = actors[actors.label == actor]
-        for other in ACTORS:
+        for other in people:
             if other == actor or own.empty or f"to_{other}" not in own:
                 continue
             margin = own[f"to_{other}"] - own[f"to_{actor}"]

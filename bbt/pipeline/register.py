@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
-from bbt import artifacts
+from bbt import UNKNOWN, artifacts
 from bbt.config import Params, RegisterParams
 from bbt.errors import ModelError
 from bbt.model.candidates import FAMILIES
@@ -77,7 +77,7 @@ def model_conda_env() -> dict:
 def training_params_hash(params: Params) -> str:
     """A hash of the params that decide the trained model (not the worker count, not serving)."""
     clean = {f.name: getattr(params.clean, f.name) for f in fields(params.clean) if f.name != "workers"}
-    decisive = {"data": asdict(params.data), "clean": clean,
+    decisive = {"cast": list(params.cast), "data": asdict(params.data), "clean": clean,
                 "featurize": asdict(params.featurize), "split": asdict(params.split), "search": asdict(params.search)}
     return hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -131,6 +131,46 @@ def faces_it_trained_on(model: object, crops: np.ndarray) -> np.ndarray:
         return np.zeros(len(crops), dtype=bool)
     embeddings = model.embedder.transform(crops)
     return np.linalg.norm(embeddings[:, None, :] - gallery[None, :, :], axis=2).min(axis=1) < 1e-4
+
+
+def people_gate(new: dict, old: dict, alias: str, champion: str | None, added: list[str], f1_noise: float,
+                far_noise: float, cv_people: dict) -> tuple[bool, str]:
+    """`promotion` for a model that knows people the champion does not: scored on the faces of the people both know
+    and the strangers, it may fall short of the champion by its CV noise (`f1_noise`: the std of its fold macro-F1;
+    `far_noise`: one stranger face of the test split), no more. The new people's own CV figures are reported."""
+    promote = (new["actor_f1"] >= old["actor_f1"] - f1_noise
+               and new["false_accept_rate"] <= old["false_accept_rate"] + far_noise)
+    figures = "; ".join(f"{p}: CV recall {cv_people[p]['recall']:.3f}, precision {cv_people[p]['precision']:.3f} "
+                        f"({cv_people[p]['faces']} training faces"
+                        + (f"; {n} stranger face(s) as close as theirs, see the search's warning"
+                           if (n := cv_people[p].get("strangers_as_close", 0)) else "") + ")"
+                        for p in added if p in cv_people)
+    verdict = "no worse" if promote else "worse"
+    return promote, (f"new people {', '.join(added)} ({figures}); on the people both know, {verdict} than {alias} "
+                     f"version {champion} within CV noise: macro-F1 {new['actor_f1']:.4f} vs {old['actor_f1']:.4f} "
+                     f"(noise {f1_noise:.4f}), strangers given a name {new['false_accept_rate']:.4f} vs "
+                     f"{old['false_accept_rate']:.4f} (noise {far_noise:.4f})")
+
+
+def compare_with_champion(model: object, champion_model: object, crops: np.ndarray, labels: np.ndarray,
+                          new: dict, info: dict, alias: str, champion: str) -> tuple[bool, str]:
+    """The gate, on the test faces the champion did not train on (one from another split would be judged on its
+    own training faces): `promotion` when both models name the same people, else `people_gate` on the people
+    both know."""
+    unseen = ~faces_it_trained_on(champion_model, crops)
+    if not unseen.all():
+        crops, labels = crops[unseen], labels[unseen]
+        new = score(model, crops, labels)
+    faces = ("today's test split" if unseen.all()
+             else f"the {int(unseen.sum())} faces of today's test split version {champion} did not train on")
+    known, theirs = set(map(str, model.classes_)), set(map(str, champion_model.classes_))  # type: ignore[attr-defined]
+    if known == theirs:
+        return promotion(new, score(champion_model, crops, labels), alias, champion, faces)
+    keep = np.isin(labels, [*sorted(known & theirs), UNKNOWN])
+    strangers = int((labels[keep] == UNKNOWN).sum())
+    return people_gate(score(model, crops[keep], labels[keep]), score(champion_model, crops[keep], labels[keep]),
+                       alias, champion, sorted(known - theirs), float(info.get("cv_f1_macro_std", 0.0)),
+                       1 / strangers if strangers else 0.0, info.get("cv_per_person", {}))
 
 
 def log_and_register(model: object, info: dict, model_md5: str, crops: np.ndarray, model_name: str) -> str:
@@ -201,16 +241,11 @@ def run_register(params: Params) -> dict:
     if champion == version:
         promote, reason = False, f"version {version} (this model) is already @{alias}"
     else:
-        old, compared, faces = None, new, "today's test split"
-        if champion is not None:
-            held = load_pipeline(f"models:/{name}/{champion}")
-            # A champion that trained on some of today's test faces would be judged on its own training faces.
-            unseen = ~faces_it_trained_on(held, crops)
-            if not unseen.all():
-                faces = f"the {int(unseen.sum())} faces of today's test split version {champion} did not train on"
-                compared = score(model, crops[unseen], labels[unseen])
-            old = score(held, crops[unseen], labels[unseen])
-        promote, reason = promotion(compared, old, alias, champion, faces)
+        if champion is None:
+            promote, reason = promotion(new, None, alias, champion)
+        else:
+            promote, reason = compare_with_champion(model, load_pipeline(f"models:/{name}/{champion}"), crops,
+                                                    labels, new, info, alias, champion)
     if promote:
         client.set_registered_model_alias(name, alias, version)
     message = outcome(name, version, alias, registered_now, champion, promote, reason)

@@ -41,6 +41,7 @@ from bbt.model.openset import (
     learn_threshold,
     open_set_labels,
     open_set_scores,
+    people_in,
 )
 from bbt.model.photo_folds import Fold, photo_folds
 from bbt.model.quality import WIDTHS, WidthScores, shrink, smallest_judged_width, width_scores
@@ -104,6 +105,41 @@ def score_rule(y: np.ndarray, predicted: np.ndarray, distances: np.ndarray, targ
     return {"threshold": threshold, **{f"cv_{k}": v for k, v in scores.items()}}
 
 
+def per_person(y: np.ndarray, answers: np.ndarray) -> dict[str, dict[str, float]]:
+    """Each person's own cross-validated figures from out-of-fold open-set answers: recall (their faces named
+    them), precision (faces named them that are theirs, strangers included) and their face count."""
+    figures = {}
+    for person in people_in(y):
+        theirs, said = y == person, answers == person
+        figures[person] = {"recall": round(float((answers[theirs] == person).mean()), 4),
+                           "precision": round(float((said & theirs).sum() / said.sum()), 4) if said.any() else 0.0,
+                           "faces": int(theirs.sum())}
+    return figures
+
+
+def strangers_like(y: np.ndarray, E: np.ndarray, share: float = 0.9) -> dict[str, np.ndarray]:
+    """Per person, the strangers' faces (indices into y) whose nearest face in embedding space is that person's and
+    is nearer than `share` of the person's own faces are to their nearest other face of the person: most likely the
+    person's own faces reviewed as `stranger`. Each one holds the single open-set threshold below it (the strangers
+    given a name are capped), so every person's recall drops; `run_search` names them for the review."""
+    people = np.flatnonzero(~np.isin(y, [UNKNOWN]))
+    strangers = np.flatnonzero(y == UNKNOWN)
+    found: dict[str, np.ndarray] = {}
+    if not len(people):
+        return found
+    to_people = np.linalg.norm(E[strangers][:, None, :] - E[people][None, :, :], axis=2)
+    nearest = y[people][to_people.argmin(axis=1)] if len(strangers) else np.array([], dtype=object)
+    distance = to_people.min(axis=1) if len(strangers) else np.array([])
+    for person in people_in(y):
+        theirs = E[y == person]
+        if len(theirs) < 2:
+            continue
+        own = np.linalg.norm(theirs[:, None, :] - theirs[None, :, :], axis=2)
+        np.fill_diagonal(own, np.inf)
+        found[person] = strangers[(nearest == person) & (distance <= np.quantile(own.min(axis=1), share))]
+    return found
+
+
 def ranking_key(row: dict, objective: str, candidate: Candidate) -> tuple:
     """Best objective first, then fewer strangers let through, then the simpler candidate (bbt.model.candidates)."""
     return (-round(row[f"cv_{objective}"], TIE_DECIMALS), round(row["cv_false_accept_rate"], TIE_DECIMALS),
@@ -128,6 +164,7 @@ def run_search(params: Params) -> dict:
     heads = list(dict.fromkeys(c.head for c in grid))
     setup_tracking()
     rows: dict[Candidate, dict] = {}
+    answered: dict[Candidate, tuple[np.ndarray, np.ndarray]] = {}  # out-of-fold answers and distances
     with mlflow.start_run(run_name=f"grid-search-{time.strftime('%Y%m%d-%H%M%S')}"):
         mlflow.set_tags({"stage": "search", "git_commit": git_commit(), "data_hash": data_hash(),
                          "corrections_hash": corrections_hash(params.data.corrections),
@@ -147,6 +184,7 @@ def run_search(params: Params) -> dict:
                            "cv_f1_macro_mean": float(np.mean(oof["fold_f1"])),
                            "cv_f1_macro_std": float(np.std(oof["fold_f1"]))}
                     rows[candidate] = row
+                    answered[candidate] = (oof["answers"][rule], oof["distances"][rule])
                     with mlflow.start_run(run_name=candidate.name, nested=True):
                         mlflow.set_tags({"candidate": candidate.name, "stage": "search-candidate"})
                         mlflow.log_params({"feature_set": head.feature_set, "family": head.family,
@@ -158,6 +196,13 @@ def run_search(params: Params) -> dict:
                     advance()
         order = sorted(rows, key=lambda c: ranking_key(rows[c], params.search.objective, c))
         best, best_scores = order[0], rows[order[0]]
+        people = per_person(y, open_set_labels(*answered[best], best_scores["threshold"]))
+        alike = strangers_like(y, E)
+        for person, figures in people.items():
+            figures["strangers_as_close"] = len(alike.get(person, ()))
+        warn_strangers_like(alike, faces, train, params.data.corrections)
+        mlflow.log_metrics({f"cv_{k}_{person}": v for person, f in people.items() for k, v in f.items()
+                            if k != "faces"})
         leaderboard = pd.DataFrame([{"candidate": c.name, **rows[c]} for c in order])
         artifacts.LEADERBOARD.parent.mkdir(parents=True, exist_ok=True)
         leaderboard.to_csv(artifacts.LEADERBOARD, index=False)
@@ -179,10 +224,10 @@ def run_search(params: Params) -> dict:
         record_widths(widths, min_face_width)
         model = refit(best, features[best.head.feature_set], E, y, best_scores["threshold"], min_face_width, band,
                       params)
-        model_md5 = save_model(model, best, best_scores, params, faces)
+        model_md5 = save_model(model, best, best_scores, params, faces, people)
         mlflow.set_tag(MODEL_MD5_TAG, model_md5)
     summary = {"best_candidate": best.name, "n_candidates": len(grid), "objective": params.search.objective,
-               **best_scores}
+               **best_scores, "cv_per_person": people}
     artifacts.write_json(artifacts.SEARCH_REPORT, summary)
     # The DVC metric: the winner's CV objective (under its name), actor macro-F1, false accepts and threshold.
     objective = params.search.objective
@@ -196,6 +241,18 @@ def run_search(params: Params) -> dict:
              params.search.objective, best_scores[f"cv_{params.search.objective}"],
              best_scores["cv_false_accept_rate"], best_scores["threshold"])
     return summary
+
+
+def warn_strangers_like(alike: dict[str, np.ndarray], faces: dict, train: np.ndarray, corrections: str) -> None:
+    """A warning per person with strangers' faces as close as their own (strangers_like): the faces to look at."""
+    for person, found in alike.items():
+        if len(found):
+            where = "; ".join(f"{faces['images'][train][i]} box {list(map(int, faces['boxes'][train][i]))}"
+                              for i in found)
+            log.warning("search: %d face(s) reviewed as strangers are as close to %s's faces as %s's own median "
+                        "face: %s. If they are %s, accept them as %s in `bbt review` (%s): as strangers they hold "
+                        "the open-set threshold below them, and every person's recall with it", len(found), person,
+                        person, where, person, person, corrections)
 
 
 def shrunk_width_scores(best: Candidate, crops: np.ndarray, X: np.ndarray, E: np.ndarray, y: np.ndarray,
@@ -253,7 +310,8 @@ def refit(best: Candidate, X: np.ndarray, E: np.ndarray, y: np.ndarray, threshol
                              params.search.target_false_accept, min_face_width, *band)
 
 
-def save_model(model: OpenSetClassifier, best: Candidate, scores: dict, params: Params, faces: dict) -> str:
+def save_model(model: OpenSetClassifier, best: Candidate, scores: dict, params: Params, faces: dict,
+               people: dict[str, dict[str, float]]) -> str:
     """The refitted model and what serving needs to know about it (detector, crop size, classes, open-set rule);
     returns the model file's md5, its identity in MLflow."""
     artifacts.MODEL.parent.mkdir(parents=True, exist_ok=True)
@@ -266,6 +324,8 @@ def save_model(model: OpenSetClassifier, best: Candidate, scores: dict, params: 
         "objective": params.search.objective,
         f"cv_{params.search.objective}": scores[f"cv_{params.search.objective}"],
         "cv_false_accept_rate": scores["cv_false_accept_rate"],
+        "cv_f1_macro_std": scores["cv_f1_macro_std"],
+        "cv_per_person": people,
         "classes": [str(c) for c in model.classes_],
         "open_set": model.describe(),
         **json.loads(str(faces["settings"])),

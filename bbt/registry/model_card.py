@@ -95,6 +95,9 @@ def _candidate_section(inputs: CardInputs) -> list[str]:
               if open_set.get("min_face_width") else "- every face is judged, whatever its size"),
              _band_line(open_set),
              f"- classes: {md(', '.join(info.get('classes', [])))}",
+             *([("- cross-validated per person (recall / precision, faces): " + "; ".join(
+                 f"{md(p)} {_rate(f['recall'])} / {_rate(f['precision'])}, {md(f['faces'])}"
+                 for p, f in sorted(info["cv_per_person"].items())))] if info.get("cv_per_person") else []),
              f"- model file md5: {md(inputs.model_md5)}; training params hash: {md(inputs.params_hash)}"]
     if inputs.search:
         lines.append("- search params: " + "; ".join(f"{md(k)}={md(v)}" for k, v in sorted(inputs.search.items())))

@@ -157,9 +157,17 @@ def _answer_for(face: LabelledFace, answers: dict[str, Classification]) -> str |
     return max(matching, key=lambda f: face.box.iou(Box(**f.box.model_dump()))).label if matching else None
 
 
+def served_classes(answers: dict[str, Classification]) -> set[str]:
+    """The people the served model names: the classes of its answers' probabilities."""
+    return {c for a in answers.values() for f in a.faces for c in f.probabilities}
+
+
 def _accuracy(faces: list[LabelledFace], answers: dict[str, Classification], params: ReleaseParams) -> list[Check]:
-    actors = [f for f in faces if f.label != UNKNOWN]
-    strangers = [f for f in faces if f.label == UNKNOWN]
+    """A face of a person the served model names must be named; any other (a stranger, or a person this model's
+    cast lacks) must not be."""
+    cast = served_classes(answers)
+    actors = [f for f in faces if f.label in cast]
+    strangers = [f for f in faces if f.label not in cast]
     right = [f for f in actors if _answer_for(f, answers) == f.label]
     wrong = [f"{f.image} ({f.label} -> {_answer_for(f, answers) or 'no face'})" for f in actors if f not in right]
     recall = len(right) / len(actors) if actors else 0.0

@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -27,10 +28,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bbt import UNKNOWN
 from bbt.errors import BbtError
 from bbt.review.guard import OwnPageOnly, new_token
-from bbt.review.queue import SOURCES, VERDICTS, Item
+from bbt.review.queue import OTHER_VERDICTS, SOURCES, Item, person_keys
 from bbt.review.verdicts import Reviewer, ReviewError
 from bbt.vision.faces import Box
 from bbt.vision.images import ImageError, Photo, decode_photo
+
+if TYPE_CHECKING:
+    from bbt.review.groups import QueueGroup
 
 log = logging.getLogger("bbt.review")
 
@@ -139,7 +143,13 @@ def create_app(reviewer: Reviewer, answers: Answers, port: int, group_problem: s
     def state() -> dict[str, Any]:
         done, total = len(reviewer.done), len(reviewer.queue)
         given = reviewer.verdicts()
+        people = reviewer.people()
+        keys = person_keys(people)
+        new = reviewer.new_names()
         return {"done": done, "total": total, "can_undo": bool(reviewer.given),
+                "people": [{"name": name, "key": keys.get(name, ""), "in_cast": name in reviewer.cast}
+                           for name in people],
+                "enrol": enrol_message(new, reviewer.corrections_path) if new else "",
                 "last": reviewer.given[-1].item.key if reviewer.given else None,
                 "items": [{"n": n, "key": item.key, "source": item.source, "verdict": given.get(item.key)}
                           for n, item in enumerate(reviewer.queue)]}
@@ -184,7 +194,7 @@ def create_app(reviewer: Reviewer, answers: Answers, port: int, group_problem: s
             "why": queued.why, "current": queued.current, "suggestion": queued.suggestion,
             "width": photo.size[0], "height": photo.size[1], "verdict": given.get(queued.key),
             "answer": answer, "answer_problem": answers.problem if answer is None else "",
-            "unknown": UNKNOWN, "verdicts": list(VERDICTS)})
+            "unknown": UNKNOWN, "verdicts": [*reviewer.people(), *OTHER_VERDICTS]})
 
     @app.get("/api/items/{n}/crop.jpg")
     def crop(n: int) -> Response:
@@ -239,6 +249,27 @@ def create_app(reviewer: Reviewer, answers: Answers, port: int, group_problem: s
     return app
 
 
+def enrol_message(names: list[str], corrections: Path) -> str:
+    """What the reviewer does next for names not in the cast: the app never edits params.yaml itself."""
+    listed = ", ".join(names)
+    return (f"{listed} {'is' if len(names) == 1 else 'are'} not in the cast: {corrections} now accepts faces of "
+            f"{'them' if len(names) > 1 else 'the name'}. To enrol, add {listed} to `cast:` in params.yaml, then "
+            "`dvc repro` (until then these faces train as strangers)")
+
+
+def revisit_group(reviewer: Reviewer) -> QueueGroup | None:
+    """The faces `--find` brought back, as one group (first in the groups view): one verdict names them all."""
+    from bbt.review.clusters import Proposal
+    from bbt.review.groups import QueueGroup
+
+    keys = tuple(item.key for item in reviewer.queue if item.source == "revisit")
+    if not keys:
+        return None
+    said = Counter(item.current for item in reviewer.queue if item.source == "revisit").most_common(1)[0][0]
+    verdict = said.split(" ")[0] if said.endswith("(accepted)") else "stranger" if said == "stranger" else "unusable"
+    return QueueGroup("found", "found", keys, Proposal(verdict, f"as reviewed: {said}", 0.0, 0.0), 1.0, ())
+
+
 def face_with_margin(photo: Photo, box: Box) -> np.ndarray:
     """The face and some of its surroundings, CROP_SIDE pixels on its longer side."""
     sx, sy = photo.scale
@@ -265,7 +296,7 @@ def jpeg(image: np.ndarray) -> Response:
     return Response(data.tobytes(), media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
-def serve_review(root: Path, port: int, model: str | None) -> None:
+def serve_review(root: Path, port: int, model: str | None, find: str = "") -> None:
     """Build the queue from the project in `root` and serve the review page on 127.0.0.1:`port` until Ctrl-C."""
     import uvicorn
 
@@ -288,8 +319,11 @@ def serve_review(root: Path, port: int, model: str | None) -> None:
         model = f"models:/{params.register.model_name}@{params.register.alias}"
     answers = Answers(None if model == "none" else model)
     min_face_width = answers.classifier.model.min_face_width if answers.classifier is not None else 0
-    reviewer = Reviewer(root, params.data, store, min_face_width)
+    reviewer = Reviewer(root, params.data, store, min_face_width, params.cast, find)
     group_problem = add_groups(reviewer, root, params, answers)
+    found = revisit_group(reviewer)
+    if found is not None:  # the faces --find brought back are a group even when the rest cannot be grouped
+        reviewer.groups = {found.id: found, **reviewer.groups}
     counts = ", ".join(f"{source} {sum(i.source == source for i in reviewer.queue)}" for source in SOURCES)
     print(f"bbt review: {len(reviewer.queue)} faces wait for a verdict ({counts}); verdicts go to "
           f"{reviewer.corrections_path}\nopen http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)

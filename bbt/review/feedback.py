@@ -25,8 +25,8 @@ from typing import Any
 
 from PIL import Image
 
-from bbt import ACTORS, UNKNOWN
-from bbt.config import ServeParams
+from bbt import UNKNOWN
+from bbt.config import ServeParams, check_person_name
 from bbt.errors import BbtError
 from bbt.vision.faces import Box
 from bbt.vision.images import SUPPORTED_FOR_PEOPLE, ImageError
@@ -36,7 +36,10 @@ MB = 1024 * 1024
 ITEM_FILE = "feedback.json"
 LOCK_FILE = ".lock"
 # What a user may answer: one of the four, or "not one of the four".
-USER_LABELS: tuple[str, ...] = (*ACTORS, UNKNOWN)
+def is_user_label(label: object) -> bool:
+    """An answer a user may report: a person's name (the served model's classes: the route checks which), or
+    UNKNOWN for "not one of the cast"."""
+    return label == UNKNOWN or check_person_name(label) is None
 # A deployment's say over params.yaml's serve.feedback_dir: the bento carries the project's params.yaml, which
 # keeps feedback for `make run`, so a public deployment states its own choice (empty = off) in its environment.
 FEEDBACK_DIR_ENV = "BBT_FEEDBACK_DIR"
@@ -98,10 +101,9 @@ def photo_suffix(photo: bytes) -> str:
 
 
 def check_user_label(label: str) -> str:
-    """The user's answer, or FeedbackError listing the allowed values."""
-    if label not in USER_LABELS:
-        raise FeedbackError(f"the answer {label!r} is not one of {', '.join(USER_LABELS)} "
-                            f"('{UNKNOWN}' = not one of the four)")
+    """The user's answer, or FeedbackError saying what it may be."""
+    if not is_user_label(label):
+        raise FeedbackError(f"the answer {label!r} is neither a person's name nor '{UNKNOWN}' (not one of the cast)")
     return label
 
 
@@ -178,7 +180,7 @@ def read_item(folder: Path) -> Feedback | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if item.id != folder.name or photo.parent != folder or not photo.name.startswith("photo.") \
-            or not photo.is_file() or item.user_label not in USER_LABELS:
+            or not photo.is_file() or not is_user_label(item.user_label):
         return None
     return item
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bbt import ACTORS, artifacts
+from bbt import artifacts
 from bbt.config import Params
 from bbt.errors import DataError
 from bbt.model.openset import RULES
@@ -39,9 +39,9 @@ class QueueGroup:
                 "agreement": round(self.agreement, 4), "outliers": list(self.outliers)}
 
 
-def people() -> tuple[str, ...]:
-    """The people a group can be proposed as: the cast the model knows (bbt.ACTORS, the one place it is named)."""
-    return ACTORS
+def people(params: Params) -> tuple[str, ...]:
+    """The people a group can be proposed as: params.yaml's cast."""
+    return params.cast
 
 
 def search_threshold(root: Path) -> float:
@@ -70,6 +70,6 @@ def group_queue(root: Path, params: Params, queue: list[Item], threshold: float)
     anchors = load_anchors(root)
     waiting = describe_faces(root, params, [(item.image, item.box) for item in items])
     groups: list[Group] = group_faces(waiting, [item.image for item in items], anchors.X, anchors.labels,
-                                      list(anchors.images), people(), threshold, settings_of(params))
+                                      list(anchors.images), people(params), threshold, settings_of(params))
     return [QueueGroup(f"g{n}", g.kind, tuple(items[m].key for m in g.members), g.proposal, g.agreement,
                        tuple(items[m].key for m in g.outliers)) for n, g in enumerate(groups, start=1)]

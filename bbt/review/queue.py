@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from bbt import ACTORS, UNKNOWN, artifacts
+from bbt import UNKNOWN, artifacts
 from bbt.pipeline.annotations import Correction
 from bbt.vision.faces import Box
 
-# The order a reviewer meets them in: faces the model cannot judge (too small: it answers "can't tell") first,
-# then what users said the served model got wrong, then what the data itself disputes, then what was never
-# looked at.
-SOURCES = ("cant_tell", "feedback", "suspect", "rejected", "unreviewed")
+# The order a reviewer meets them in: reviewed faces the reviewer asked to see again (`bbt review --find`) first,
+# then faces the model cannot judge (too small: it answers "can't tell"), then what users said the served model
+# got wrong, then what the data itself disputes, then what was never looked at.
+SOURCES = ("revisit", "cant_tell", "feedback", "suspect", "rejected", "unreviewed")
 
 
 @dataclass(frozen=True)
@@ -112,14 +112,29 @@ def feedback_items(store: Path | None) -> list[Item]:
 VERDICT_FILE = "verdict.json"
 
 
+def revisits(corrections: list[Correction], find: str) -> list[Item]:
+    """The faces review/corrections.csv already judges whose reason holds `find` (any case): to judge again, e.g.
+    to name a person the second review recorded as a stranger (`bbt review --find "Penny"`)."""
+    if not find.strip():
+        return []
+    items = []
+    for c in corrections:
+        if find.strip().casefold() in c.reason.casefold():
+            a = c.corrected
+            items.append(Item(f"revisit:{a.image}:{a.box.x},{a.box.y},{a.box.w},{a.box.h}", "revisit", a.image, a.box,
+                              f"reviewed before, found by --find {find.strip()!r}: {c.reason}",
+                              f"{a.label} ({a.review})" if a.label else a.review))
+    return items
+
+
 def build_queue(root: Path, corrections: list[Correction], feedback_store: Path | None,
-                min_face_width: int = 0) -> list[Item]:
+                min_face_width: int = 0, find: str = "") -> list[Item]:
     """Every face waiting for a verdict, in SOURCES order, each face once (its first reason), none that
-    review/corrections.csv already judges. `min_face_width`: the champion's (unreviewed faces narrower than it
-    come first, as "cant_tell"); 0 when no model is loaded."""
+    review/corrections.csv already judges but those `find` asks for again (`revisits`). `min_face_width`: the
+    champion's (unreviewed faces narrower than it come first, as "cant_tell"); 0 when no model is loaded."""
     judged = {(c.corrected.image, c.corrected.box) for c in corrections}
-    queue: list[Item] = []
-    seen: set[tuple[str, Box]] = set()
+    queue: list[Item] = [*revisits(corrections, find)]
+    seen: set[tuple[str, Box]] = {(item.image, item.box) for item in queue}
     waiting = unreviewed(root, min_face_width)
     for item in [*sorted((i for i in waiting if i.source == "cant_tell"), key=_order),
                  *feedback_items(feedback_store), *sorted(suspects(root), key=_order),
@@ -137,6 +152,21 @@ def _order(item: Item) -> tuple[str, int, int, int, int]:
     return item.image, item.box.x, item.box.y, item.box.w, item.box.h
 
 
-# What a reviewer may answer, and the review it becomes in review/corrections.csv.
-VERDICTS = {**{actor: ("accepted", actor) for actor in ACTORS}, "stranger": ("stranger", ""),
-            "unusable": ("rejected", "")}
+# What a reviewer may answer besides a person's name, and the review each becomes in review/corrections.csv; a
+# name becomes (accepted, name).
+OTHER_VERDICTS = {"stranger": ("stranger", ""), "unusable": ("rejected", "")}
+# The page's keys that are not a person's: not one of the cast, unusable, undo, note, groups.
+TAKEN_KEYS = ("u", "x", "z", "n", "g")
+
+
+def person_keys(names: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """A key per person, in the names' order: the name's initial when it is free, else the next free digit 1-9
+    (a person with none left is named by typing)."""
+    keys: dict[str, str] = {}
+    taken = set(TAKEN_KEYS)
+    for name in names:
+        key = name[0] if name[0] not in taken else next((d for d in "123456789" if d not in taken), "")
+        if key:
+            keys[name] = key
+            taken.add(key)
+    return keys

@@ -20,10 +20,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bbt.config import DataParams
+from bbt.config import DataParams, check_person_name
 from bbt.errors import DataError
-from bbt.pipeline.annotations import CORRECTION_COLUMNS, Annotation, load_annotations, load_corrections
-from bbt.review.queue import VERDICT_FILE, VERDICTS, Item, build_queue
+from bbt.pipeline.annotations import (
+    CORRECTION_COLUMNS,
+    Annotation,
+    load_annotations,
+    load_corrections,
+    record_lines,
+)
+from bbt.review.queue import OTHER_VERDICTS, VERDICT_FILE, Item, build_queue
 from bbt.vision.faces import Box
 
 if TYPE_CHECKING:
@@ -57,17 +63,42 @@ class Given:
         return self.items[0]
 
 
+def verdict_review(verdict: str) -> tuple[str, str]:
+    """The (review, label) a verdict becomes in review/corrections.csv: a person's name, whether in the cast or
+    new, is (accepted, name); ReviewError for anything else."""
+    if verdict in OTHER_VERDICTS:
+        return OTHER_VERDICTS[verdict]
+    why = check_person_name(verdict)
+    if why:
+        raise ReviewError(f"verdict {why}; or give one of {sorted(OTHER_VERDICTS)}")
+    return "accepted", verdict
+
+
+def without_row(text: str, image: str, box: Box) -> str:
+    """The corrections CSV text without its row for (image, box): a face judged again gets one row, its new one."""
+    starts = record_lines(text)  # as clean counts them: blank lines are no rows
+    rows = [row for row in csv.reader(io.StringIO(text, newline="")) if "".join(row).strip(" \t\r\n")][1:]
+    lines = list(io.StringIO(text, newline=""))
+    ends = [*starts[1:], len(lines) + 1]
+    for start, end, row in zip(starts, ends, rows):
+        if row[:5] == [image, str(box.x), str(box.y), str(box.w), str(box.h)]:
+            return "".join(lines[:start - 1] + lines[end - 1:])
+    return text
+
+
 class Reviewer:
     """The queue of one `bbt review` session and the verdicts given in it (thread-safe)."""
 
-    def __init__(self, root: Path, data: DataParams, feedback_store: Path | None, min_face_width: int = 0) -> None:
+    def __init__(self, root: Path, data: DataParams, feedback_store: Path | None, min_face_width: int = 0,
+                 cast: tuple[str, ...] = (), find: str = "") -> None:
         self.root = root
         self.raw = root / data.raw
         self.corrections_path = root / data.corrections
+        self.cast = cast  # params.yaml's, when the session started
         self.annotations: list[Annotation] = load_annotations(root / data.annotations, self.raw)
         corrections = load_corrections(self.corrections_path, self.annotations, self.raw)
         self.feedback_store = feedback_store
-        self.queue = build_queue(root, corrections, feedback_store, min_face_width)
+        self.queue = build_queue(root, corrections, feedback_store, min_face_width, find)
         self.by_key = {item.key: item for item in self.queue}
         self.given: list[Given] = []
         self.groups: dict[str, QueueGroup] = {}  # set by the app when it groups the queue
@@ -80,6 +111,15 @@ class Reviewer:
     def verdicts(self) -> dict[str, str]:
         """The verdict given in this session per face key."""
         return {item.key: g.verdict for g in self.given for item in g.items}
+
+    def new_names(self) -> list[str]:
+        """The people review/corrections.csv accepts faces of who are not in the cast (yet): to enrol."""
+        rows = csv.DictReader(io.StringIO(read_exactly(self.corrections_path), newline=""))
+        return sorted({r["label"] for r in rows if r.get("review") == "accepted" and r.get("label")} - set(self.cast))
+
+    def people(self) -> list[str]:
+        """The names a verdict key stands for: the cast, then the new names given so far."""
+        return [*self.cast, *self.new_names()]
 
     def progress(self) -> tuple[int, int]:
         """(faces judged in this session, faces in the queue when it started)."""
@@ -98,8 +138,7 @@ class Reviewer:
             return given
 
     def check(self, key: str, verdict: str, note: str, image: str | None, box: Box | None) -> Item:
-        if verdict not in VERDICTS:
-            raise ReviewError(f"verdict {verdict!r} is not one of {sorted(VERDICTS)}")
+        verdict_review(verdict)
         if len(note) > MAX_NOTE:
             raise ReviewError(f"the note has {len(note)} characters; keep it under {MAX_NOTE}")
         controls = sorted({c for c in note if unicodedata.category(c) == "Cc" and c not in NOTE_LINE_BREAKS})
@@ -129,7 +168,7 @@ class Reviewer:
         return path
 
     def _save(self, item: Item, verdict: str, note: str) -> Given:
-        review, label = VERDICTS[verdict]
+        review, label = verdict_review(verdict)
         reason = f"bbt review ({item.source}): {item.why}" + (f"; note: {note}" if note else "")
         before = read_exactly(self.corrections_path)
         copied = verdict_file = None
@@ -141,7 +180,7 @@ class Reviewer:
             verdict_file = Path(item.image).parent / VERDICT_FILE
         after = before
         if copied is not None or item.source != "feedback":
-            after = append_row(before, [image, item.box.x, item.box.y, item.box.w, item.box.h, label, review,
+            after = append_row(self._unjudged(before, item), [image, item.box.x, item.box.y, item.box.w, item.box.h, label, review,
                                         reason])
             try:
                 self._write_validated(after)
@@ -169,7 +208,7 @@ class Reviewer:
         if len(set(keys)) != len(keys):
             raise ReviewError(f"group {group_id}: a face is named twice in the verdict")
         items = [self.check(key, verdict, note, None, None) for key in keys]
-        review, label = VERDICTS[verdict]
+        review, label = verdict_review(verdict)
         says = group.proposal.says
         origin = (f"bbt review, group verdict {group_id} ({len(keys)} of its {len(group.keys)} faces; proposed: "
                   f"{says} at distance {group.proposal.distance:.2f}, threshold {group.proposal.threshold:.2f})")
@@ -181,12 +220,17 @@ class Reviewer:
             after = before
             for item in items:
                 reason = f"{origin}: {item.why}" + (f"; note: {note.strip()}" if note.strip() else "")
-                after = append_row(after, [item.image, item.box.x, item.box.y, item.box.w, item.box.h, label,
+                after = append_row(self._unjudged(after, item), [item.image, item.box.x, item.box.y, item.box.w, item.box.h, label,
                                            review, reason])
             self._write_validated(after)
             given = Given(tuple(items), verdict, before, after, None, None, group_id)
             self.given.append(given)
             return given
+
+    @staticmethod
+    def _unjudged(text: str, item: Item) -> str:
+        """`text` ready for the item's new row: a face judged again (a revisit) loses its old row."""
+        return without_row(text, item.image, item.box) if item.source == "revisit" else text
 
     def _copy_feedback_photo(self, item: Item, folder: str) -> Path:
         source = Path(item.image)

@@ -17,7 +17,7 @@ from starlette.datastructures import UploadFile
 
 from bbt import UNKNOWN
 from bbt.model.face_prediction import FacePrediction
-from bbt.review.feedback import USER_LABELS, FeedbackError, FeedbackFull, FeedbackStore, photo_suffix
+from bbt.review.feedback import FeedbackError, FeedbackFull, FeedbackStore, photo_suffix
 from bbt.serving.contract import ERRORS, ErrorBody, FaceBox, ModelInfo
 from bbt.serving.upload_limits import UploadTooLarge, error_response
 from bbt.vision.faces import Box
@@ -55,8 +55,9 @@ OPENAPI_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {"m
         "image": {"type": "string", "format": "binary", "description": "The photo, as sent to /classify."},
         **{name: {"type": "integer", "description": f"The face's box {name}, as /classify answered it."}
            for name in BOX_FIELDS},
-        "label": {"type": "string", "enum": list(USER_LABELS),
-                  "description": f"Your answer for that face ('{UNKNOWN}': not one of the four)."},
+        "label": {"type": "string",
+                  "description": f"Your answer for that face: a person the model names (its classes, e.g. in "
+                                 f"/model-card), or '{UNKNOWN}' (not one of them)."},
         "consent": {"type": "string", "enum": [CONSENT],
                     "description": "The user agreed that this server keeps the photo and the answers."},
     }}}}}}
@@ -77,6 +78,7 @@ class FeedbackService(Protocol):
     feedback: FeedbackStore | None
     max_bytes: int
     model_info: ModelInfo
+    classes: list[str]  # the people the served model names
 
     async def answer(self, data: bytes, name: str) -> tuple[list[FacePrediction], tuple[int, int]] | JSONResponse: ...
 
@@ -110,16 +112,18 @@ def box_text(box: Box) -> str:
     return f"x={box.x}, y={box.y}, w={box.w}, h={box.h}"
 
 
-def read_report(form: Any) -> tuple[UploadFile, Box, str]:
-    """The photo, box and user's answer of a form that carries the user's consent; BadReport otherwise."""
+def read_report(form: Any, classes: list[str]) -> tuple[UploadFile, Box, str]:
+    """The photo, box and user's answer (one of `classes` or UNKNOWN) of a form that carries the user's consent;
+    BadReport otherwise."""
     consent = form.get("consent")
     if not isinstance(consent, str) or consent.strip().lower() != CONSENT:
         raise BadReport("nothing was stored: the form has no consent=true. Send it only once the user has agreed "
                         "that this server keeps the photo, the box, both answers and the model version")
     label = form.get("label")
-    if not isinstance(label, str) or label not in USER_LABELS:
-        raise BadReport(f"the answer 'label' = {label!r} is not one of {', '.join(USER_LABELS)} "
-                        f"('{UNKNOWN}' = not one of the four)")
+    labels = [*classes, UNKNOWN]
+    if not isinstance(label, str) or label not in labels:
+        raise BadReport(f"the answer 'label' = {label!r} is not one of {', '.join(labels)} "
+                        f"('{UNKNOWN}' = not one of them)")
     box = reported_box(form)
     image = form.get("image")
     if not isinstance(image, UploadFile):
@@ -136,7 +140,7 @@ async def report_wrong_answer(service: FeedbackService, request: Request) -> JSO
         return error_response(415, HOW)
     form = await request.form(max_files=1, max_fields=len(BOX_FIELDS) + 4, max_part_size=service.max_bytes)
     try:
-        image, box, label = read_report(form)
+        image, box, label = read_report(form, service.classes)
     except BadReport as err:
         return error_response(400, str(err))
     data = await image.read()

@@ -9,6 +9,8 @@ route and /feedback live in a FastAPI app mounted on the service.
 
 from __future__ import annotations
 
+import html
+import json
 import logging
 import os
 import time
@@ -198,7 +200,8 @@ class ActorService:
         self.feedback = open_store(self.settings)  # None: this server keeps no feedback
         self.index_html = ((WEB_DIR / "index.html").read_text().replace("{{max_upload_bytes}}", str(self.max_bytes))
                            .replace("{{supported_formats}}", SUPPORTED_FOR_PEOPLE)
-                           .replace("{{feedback}}", "off" if self.feedback is None else "on"))
+                           .replace("{{feedback}}", "off" if self.feedback is None else "on")
+                           .replace("{{cast}}", html.escape(json.dumps(self.classes))))
         self.card, self.index_html = card_and_page(self.bento_model.path_of("mlflow_model"), self.index_html)
         self.upload_limits = {"/classify": self.max_bytes, "/classify_image": self.legacy_max_bytes,
                               "/feedback": self.max_bytes + ENVELOPE_BYTES}

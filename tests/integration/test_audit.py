@@ -20,7 +20,7 @@ def test_without_the_second_review_the_audit_flags_the_mislabelled_boxes(
 ) -> None:
     """On the real data with review/corrections.csv emptied: the three boxes it relabels are all suspects."""
     from bbt.config import CleanParams, SplitParams
-    from bbt.pipeline.clean import run_clean
+    from bbt.pipeline.clean import Cast, run_clean
     from bbt.pipeline.featurize import run_featurize
 
     root = pulled_project.root
@@ -28,7 +28,7 @@ def test_without_the_second_review_the_audit_flags_the_mislabelled_boxes(
     empty.write_text("image,x,y,w,h,label,review,reason\n")
     data = DataParams(root / "data/raw", root / "data/annotations.csv", empty)
     monkeypatch.chdir(tmp_path)
-    run_clean(data, CleanParams(workers=2))
+    run_clean(data, CleanParams(workers=2), Cast(("howard", "leonard", "raj", "sheldon"), 7, ""))
     featurize = FeaturizeParams(feature_sets=("face_embedding",))
     run_featurize(SplitParams(), featurize)
     metrics = run_audit(AuditParams(), featurize, data, SearchParams())

@@ -37,7 +37,7 @@ def declared(stage: dict, params: dict) -> tuple[set[str], set[str]]:
     """(params keys, dependency paths) of one dvc.yaml stage; a bare section name means all its keys."""
     keys = set()
     for entry in stage.get("params", []):
-        keys |= {f"{entry}.{k}" for k in params[entry]} if entry in params else {entry}
+        keys |= {f"{entry}.{k}" for k in params[entry]} if isinstance(params.get(entry), dict) else {entry}
     return keys, set(stage.get("deps", []))
 
 

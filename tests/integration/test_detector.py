@@ -56,7 +56,7 @@ def detect_all(project: Project, params: CleanParams, second_review: bool = True
     else:
         annotations = load_annotations(project.root / "data/annotations.csv", raw)
     jobs = plan_jobs(raw, list_images(raw), annotations)
-    report = summarize(jobs, map_images(jobs, raw, params))
+    report = summarize(jobs, map_images(jobs, raw, params), ("howard", "leonard", "raj", "sheldon"))
     report["accepted_annotations"] = len({(a.image, a.box) for a in annotations if a.review == "accepted"})
     return report
 

@@ -1,9 +1,11 @@
-// bbt review: one queued face at a time; a verdict per key (H L R S: the actors, U: not one of the four,
-// X: unusable, N: the note, Z: undo, arrows: move). Each verdict is saved by the server when given.
+// bbt review: one queued face at a time; a verdict per key (a key per person of the cast, shown on its button,
+// U: not one of the cast, X: unusable, N: the note, Z: undo, arrows: move), or a new person's name typed in.
+// Each verdict is saved by the server when given.
 // G switches to the groups: the detections nobody reviewed, clustered; one verdict for a group's selected faces.
 "use strict";
 
-const KEYS = { h: "howard", l: "leonard", r: "raj", s: "sheldon", u: "stranger", x: "unusable" };
+// Key -> verdict: the people's keys come from the server (/api/queue's `people`: the cast, then new names).
+let KEYS = { u: "stranger", x: "unusable" };
 const $ = (id) => document.getElementById(id);
 // This run's token: the server takes a write only with it (bbt/review/guard.py).
 const TOKEN = document.querySelector('meta[name="bbt-token"]').content;
@@ -40,6 +42,41 @@ function firstPending(from) {
 function showProgress() {
   $("progress").textContent = `${queue.done} of ${queue.total} judged`;
   $("undo").disabled = !queue.can_undo;
+  showPeople();
+  $("enrol").textContent = queue.enrol;
+  $("enrol").hidden = !queue.enrol;
+}
+
+function title(name) {
+  return name.charAt(0).toUpperCase() + name.slice(1);
+}
+
+// A button per person, with its key; the keys the keyboard handlers read.
+function showPeople() {
+  KEYS = { u: "stranger", x: "unusable" };
+  const buttons = queue.people.map((person) => {
+    if (person.key) KEYS[person.key] = person.name;
+    const button = document.createElement("button");
+    button.dataset.verdict = person.name;
+    if (person.key) {
+      const key = document.createElement("kbd");
+      key.textContent = person.key.toUpperCase();
+      button.append(key, " ");
+    }
+    button.append(title(person.name) + (person.in_cast ? "" : " (new)"));
+    button.addEventListener("click", () => judge(person.name));
+    return button;
+  });
+  $("people").replaceChildren(...buttons);
+  $("group-keys").textContent = queue.people.filter((p) => p.key).map((p) => `${p.key.toUpperCase()} ${p.name}`)
+    .join(", ");
+  if (current) markGiven();
+}
+
+function markGiven() {
+  document.querySelectorAll("[data-verdict]").forEach((button) => {
+    button.setAttribute("aria-pressed", String(button.dataset.verdict === current.verdict));
+  });
 }
 
 function placeBox() {
@@ -54,7 +91,7 @@ function placeBox() {
 }
 
 function named(label) {
-  return label === current.unknown || label === "stranger" ? "not one of the four" : label;
+  return label === current?.unknown || label === "unknown" || label === "stranger" ? "not one of the cast" : label;
 }
 
 async function show(n) {
@@ -71,9 +108,7 @@ async function show(n) {
     : `no answer: ${current.answer_problem}`;
   $("given-line").hidden = !current.verdict;
   $("given").textContent = current.verdict || "";
-  document.querySelectorAll("[data-verdict]").forEach((button) => {
-    button.setAttribute("aria-pressed", String(button.dataset.verdict === current.verdict));
-  });
+  markGiven();
   $("note").value = "";
 }
 
@@ -144,13 +179,16 @@ function showGroup() {
   const grid = $("grid");
   grid.replaceChildren();
   $("group-undo").disabled = !queue.can_undo;
-  if (groups.problem) { $("group-title").textContent = `No groups: ${groups.problem}`; return; }
+  if (groups.problem && groups.groups.length === 0) {
+    $("group-title").textContent = `No groups: ${groups.problem}`;
+    return;
+  }
   if (open.length === 0) { $("group-title").textContent = "Every group is judged."; $("group-proposal").textContent = ""; return; }
   groupAt = Math.min(groupAt, open.length - 1);
   const group = open[groupAt];
   $("group-title").textContent = `Group ${groupAt + 1} of ${open.length} (${group.id}, ${group.kind}): ` +
     `${group.pending.length} faces`;
-  const said = group.says === group.verdict ? group.says : `${group.says} (verdict: not one of the four)`;
+  const said = group.says === group.verdict ? group.says : `${group.says} (verdict: ${named(group.verdict)})`;
   $("group-proposal").textContent = `proposal: ${said}, median distance ${group.distance.toFixed(2)} ` +
     `(threshold ${group.threshold.toFixed(2)}); ${(group.agreement * 100).toFixed(0)}% of the faces alone agree; ` +
     `${group.outliers.length} marked odd (dashed)`;
@@ -226,6 +264,7 @@ async function switchMode() {
 }
 
 document.addEventListener("keydown", (event) => {
+  if (event.target === $("group-new-name")) return;
   if (mode === "groups") {
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     const key = event.key.toLowerCase();
@@ -241,6 +280,7 @@ document.addEventListener("keydown", (event) => {
     if (event.key === "Escape" || event.key === "Enter") $("note").blur();
     return;
   }
+  if (event.target === $("new-name")) return;
   if (event.ctrlKey || event.metaKey || event.altKey) return;
   const key = event.key.toLowerCase();
   if (KEYS[key]) judge(KEYS[key]);
@@ -250,12 +290,24 @@ document.addEventListener("keydown", (event) => {
   else if (event.key === "ArrowRight") move(1);
   else if (event.key === "ArrowLeft") move(-1);
 });
+// A new name: typed in, sent as the verdict (the server checks it is a name); the page then says to add it to the
+// cast in params.yaml.
+$("naming").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const name = $("new-name").value.trim().toLowerCase();
+  if (name) judge(name).then(() => { $("new-name").value = ""; $("new-name").blur(); });
+});
+$("group-naming").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const name = $("group-new-name").value.trim().toLowerCase();
+  if (name) judgeGroup(name).then(() => { $("group-new-name").value = ""; $("group-new-name").blur(); });
+});
 $("mode").addEventListener("click", () => switchMode().catch((err) => say(err.message)));
 $("group-accept").addEventListener("click", () => judgeGroup(null));
 $("group-next").addEventListener("click", () => moveGroup(1));
 $("group-prev").addEventListener("click", () => moveGroup(-1));
 $("group-undo").addEventListener("click", undoInGroups);
-document.querySelectorAll("[data-verdict]").forEach((button) => {
+document.querySelectorAll(".verdicts > [data-verdict]").forEach((button) => {
   button.addEventListener("click", () => judge(button.dataset.verdict));
 });
 $("undo").addEventListener("click", undo);

@@ -4,8 +4,10 @@
 // Stable hooks, for people and for tests that click through:
 //   button.wrong[data-face="N"][data-box="x,y,w,h"]  "wrong?" in face N's table row (1-based; the box as /classify
 //                                                    answered it); it opens #feedback. Absent when feedback is off.
-//   #feedback-choices button[data-label=L]           the right answer: howard, leonard, raj, sheldon or unknown
+//   #feedback-choices button[data-label=L]           the right answer: a person of the cast or unknown
 //                                                    ("not one of the four"); the model's own answer is disabled
+// The cast (a card and a feedback choice per person, their initials and colours) is the served model's classes,
+// which the server puts in <meta name="bbt-cast">.
 //   #feedback-consent-text                           says what will be kept and where, before anything is sent
 //   #feedback-keep, #feedback-cancel                 "Keep it" sends POST feedback; "Cancel" (or Escape) sends nothing
 //   #feedback-status[data-state]                     sending | stored | error | cancelled; "Stored ..." once kept
@@ -13,15 +15,30 @@
 
 const UNKNOWN = "unknown";
 const CANT_TELL = "cant_tell";
+const CAST = JSON.parse(document.querySelector('meta[name="bbt-cast"]').content);
+const NUMBERS = ["none", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+  "twelve"];
+// "the four" while the cast is four; "the 13" past twelve.
+const THE_CAST = `the ${NUMBERS[CAST.length] ?? CAST.length}`;
+// A colour per person by place in the cast (the first four keep the colours they always had), then by hue.
+const COLOURS = ["#7c3aed", "#2563eb", "#0d9488", "#dc2626", "#b45309", "#db2777", "#4d7c0f", "#0369a1"];
+
+function title(name) {
+  return name.charAt(0).toUpperCase() + name.slice(1);
+}
+
+function listed(names) {
+  return names.length > 1 ? `${names.slice(0, -1).join(", ")} or ${names[names.length - 1]}` : names.join("");
+}
 // Every answer that names no actor, as the page draws it: its words, its class (the box's style, the table row's)
 // and its sentence in the summary. Any other label is an actor's name; a new kind of answer is one more entry.
 const NOT_NAMED = {
   [UNKNOWN]: {
-    words: "not one of the four",
+    words: `not one of ${THE_CAST}`,
     className: "unknown",
     summary: (n, all) => (all
-      ? `Not one of the four: ${n === 1 ? "this face is" : "these faces are"} not Howard, Leonard, Raj or Sheldon.`
-      : `${n} face${n > 1 ? "s are" : " is"} not one of the four.`),
+      ? `Not one of ${THE_CAST}: ${n === 1 ? "this face is" : "these faces are"} not ${listed(CAST.map(title))}.`
+      : `${n} face${n > 1 ? "s are" : " is"} not one of ${THE_CAST}.`),
   },
   [CANT_TELL]: {
     words: "can't tell",
@@ -39,8 +56,32 @@ function isNamed(face) {
 
 // One spelling of every answer, everywhere on the page.
 function displayName(label) {
-  return NOT_NAMED[label]?.words ?? label.charAt(0).toUpperCase() + label.slice(1);
+  return NOT_NAMED[label]?.words ?? title(label);
 }
+
+// A card per person (initial, name, colour) and a feedback choice per person, before "not one of them".
+function showCast() {
+  const cards = document.querySelector(".cards");
+  cards.style.setProperty("--cast", String(Math.min(CAST.length, 6)));
+  cards.replaceChildren(...CAST.map((name, i) => {
+    const card = document.createElement("article");
+    card.className = "card";
+    card.dataset.actor = name;
+    const avatar = Object.assign(document.createElement("span"), { className: "avatar", textContent: title(name[0]) });
+    avatar.style.background = COLOURS[i] ?? `hsl(${(i * 137) % 360} 55% 42%)`;
+    card.append(avatar, Object.assign(document.createElement("h2"), { textContent: title(name) }),
+      Object.assign(document.createElement("p"), { className: "score" }));
+    return card;
+  }));
+  const unknown = document.querySelector('#feedback-choices button[data-label="unknown"]');
+  unknown.textContent = displayName(UNKNOWN);
+  unknown.before(...CAST.map((name) => {
+    const choice = Object.assign(document.createElement("button"), { type: "button", textContent: title(name) });
+    choice.dataset.label = name;
+    return choice;
+  }));
+}
+showCast();
 
 const maxBytes = Number(document.querySelector('meta[name="bbt-max-upload-bytes"]').content) || 10 * 1024 * 1024;
 const dropzone = document.getElementById("dropzone");

@@ -28,7 +28,8 @@ def test_valid_rows_load(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("row", "message"),
     [
-        ("raj/a.jpg,1,2,30,30,penny,accepted\n", r"annotations.csv:2: accepted face needs a label"),
+        ("raj/a.jpg,1,2,30,30,Penny!,accepted\n", (r"annotations.csv:2: an accepted face is labelled with a person's "
+                                                 r"name")),
         ("raj/a.jpg,1,2,30,30,raj,rejected\n", "rejected face must have an empty label"),
         ("raj/a.jpg,1,2,30,30,raj,maybe\n", "review 'maybe' must be one of"),
         ("raj/a.jpg,1,2,0,30,raj,accepted\n", "w, h > 0"),

@@ -8,10 +8,10 @@ import pytest
 
 from bbt.config import CleanParams, DataParams
 from bbt.errors import DataError
-from bbt.pipeline.clean import run_clean
+from bbt.pipeline.clean import Cast, run_clean
 
 
 def test_missing_data_says_dvc_pull(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match="run `dvc pull data.dvc`"):
-        run_clean(DataParams(), CleanParams())
+        run_clean(DataParams(), CleanParams(), Cast(("howard", "raj"), 7, ""))

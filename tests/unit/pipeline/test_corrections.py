@@ -71,7 +71,8 @@ def test_a_rejected_box_can_be_a_stranger_or_unusable(tmp_path: Path) -> None:
         ("howard/a.jpg,11,10,50,50,raj,accepted,typo in x\n",
          r"corrections.csv:2: no annotations.csv row has image 'howard/a.jpg' and box"),
         ("howard/a.jpg,10,10,50,50,raj,accepted,\n", r"corrections.csv:2: give a reason"),
-        ("howard/a.jpg,10,10,50,50,penny,accepted,who\n", r"corrections.csv:2: accepted face needs a label"),
+        ("howard/a.jpg,10,10,50,50,Penny!,accepted,who\n", (r"corrections.csv:2: an accepted face is labelled with a "
+                                                          r"person's name: 'Penny!' is not a name")),
         ("howard/a.jpg,100,10,50,50,raj,stranger,Penny\n",
          r"corrections.csv:2: a stranger face must have an empty label, got 'raj'"),
         ("howard/a.jpg,100,10,50,50,,strange,Penny\n", r"corrections.csv:2: review 'strange' must be one of"),
@@ -87,20 +88,20 @@ def test_a_bad_correction_names_its_row_and_the_fix(tmp_path: Path, row: str, me
 @pytest.mark.parametrize(
     ("rows", "line"),
     [
-        ("\nhoward/a.jpg,10,10,50,50,penny,accepted,who\n", 3),  # a blank line before the row
-        ("raj/b.jpg,5,5,40,40,raj,accepted,ok\n\n \t\n\r\nhoward/a.jpg,10,10,50,50,penny,accepted,who\n", 6),
-        ('raj/b.jpg,5,5,40,40,raj,accepted,"two\r\nlines"\nhoward/a.jpg,10,10,50,50,penny,accepted,who\n', 4),
-        ("raj/b.jpg,5,5,40,40,raj,accepted,ok\r\rhoward/a.jpg,10,10,50,50,penny,accepted,who\r", 4),
+        ("\nhoward/a.jpg,10,10,50,50,Penny!,accepted,who\n", 3),  # a blank line before the row
+        ("raj/b.jpg,5,5,40,40,raj,accepted,ok\n\n \t\n\r\nhoward/a.jpg,10,10,50,50,Penny!,accepted,who\n", 6),
+        ('raj/b.jpg,5,5,40,40,raj,accepted,"two\r\nlines"\nhoward/a.jpg,10,10,50,50,Penny!,accepted,who\n', 4),
+        ("raj/b.jpg,5,5,40,40,raj,accepted,ok\r\rhoward/a.jpg,10,10,50,50,Penny!,accepted,who\r", 4),
     ],
     ids=["blank-line", "blank-and-whitespace-lines", "a-reason-over-two-lines", "old-mac-line-ends"],
 )
 def test_a_bad_row_is_named_by_its_line_in_the_file(tmp_path: Path, rows: str, line: int) -> None:
     path = tmp_path / "corrections.csv"
     path.write_bytes((HEADER + rows).encode())
-    with pytest.raises(DataError, match=rf"corrections.csv:{line}: accepted face needs a label") as raised:
+    with pytest.raises(DataError, match=rf"corrections.csv:{line}: an accepted face is labelled with a person's name") as raised:
         load_corrections(path, annotations(tmp_path))
     assert (HEADER + rows).replace("\r\n", "\n").replace("\r", "\n").split("\n")[line - 1].startswith(
-        "howard/a.jpg,10,10,50,50,penny"), "the test's own line count"
+        "howard/a.jpg,10,10,50,50,Penny!"), "the test's own line count"
     assert "1 invalid row" in str(raised.value)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from bbt import ACTORS, CANT_TELL, UNKNOWN
+from bbt import CANT_TELL, UNKNOWN
 from bbt.config import SearchParams
 from bbt.model.candidates import Candidate, Head
 from bbt.pipeline.photos import (
@@ -18,6 +18,9 @@ from bbt.pipeline.photos import (
     photo_figures,
     summarize,
 )
+
+# params.yaml's cast, as the tests know it.
+ACTORS = ("howard", "leonard", "raj", "sheldon")
 
 
 def clustered_photos(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -42,7 +42,7 @@ def service(answer: Callable[[LabelledFace], str], version: str = "7", broken: s
         if broken == "contract":
             return httpx.Response(200, json={"faces": "none"})
         faces = [{"box": face.box.as_dict(), "label": answer(face), "closest_actor": "howard", "confidence": 0.9,
-                  "probabilities": {}, "distance": 0.3, "threshold": 0.5}]
+                  "probabilities": dict.fromkeys(("howard", "leonard", "raj", "sheldon"), 0.25), "distance": 0.3, "threshold": 0.5}]
         return httpx.Response(status, json={"faces": faces, "image": {"width": 100, "height": 100},
                                              "model": {"name": "m", "version": version, "open_set_rule": "r"}})
 

@@ -111,7 +111,7 @@ def test_each_verdict_is_saved_at_once_as_clean_reads_it_and_undone_exactly(proj
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"verdict": "penny"}, "not one of"),
+    ({"verdict": "Penny!"}, "is not a name"),
     ({"key": "unreviewed:raj/b.png:1,1,1,1"}, "no face"),
     ({"image": "../../../etc/passwd"}, "outside"),
     ({"image": "/etc/passwd"}, "outside"),

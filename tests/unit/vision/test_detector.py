@@ -60,4 +60,4 @@ def test_recall_is_reported_in_the_clean_metrics() -> None:
     rejected = Annotation("a/1.jpg", Box(80, 80, 10, 10), None, "rejected")
     jobs = [ImageJob(("a/1.jpg",), (found, missed, rejected))]
     results = [ImageResult(("a/1.jpg",), missed=[missed])]
-    assert summarize(jobs, results)["detector_recall"] == 0.5
+    assert summarize(jobs, results, ("howard", "raj"))["detector_recall"] == 0.5
