@@ -169,7 +169,7 @@ def refused_requests_change_nothing(url: str, root: Path) -> None:
     pending = next(item for item in queue["items"] if not item["verdict"] and item["source"] != "feedback")
     item = httpx.get(f"{url}/api/items/{pending['n']}").json()
     verdict = {"key": item["key"], "verdict": "raj", "image": item["image"], "box": item["box"]}
-    for change, message in (({"verdict": "penny"}, "not one of"),
+    for change, message in (({"verdict": "Penny!"}, "is not a name"), ({"verdict": "unknown"}, "not a name"),
                             ({"box": {**item["box"], "x": item["box"]["x"] + 7}}, "reload the page"),
                             ({"key": "unreviewed:raj/none.jpg:1,2,3,4"}, "no face"),
                             ({"image": "../../params.yaml"}, "outside"),
