@@ -102,10 +102,10 @@ class ActorClassifier:
                                             -f.confidence, f.box.x, f.box.y))
 
     def cant_tell_reason(self, box: Box, too_small: bool, distance: float, band: tuple[float, float] | None) -> str:
-        """Why a face is answered "can't tell": too narrow to judge, or a distance where the four and strangers
+        """Why a face is answered "can't tell": too narrow to judge, or a distance where known people and strangers
         overlap (distances at the threshold's precision, 3 decimals, as the page shows them)."""
         if too_small or band is None:
             return (f"face {box.w} px wide: the model judges faces from {self.model.min_face_width} px "
                     "(learned by cross-validation)")
-        return (f"distance {distance:.3f}: between {band[0]:.3f} and {band[1]:.3f}, where the four and strangers "
+        return (f"distance {distance:.3f}: between {band[0]:.3f} and {band[1]:.3f}, where known people and strangers "
                 "overlap (learned by cross-validation)")

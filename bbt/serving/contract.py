@@ -25,7 +25,7 @@ class Face(BaseModel):
     label: str = Field(description="howard, leonard, raj or sheldon; 'unknown' when the face is not one of the "
                                    "four (its distance is over the model's learned band of doubt); 'cant_tell' "
                                    "when the model cannot judge the face (see reason): too small, or a distance "
-                                   "in the band where the four and strangers overlap (both edges learned by "
+                                   "in the band where known people and strangers overlap (both edges learned by "
                                    "cross-validation and stored in the model).")
     closest_actor: str = Field(description="The actor the face resembles most, even when the label is 'unknown'.")
     confidence: float = Field(description="The classifier's probability of closest_actor among the four actors. "

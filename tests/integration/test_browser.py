@@ -255,7 +255,7 @@ def test_crowded_photos_read_on_a_desktop_and_a_phone(page, bento_server: Server
                 assert "the model cannot judge" in page.inner_text("#message")
                 reason = page.locator("#probabilities tbody tr.cant-tell td:nth-child(2)").first.get_attribute("title")
                 assert reason and (" px wide: the model judges faces from " in reason
-                                   or "where the four and strangers overlap" in reason), reason
+                                   or "where known people and strangers overlap" in reason), reason
             # The three answers are drawn apart: each its own box style, none shared.
             styles = page.evaluate("""() => [...document.querySelectorAll('.box')].map((box) => [
               box.classList.contains('cant-tell') ? "can't tell" : box.classList.contains('unknown')
