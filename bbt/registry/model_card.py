@@ -107,8 +107,9 @@ def _candidate_section(inputs: CardInputs) -> list[str]:
 def _band_line(open_set: dict[str, Any]) -> str:
     band = open_set.get("band")
     if not band or band[0] == band[1]:
-        return "- no band of \"can't tell\": the cross-validation found no distances where known people and strangers overlap"
-    return (f"- \"can't tell\" for distances over {_rate(band[0])} up to {_rate(band[1])}, where the four and "
+        return ("- no band of \"can't tell\": the cross-validation found no distances where known people and "
+                "strangers overlap")
+    return (f"- \"can't tell\" for distances over {_rate(band[0])} up to {_rate(band[1])}, where known people and "
             "strangers overlap (both edges learned by cross-validation grouped by photo)")
 
 
