@@ -8,6 +8,7 @@ import json
 import logging
 import platform
 import tempfile
+import warnings
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -188,7 +189,9 @@ def log_and_register(model: object, info: dict, model_md5: str, crops: np.ndarra
             skops_trusted_types=skops_trusted_types(model),
             metadata=metadata,
         )
-        with mlflow.start_run(run_id=model_run_id(model_md5)):
+        with mlflow.start_run(run_id=model_run_id(model_md5)), warnings.catch_warnings():
+            # The photo model's answers are JSON objects (dict[str, Any]): MLflow warns that it cannot validate Any.
+            warnings.filterwarnings("ignore", message="Any type hint is inferred as AnyType", category=UserWarning)
             logged = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=PHOTO_MODEL_CODE,
