@@ -9,6 +9,7 @@ import logging
 import platform
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 
@@ -190,8 +191,9 @@ def log_and_register(model: object, info: dict, model_md5: str, crops: np.ndarra
             metadata=metadata,
         )
         with mlflow.start_run(run_id=model_run_id(model_md5)), warnings.catch_warnings():
-            # The photo model's answers are JSON objects (dict[str, Any]): MLflow warns that it cannot validate Any.
-            warnings.filterwarnings("ignore", message="Any type hint is inferred as AnyType", category=UserWarning)
+            # The photo model's answers are JSON objects (dict[str, Any]), and MLflow warns that it cannot validate
+            # Any. A filter would not do: log_model puts its own "once" filter in front of every UserWarning.
+            warnings.showwarning = without_any_type_hint_warning(warnings.showwarning)
             logged = mlflow.pyfunc.log_model(
                 name="model",
                 python_model=PHOTO_MODEL_CODE,
@@ -202,6 +204,14 @@ def log_and_register(model: object, info: dict, model_md5: str, crops: np.ndarra
                 metadata=metadata,
             )
     return str(logged.registered_model_version)
+
+
+def without_any_type_hint_warning(show: Callable[..., None]) -> Callable[..., None]:
+    """`warnings.showwarning` less MLflow's "Any type hint is inferred as AnyType" (see `log_and_register`)."""
+    def filtered(message: Warning | str, *args: object, **kwargs: object) -> None:
+        if "Any type hint is inferred as AnyType" not in str(message):
+            show(message, *args, **kwargs)
+    return filtered
 
 
 def example_photo(crop: np.ndarray) -> bytes:
