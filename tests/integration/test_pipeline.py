@@ -119,6 +119,7 @@ def test_dvc_repro_restores_a_wiped_mlflow_store(trained_project: Project, tmp_p
     try:
         repro = trained_project.run("dvc", "repro", env_extra={"BENTOML_HOME": str(tmp_path / "b")})
         assert "Running stage 'register'" in repro.stdout and "Running stage 'search'" not in repro.stdout
+        assert "Warning" not in repro.stdout + repro.stderr  # issue 27: quiet output (e.g. MLflow's 'Any type hint')
         client = MlflowClient(trained_project.tracking_uri, trained_project.tracking_uri)
         champion = client.get_model_version_by_alias("bbt-actor-classifier", "champion")
         model = (trained_project.root / "artifacts/model/model.joblib").read_bytes()
