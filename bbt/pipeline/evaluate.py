@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import joblib
@@ -102,22 +103,27 @@ def plot_confusion(labels: np.ndarray, answers: list[str], classes: list[str]) -
 
 
 def plot_curve(curve: pd.DataFrame, threshold: float, rule: str) -> None:
+    chosen = curve.iloc[(curve.threshold - threshold).abs().argmin()]
+    plot_recall_curve(curve, (chosen.false_accept_rate, chosen.actor_recall), f"learned threshold {threshold:.3f}",
+                      f"Open-set rule '{rule}' on the test split", artifacts.OPEN_SET_PNG)
+
+
+def plot_recall_curve(curve: pd.DataFrame, point: tuple[float, float], label: str, title: str, path: Path) -> None:
+    """Actor recall against the false-accept rate as the threshold moves, with `point` (the answers given)."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     ax.step(curve.false_accept_rate, curve.actor_recall, where="post", color="tab:blue")
-    chosen = curve.iloc[(curve.threshold - threshold).abs().argmin()]
-    ax.plot([chosen.false_accept_rate], [chosen.actor_recall], "o", color="tab:red",
-            label=f"learned threshold {threshold:.3f}")
+    ax.plot([point[0]], [point[1]], "o", color="tab:red", label=label)
     ax.set_xlabel("false-accept rate (strangers given an actor's name)")
     ax.set_ylabel("actor recall (named right)")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
-    ax.set_title(f"Open-set rule '{rule}' on the test split")
+    ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(artifacts.OPEN_SET_PNG, dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -150,22 +156,9 @@ def evaluate_photos(model: Any, info: dict, params: Params) -> dict:
 
 
 def plot_photos_curve(curve: pd.DataFrame, figures: dict) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    ax.step(curve.false_accept_rate, curve.actor_recall, where="post", color="tab:blue")
-    ax.plot([figures["stranger_false_accept"]], [figures["actor_recall"]], "o", color="tab:red",
-            label="the answers given (each fold's threshold and band)")
-    ax.set_xlabel("false-accept rate (strangers given an actor's name)")
-    ax.set_ylabel("actor recall (named right)")
-    ax.set_xlim(-0.02, 1.02)
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    ax.set_title("Every reviewed face, CV grouped by photo")
-    fig.tight_layout()
-    fig.savefig(artifacts.PHOTOS_CURVE_PNG, dpi=100)
-    plt.close(fig)
+    plot_recall_curve(curve, (figures["stranger_false_accept"], figures["actor_recall"]),
+                      "the answers given (each fold's threshold and band)", "Every reviewed face, CV grouped by photo",
+                      artifacts.PHOTOS_CURVE_PNG)
 
 
 def run_evaluate(params: Params | None = None) -> dict:
