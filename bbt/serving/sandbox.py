@@ -320,11 +320,12 @@ class Sandboxes:
     @property
     def alive(self) -> bool:
         """Whether the warm parent runs: False from its end until this worker is connected to its replacement."""
-        if not self._up.is_set():
+        parent = getattr(self, "_parent", None) if self._up.is_set() else None
+        if parent is None:
             return False
         poller = select.poll()
-        poller.register(self._parent, select.POLLIN)  # readable once it has ended (before the keeper wakes)
-        return not poller.poll(0)
+        poller.register(parent, select.POLLIN)  # readable once it has ended (before the keeper wakes)
+        return not poller.poll(0)  # (a descriptor the keeper has just closed polls as POLLNVAL: not alive)
 
     def close(self) -> None:
         """Kill the photo processes and end their parent if it is this worker's own (tests; a worker's exit does
