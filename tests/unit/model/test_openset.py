@@ -74,13 +74,20 @@ def clusters(per_actor: int = 10, strangers: int = 12, seed: int = 0) -> tuple[n
     return X, y
 
 
-def test_an_assembled_model_names_actors_and_refuses_strangers() -> None:
-    X, y = clusters()
+def assembled(X: np.ndarray, y: np.ndarray, threshold: float, *rules: float) -> OpenSetClassifier:
+    """An OpenSetClassifier over the generated clusters (identity features), as the search refits one; `rules`:
+    min_face_width, band_low, band_high."""
     actors = y != UNKNOWN
     head = Head("face_embedding", "logistic_regression", (("C", 1),)).head(0).fit(X[actors], y[actors].astype(str))
     identity = FunctionTransformer()
-    model = OpenSetClassifier(Pipeline([("features", identity), *head.steps]), identity, "nearest_face", 2.0,
-                              X[actors], y[actors].astype(str), 0.05)
+    return OpenSetClassifier(Pipeline([("features", identity), *head.steps]), identity, "nearest_face", threshold,
+                             X[actors], y[actors].astype(str), 0.05, *rules)
+
+
+def test_an_assembled_model_names_actors_and_refuses_strangers() -> None:
+    X, y = clusters()
+    actors = y != UNKNOWN
+    model = assembled(X, y, 2.0)
     answers = model.predict(X)
     assert list(answers[actors]) == list(y[actors])
     assert set(answers[~actors]) == {UNKNOWN}
@@ -175,10 +182,7 @@ def test_the_band_and_the_width_travel_inside_the_model() -> None:
     """Saved and loaded like the registered model: a face in the band, or too narrow, is "can't tell"."""
     X, y = clusters()
     actors = y != UNKNOWN
-    head = Head("face_embedding", "logistic_regression", (("C", 1),)).head(0).fit(X[actors], y[actors].astype(str))
-    identity = FunctionTransformer()
-    model = OpenSetClassifier(Pipeline([("features", identity), *head.steps]), identity, "nearest_face", 0.5,
-                              X[actors], y[actors].astype(str), 0.05, 28, 0.5, 2.0)
+    model = assembled(X, y, 0.5, 28, 0.5, 2.0)
     buffer = io.BytesIO()
     joblib.dump(model, buffer)
     buffer.seek(0)
