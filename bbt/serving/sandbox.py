@@ -56,7 +56,9 @@ START_TIMEOUT_S = 300  # loading the model in the warm parent
 # The environment variable naming the service's warm parent (an abstract unix socket's name) in its workers.
 SHARED_PARENT_ENV = "BBT_PHOTO_PARENT"
 RECONNECT_DELAY_S = 0.2  # between tries to reach a warm parent's replacement
-RESTART_RETRY_AFTER_S = 5  # what a photo whose process died with its parent is told (a new parent loads in ~2-4 s)
+# What a photo whose process died with its parent is told: a new parent loads the model first (7-10 s measured
+# on a loaded 2-core machine, benchmarks/worker_restart.py --kill parent).
+RESTART_RETRY_AFTER_S = 10
 
 
 class TimedOut(Exception):
