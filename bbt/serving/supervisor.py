@@ -78,7 +78,7 @@ class ParentKeeper:
             return
         try:
             name, process = start_shared_parent(self.work, self.name)
-        except OSError as err:  # its name is still held (its last photo processes are ending): the next check
+        except OSError as err:  # its name not yet free (seen for a moment after the old one ended): next check
             log.warning("could not start the photo processes' parent again yet: %s", err)
             return
         log.warning("the photo processes' parent (pid %s) had ended: started a new one (pid %s)",
