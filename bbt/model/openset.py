@@ -211,8 +211,8 @@ def open_set_scores(labels: np.ndarray, answers: np.ndarray) -> dict[str, float]
 class Decisions:
     """Per face: the answer (an actor, UNKNOWN, or CANT_TELL for a face narrower than the model judges or with
     a distance inside the band where the four and strangers overlap), the closest actor, its closed-set
-    probabilities, the rule's distance, the threshold it was held to and the band (low, high]; `too_small`
-    marks the faces answered CANT_TELL for their width."""
+    probabilities, the rule's distance, the threshold it was held to and the band (low, high]; `too_small` and
+    `blurred` mark the faces answered CANT_TELL for their width and for their sharpness."""
 
     labels: np.ndarray
     closest: np.ndarray
@@ -221,6 +221,7 @@ class Decisions:
     threshold: float
     band: tuple[float, float] | None = None
     too_small: np.ndarray | None = None
+    blurred: np.ndarray | None = None
 
 
 Timer = Callable[[str], AbstractContextManager[Any]]
@@ -238,13 +239,15 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
     features are that embedding, it is computed once per face. `min_face_width`: faces narrower than this (px in
     the photo) are answered CANT_TELL (learned by the search: bbt.model.quality), and so are faces whose distance
     lies in (band_low, band_high], where the actors' and the strangers' faces overlap (learned by the search:
-    `learn_band`; None: no band, as in models of before).
+    `learn_band`; None: no band, as in models of before). `min_sharpness`: faces less sharp than this
+    (bbt.model.quality.sharpness of their crop) are answered CANT_TELL too (learned by the search from blurred faces;
+    0: every face, as in models of before).
     """
 
     def __init__(self, classifier: Pipeline, embedder: Any, rule: str, threshold: float,
                  gallery: np.ndarray, gallery_labels: np.ndarray, target_false_accept: float,
                  min_face_width: int = 0, band_low: float | None = None,
-                 band_high: float | None = None) -> None:
+                 band_high: float | None = None, min_sharpness: float = 0.0) -> None:
         self.classifier = classifier
         self.embedder = embedder
         self.rule = rule
@@ -255,6 +258,7 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         self.min_face_width = min_face_width
         self.band_low = band_low
         self.band_high = band_high
+        self.min_sharpness = min_sharpness
 
     @property
     def band(self) -> tuple[float, float]:
@@ -275,12 +279,12 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         return (len(self.classifier.steps) > 1 and type(first) is type(self.embedder)
                 and first.get_params() == self.embedder.get_params())
 
-    def decide(self, crops: np.ndarray, timed: Timer = untimed, widths: np.ndarray | None = None) -> Decisions:
-        """The open-set answer for each face crop, CANT_TELL where the face's `widths` (px in its photo; None:
-        unknown, judge every face) are under min_face_width; `timed(stage)` wraps the 'features' and 'classify'
-        work."""
+    def decide(self, crops: np.ndarray, timed: Timer = untimed, widths: np.ndarray | None = None,
+               sharpness: np.ndarray | None = None) -> Decisions:
+        """The open-set answer for each face crop, CANT_TELL where the face's `widths` (px in its photo) are under
+        min_face_width or its crop's `sharpness` (bbt.model.quality.sharpness) under min_sharpness (None: not
+        measured, judge every face); `timed(stage)` wraps the 'features' and 'classify' work."""
         rule = RULES[self.rule]
-        classes = np.asarray(self.classes_)
         with timed("features"):
             if self._shares_embedding():
                 embeddings = features = self.embedder.transform(crops)
@@ -290,18 +294,35 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
                 features = self.classifier[:-1].transform(crops) if len(self.classifier.steps) > 1 else crops
                 head = self.classifier[-1]
         with timed("classify"):
-            proba = head.predict_proba(features)
-            predicted = proba.argmax(axis=1)
-            gallery_index = np.searchsorted(classes, self.gallery_labels)
-            distances = rule.distance(embeddings, proba, predicted, self.gallery, gallery_index)
-            closest = classes[predicted]
+            return self._decide(head, features, embeddings, widths, sharpness)
+
+    def decide_embedded(self, embeddings: np.ndarray, widths: np.ndarray | None = None,
+                        sharpness: np.ndarray | None = None) -> Decisions:
+        """`decide` for faces already described in the embedding space (`bbt review` keeps them), when the
+        classifier's own features are that embedding; ValueError for a model on other features (it needs crops)."""
+        if not self._shares_embedding():
+            raise ValueError(f"the model's features are {type(self.classifier.steps[0][1]).__name__}, not the "
+                             "embedding: it answers face crops only")
+        return self._decide(self.classifier[1:], embeddings, embeddings, widths, sharpness)
+
+    def _decide(self, head: Any, features: np.ndarray, embeddings: np.ndarray | None, widths: np.ndarray | None,
+                sharpness: np.ndarray | None) -> Decisions:
+        rule = RULES[self.rule]
+        classes = np.asarray(self.classes_)
+        proba = head.predict_proba(features)
+        predicted = proba.argmax(axis=1)
+        gallery_index = np.searchsorted(classes, self.gallery_labels)
+        distances = rule.distance(embeddings, proba, predicted, self.gallery, gallery_index)
+        closest = classes[predicted]
         labels = open_set_labels(closest, distances, self.threshold)
         low, high = self.band
         labels[(distances > low) & (distances <= high)] = CANT_TELL
         too_small = np.zeros(len(labels), dtype=bool) if widths is None else \
             np.asarray(widths) < self.min_face_width
-        labels[too_small] = CANT_TELL
-        return Decisions(labels, closest, proba, distances, self.threshold, (low, high), too_small)
+        blurred = np.zeros(len(labels), dtype=bool) if sharpness is None else \
+            np.asarray(sharpness) < getattr(self, "min_sharpness", 0.0)
+        labels[too_small | blurred] = CANT_TELL
+        return Decisions(labels, closest, proba, distances, self.threshold, (low, high), too_small, blurred)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """An actor's name, 'unknown', or 'cant_tell' (a distance in the band), per face crop."""
@@ -316,5 +337,6 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         return {"rule": self.rule, "threshold": float(self.threshold),
                 "target_false_accept": float(self.target_false_accept),
                 "min_face_width": int(self.min_face_width),
+                "min_sharpness": float(getattr(self, "min_sharpness", 0.0)),
                 "band": [round(edge, 6) for edge in self.band],
                 "description": RULES[self.rule].description, "gallery_faces": len(self.gallery)}

@@ -9,6 +9,7 @@ import numpy as np
 from bbt import CANT_TELL, UNKNOWN
 from bbt.model.face_prediction import FacePrediction
 from bbt.model.openset import OpenSetClassifier, Timer, untimed
+from bbt.model.quality import sharpness
 from bbt.vision.faces import Box, DetectorSettings, FaceDetector, crop_photo_face
 from bbt.vision.images import Photo, decode_photo
 
@@ -87,25 +88,31 @@ class ActorClassifier:
             return []
         with timed("crop"):
             crops = np.stack([crop_photo_face(photo, box, self.crop_size) for box in boxes])
-        decisions = self.model.decide(crops, timed, np.array([box.w for box in boxes]))
+            sharp = sharpness(crops)
+        decisions = self.model.decide(crops, timed, np.array([box.w for box in boxes]), sharp)
         faces = [
             FacePrediction(box, str(label), str(closest), round(float(row.max()), 4),
                            {c: round(float(p), 4) for c, p in zip(self.classes, row)},
                            round(float(distance), 4), round(float(decisions.threshold), 4),
-                           self.cant_tell_reason(box, small, float(distance), decisions.band)
+                           self.cant_tell_reason(box, small, blurred, float(face_sharpness), float(distance),
+                                                 decisions.band)
                            if label == CANT_TELL else "")
-            for box, label, closest, row, distance, small in zip(boxes, decisions.labels, decisions.closest,
-                                                                decisions.proba, decisions.distances,
-                                                                decisions.too_small)
+            for box, label, closest, row, distance, small, blurred, face_sharpness in zip(
+                boxes, decisions.labels, decisions.closest, decisions.proba, decisions.distances,
+                decisions.too_small, decisions.blurred, sharp)
         ]
         return sorted(faces, key=lambda f: (f.label in (UNKNOWN, CANT_TELL), f.label == CANT_TELL,
                                             -f.confidence, f.box.x, f.box.y))
 
-    def cant_tell_reason(self, box: Box, too_small: bool, distance: float, band: tuple[float, float] | None) -> str:
-        """Why a face is answered "can't tell": too narrow to judge, or a distance where known people and strangers
-        overlap (distances at the threshold's precision, 3 decimals, as the page shows them)."""
+    def cant_tell_reason(self, box: Box, too_small: bool, blurred: bool, face_sharpness: float, distance: float,
+                         band: tuple[float, float] | None) -> str:
+        """Why a face is answered "can't tell": too narrow or too blurred to judge, or a distance where known people
+        and strangers overlap (distances at the threshold's precision, 3 decimals, as the page shows them)."""
         if too_small or band is None:
             return (f"face {box.w} px wide: the model judges faces from {self.model.min_face_width} px "
                     "(learned by cross-validation)")
+        if blurred:
+            return (f"face too blurred: sharpness {face_sharpness:.4f}, the model judges faces from "
+                    f"{self.model.min_sharpness:.4f} (learned by cross-validation)")
         return (f"distance {distance:.3f}: between {band[0]:.3f} and {band[1]:.3f}, where known people and strangers "
                 "overlap (learned by cross-validation)")

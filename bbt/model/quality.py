@@ -1,4 +1,5 @@
-"""Which faces the model can judge at all: the smallest face width whose answers keep their promise.
+"""Which faces the model can judge at all: the smallest face width, and the least sharpness, whose answers keep
+their promise.
 
 A face of 20 px carries too little for the descriptor: calling it "not one of the four" is a claim the model
 cannot back. The search learns the smallest width it can judge by cross-validation on the training split: each
@@ -7,6 +8,15 @@ with a small box) and answered by a model that never saw it. A width is judged w
 and to every larger width of WIDTHS are named right at least `min_width_recall` times as often as at full size,
 and given another actor's name no more often than the strangers may be given one (search.target_false_accept).
 Faces narrower than that are answered "can't tell" (bbt.CANT_TELL); the width travels inside the model.
+
+A blurred face (out of focus, moving) is as unjudgeable as a small one. Its sharpness is measured on the face crop
+(`sharpness`: the variance of the Laplacian over the crop's centre, relative to the centre's own variance, so a
+face's contrast does not count). The search blurs every held-out face by each sigma of BLURS, answers them all by
+models that never saw them, pools the answers by measured sharpness into the bins of SHARPNESS_EDGES and walks
+down from the sharpest: a bin is judged when its actors are named right at least `min_width_recall` times as often
+as at full sharpness and the faces from it up are given another actor's name, and strangers any name, no more often
+than search.target_false_accept (counted over every bin from it up: a bin holds few strangers, the same ones at
+several blurs). Faces less sharp than the last judged bin's lower edge are answered "can't tell" too.
 """
 
 from __future__ import annotations
@@ -20,6 +30,12 @@ from bbt import UNKNOWN
 
 # Face widths (px, in the photo) the search shrinks held-out faces to; the training faces are 56 px and more.
 WIDTHS = (12, 16, 20, 24, 28, 32, 40, 48)
+# Gaussian blurs (sigma in px of the face crop; 0: as it is) the search gives held-out faces, and the sharpness
+# bins it pools their answers in (lower edges; the top bin is open). The dataset's faces measure 0.04 and more.
+BLURS = (0.0, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0)
+SHARPNESS_EDGES = (0.002, 0.003, 0.004, 0.005, 0.006, 0.008, 0.01, 0.0125, 0.016, 0.02, 0.03)
+# A bin with fewer actor faces than this is pooled with the next less sharp one before it is judged.
+MIN_BIN_ACTORS = 30
 
 
 def shrink(crops: np.ndarray, width: int) -> np.ndarray:
@@ -27,6 +43,87 @@ def shrink(crops: np.ndarray, width: int) -> np.ndarray:
     size = crops.shape[1]
     return np.stack([cv2.resize(cv2.resize(crop, (width, width), interpolation=cv2.INTER_AREA), (size, size),
                                 interpolation=cv2.INTER_AREA) for crop in crops])
+
+
+def sharpness(crops: np.ndarray) -> np.ndarray:
+    """Per face crop (n, size, size, 3 uint8 BGR, as bbt.vision crops them): the Laplacian's variance over the
+    central 3/4 of its grey image, divided by that centre's variance (a sharp face ~0.05-0.8 at 128 px, a blurred
+    one ~0.005)."""
+    size = crops.shape[1]
+    margin = size // 8
+    values = []
+    for crop in crops:
+        grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)[margin:size - margin, margin:size - margin].astype(np.float32)
+        values.append(float(cv2.Laplacian(grey, cv2.CV_32F).var()) / (float(grey.var()) + 1e-6))
+    return np.asarray(values, dtype=np.float64)
+
+
+def blur(crops: np.ndarray, sigma: float) -> np.ndarray:
+    """The crops blurred by a Gaussian of `sigma` px (0: unchanged)."""
+    if sigma == 0:
+        return crops
+    return np.stack([cv2.GaussianBlur(crop, (0, 0), sigma) for crop in crops])
+
+
+@dataclass(frozen=True)
+class SharpnessScores:
+    """Answers of blurred held-out faces whose sharpness is in [low, high): actor and stranger faces, actors named
+    right and as another actor, strangers given a name (shares); the misnamed and false-accept shares counted over
+    every face from `low` up."""
+
+    low: float
+    high: float
+    actor_faces: int
+    stranger_faces: int
+    actor_recall: float
+    misnamed_from_here: float
+    false_accept_from_here: float
+
+    def as_row(self) -> dict[str, float]:
+        return {"sharpness_low": self.low, "sharpness_high": self.high, "actor_faces": self.actor_faces,
+                "stranger_faces": self.stranger_faces, "actor_recall": round(self.actor_recall, 4),
+                "misnamed_from_here": round(self.misnamed_from_here, 4),
+                "false_accept_from_here": round(self.false_accept_from_here, 4)}
+
+
+def sharpness_scores(sharp: np.ndarray, labels: np.ndarray, answers: np.ndarray) -> list[SharpnessScores]:
+    """Pool out-of-fold answers of blurred faces by their measured sharpness (SHARPNESS_EDGES, sharpest first; a
+    bin with under MIN_BIN_ACTORS actor faces joins the next less sharp one)."""
+    sharp = np.asarray(sharp, dtype=np.float64)
+    labels, answers = np.asarray(labels, dtype=object), np.asarray(answers, dtype=object)
+    actors = labels != UNKNOWN
+    right = answers == labels
+    wrong_name = actors & ~right & (answers != UNKNOWN)
+    stranger_named = ~actors & (answers != UNKNOWN)
+    bins, high = [], np.inf
+    for low in [*sorted(SHARPNESS_EDGES, reverse=True), 0.0]:
+        inside = (sharp >= low) & (sharp < high)
+        if (actors & inside).sum() < MIN_BIN_ACTORS and low > 0:
+            continue  # pooled with the next bin: `high` stays
+        if not inside.any():
+            break  # nothing less sharp was measured
+        above = sharp >= low
+        bins.append(SharpnessScores(
+            float(low), float(high), int((actors & inside).sum()), int((~actors & inside).sum()),
+            float(right[actors & inside].mean()) if (actors & inside).any() else 0.0,
+            float(wrong_name[actors & above].mean()) if (actors & above).any() else 0.0,
+            float(stranger_named[~actors & above].mean()) if (~actors & above).any() else 0.0))
+        high = low
+    return bins
+
+
+def least_judged_sharpness(bins: list[SharpnessScores], full_recall: float, min_width_recall: float,
+                           target_false_accept: float) -> float:
+    """The lower edge of the least sharp bin down to which every bin keeps the promise (module docstring); the
+    top bin's lower edge when even it does not (then only faces sharper than every blurred bin are judged)."""
+    least = bins[0].low if bins else 0.0
+    for score in sorted(bins, key=lambda b: b.low, reverse=True):
+        keeps = score.actor_recall >= min_width_recall * full_recall and \
+            score.misnamed_from_here <= target_false_accept and score.false_accept_from_here <= target_false_accept
+        if not keeps:
+            break
+        least = score.low
+    return least
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from bbt.config import Params, load_params
 from bbt.errors import ModelError
 from bbt.model.candidates import Candidate, Head
 from bbt.model.openset import EMBEDDING_SPACE, open_set_labels, open_set_scores, people_in
+from bbt.model.quality import sharpness
 from bbt.pipeline import photos
 from bbt.registry.tracking import file_md5, model_run_id
 
@@ -140,7 +141,8 @@ def evaluate_photos(model: Any, info: dict, params: Params) -> dict:
     table = photos.grouped_answers(candidate, load_features(candidate.head.feature_set),
                                    load_features(EMBEDDING_SPACE), faces["labels"].astype(object),
                                    faces["images"].astype(object), faces["boxes"][:, 2], int(model.min_face_width),
-                                   params.search)
+                                   params.search, sharpness=sharpness(faces["crops"]),
+                                   min_sharpness=float(getattr(model, "min_sharpness", 0.0)))
     summary = photos.summarize(table)
     plot_photos_curve(photos.recall_curve(table), summary["faces"])
     artifacts.write_json(artifacts.PHOTOS_REPORT, summary)

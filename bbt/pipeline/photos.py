@@ -5,8 +5,9 @@ Every reviewed face the detector finds in the dataset's photos (the actors' acce
 answered once by a model that saw no face of its photo: cross-validation grouped by photo (bbt.model.photo_folds).
 In each outer fold the champion's candidate (feature set, family, hyperparameters, open-set rule) is fitted on the
 other folds' actors, and its threshold and band of "can't tell" are learned as the search learns them, by grouped
-CV inside those folds only. The faces narrower than the champion's min_face_width are "can't tell" (no reviewed
-face is that narrow today: the by-width table shows it).
+CV inside those folds only. The faces narrower than the champion's min_face_width, or less sharp than its
+min_sharpness, are "can't tell" (no reviewed face is that narrow or that blurred today: the by-width table shows
+the widths, reports/photos.json the sharpness).
 
 Figures: per face width bucket; the photo-level share of photos in which the actor of the photo's folder is named;
 actors named as another actor apart from actors answered "not one of the four" or "can't tell"; strangers given a
@@ -39,12 +40,15 @@ WIDTH_BUCKETS: tuple[tuple[str, float, float], ...] = (
 
 def grouped_answers(candidate: Candidate, X: np.ndarray, E: np.ndarray, labels: np.ndarray, photos: np.ndarray,
                     widths: np.ndarray, min_face_width: int, params: SearchParams,
-                    metric: Metric | None = None) -> pd.DataFrame:
-    """One row per reviewed face (labels != ""): its label, photo, width, outer fold, the closest actor, its
-    distance, the fold's threshold and band, the answer, and its distance to each actor's nearest training face.
-    `metric`: a map of the embeddings learned on each outer fold's training actors (None: the embeddings as
-    they are)."""
+                    metric: Metric | None = None, sharpness: np.ndarray | None = None,
+                    min_sharpness: float = 0.0) -> pd.DataFrame:
+    """One row per reviewed face (labels != ""): its label, photo, width, sharpness, outer fold, the closest actor,
+    its distance, the fold's threshold and band, the answer, and its distance to each actor's nearest training
+    face. `metric`: a map of the embeddings learned on each outer fold's training actors (None: the embeddings as
+    they are). `sharpness`: each face crop's (bbt.model.quality.sharpness; None: not measured), faces under
+    `min_sharpness` are "can't tell"."""
     labels, photos = np.asarray(labels, dtype=object), np.asarray(photos, dtype=object)
+    sharp = np.full(len(labels), np.inf) if sharpness is None else np.asarray(sharpness, dtype=np.float64)
     E_given = E
     rows = []
     for fold, (rest, held) in enumerate(grouped_split(labels, photos, params.cv_folds, params.seed)):
@@ -65,11 +69,12 @@ def grouped_answers(candidate: Candidate, X: np.ndarray, E: np.ndarray, labels: 
         named = model.classes_[index].astype(object)
         answers = open_set_labels(named, found, threshold)
         answers[(found > band[0]) & (found <= band[1])] = CANT_TELL
-        answers[widths[held] < min_face_width] = CANT_TELL
+        answers[(widths[held] < min_face_width) | (sharp[held] < min_sharpness)] = CANT_TELL
         to_actor = {actor: np.linalg.norm(E[held][:, None, :] - E[train][labels[train] == actor][None], axis=2)
                     .min(axis=1) for actor in model.classes_}
         for i, face in enumerate(held):
             rows.append({"face": int(face), "label": labels[face], "photo": photos[face], "width": int(widths[face]),
+                         "sharpness": round(float(sharp[face]), 6),
                          "fold": fold, "closest": named[i], "distance": float(found[i]), "threshold": threshold,
                          "band_low": band[0], "band_high": band[1], "answer": answers[i],
                          **{f"to_{actor}": float(to_actor[actor][i]) for actor in model.classes_}})
@@ -163,6 +168,9 @@ def summarize(table: pd.DataFrame) -> dict:
     folds = table.groupby("fold")[["threshold", "band_low", "band_high"]].first()
     return {"faces": face_figures(table), "photos": photo_figures(table), "by_width": by_width(table),
             "confused_pairs": confused_pairs(table),
+            "sharpness": {"least": round(float(table.sharpness.min()), 4),
+                          "percentile_5": round(float(table.sharpness.quantile(0.05)), 4)}
+            if "sharpness" in table and np.isfinite(table.sharpness).all() else {},
             "folds": {"thresholds": [round(float(v), 4) for v in folds.threshold],
                       "bands": [[round(float(a), 4), round(float(b), 4)] for a, b in zip(folds.band_low,
                                                                                            folds.band_high)]},

@@ -44,7 +44,19 @@ from bbt.model.openset import (
     people_in,
 )
 from bbt.model.photo_folds import Fold, photo_folds
-from bbt.model.quality import WIDTHS, WidthScores, shrink, smallest_judged_width, width_scores
+from bbt.model.quality import (
+    BLURS,
+    WIDTHS,
+    SharpnessScores,
+    WidthScores,
+    blur,
+    least_judged_sharpness,
+    sharpness,
+    sharpness_scores,
+    shrink,
+    smallest_judged_width,
+    width_scores,
+)
 from bbt.pipeline.progress import progress
 from bbt.registry.tracking import MODEL_MD5_TAG, corrections_hash, data_hash, git_commit, setup_tracking
 
@@ -214,16 +226,22 @@ def run_search(params: Params) -> dict:
                                      best_scores["threshold"], params)
         min_face_width = smallest_judged_width(widths, best_scores["cv_actor_accuracy"],
                                                params.search.min_width_recall, params.search.target_false_accept)
+        sharp_bins = blurred_sharpness_scores(best, faces["crops"][train], features[best.head.feature_set], E, y,
+                                              folds, best_scores["threshold"], params)
+        min_sharpness = least_judged_sharpness(sharp_bins, best_scores["cv_actor_accuracy"],
+                                               params.search.min_width_recall, params.search.target_false_accept)
         oof = out_of_fold(best.head, features[best.head.feature_set], E, y, folds, params.search.seed, (best.rule,))
         band = learn_band(y, oof["answers"][best.rule], oof["distances"][best.rule], best_scores["threshold"],
                           params.search.band_precision)
-        best_scores = {**best_scores, "min_face_width": min_face_width, "band_low": band[0], "band_high": band[1],
+        best_scores = {**best_scores, "min_face_width": min_face_width, "min_sharpness": min_sharpness,
+                       "band_low": band[0], "band_high": band[1],
                        **band_scores(y, oof["answers"][best.rule], oof["distances"][best.rule],
                                      best_scores["threshold"], band)}
         mlflow.log_metrics({k: v for k, v in best_scores.items() if k.startswith(("band_", "cv_band"))})
         record_widths(widths, min_face_width)
+        record_sharpness(sharp_bins, min_sharpness)
         model = refit(best, features[best.head.feature_set], E, y, best_scores["threshold"], min_face_width, band,
-                      params)
+                      params, min_sharpness)
         model_md5 = save_model(model, best, best_scores, params, faces, people)
         mlflow.set_tag(MODEL_MD5_TAG, model_md5)
     summary = {"best_candidate": best.name, "n_candidates": len(grid), "objective": params.search.objective,
@@ -274,6 +292,41 @@ def shrunk_width_scores(best: Candidate, crops: np.ndarray, X: np.ndarray, E: np
     return scores
 
 
+def blurred_sharpness_scores(best: Candidate, crops: np.ndarray, X: np.ndarray, E: np.ndarray, y: np.ndarray,
+                             folds: list[Fold], threshold: float, params: Params) -> list[SharpnessScores]:
+    """The winner's out-of-fold answers with every held-out face blurred by each sigma of quality.BLURS, pooled
+    by the blurred crops' measured sharpness."""
+    featurizer = build_features(best.head.feature_set, params.featurize).fit(None)
+    embedder = build_features(EMBEDDING_SPACE, params.featurize).fit(None)
+    measured, labels, answered = [], [], []
+    with progress("search: answering blurred faces", total=len(BLURS)) as advance:
+        for sigma in BLURS:
+            blurred = blur(crops, sigma)
+            if sigma:
+                E_blurred = embedder.transform(blurred)
+                X_blurred = E_blurred if best.head.feature_set == EMBEDDING_SPACE else featurizer.transform(blurred)
+            else:  # as they are: the features already computed
+                X_blurred, E_blurred = X, E
+            oof = out_of_fold(best.head, X, E, y, folds, params.search.seed, (best.rule,), (X_blurred, E_blurred))
+            answered.append(open_set_labels(oof["answers"][best.rule], oof["distances"][best.rule], threshold))
+            measured.append(sharpness(blurred))
+            labels.append(y)
+            advance()
+    return sharpness_scores(np.concatenate(measured), np.concatenate(labels), np.concatenate(answered))
+
+
+def record_sharpness(bins: list[SharpnessScores], min_sharpness: float) -> None:
+    """The figures by sharpness of the blurred faces, as a report and in the search's MLflow run."""
+    table = pd.DataFrame([b.as_row() for b in bins])
+    artifacts.SHARPNESS_CSV.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(artifacts.SHARPNESS_CSV, index=False)
+    mlflow.log_artifact(str(artifacts.SHARPNESS_CSV))
+    mlflow.log_metrics({f"sharpness_from_{b.low:g}_{k}": v for b in bins for k, v in b.as_row().items()
+                        if k not in ("sharpness_low", "sharpness_high")})
+    log.info("search: faces are judged from sharpness %.4f (blurred faces: %s)", min_sharpness,
+             ", ".join(f"from {b.low:g} recall {b.actor_recall:.2f}" for b in bins))
+
+
 def record_widths(scores: list[WidthScores], min_face_width: int) -> None:
     """The figures by face width, as a report and in the search's MLflow run."""
     table = pd.DataFrame([s.as_row() for s in scores])
@@ -298,7 +351,7 @@ def band_scores(y: np.ndarray, predicted: np.ndarray, distances: np.ndarray, thr
 
 
 def refit(best: Candidate, X: np.ndarray, E: np.ndarray, y: np.ndarray, threshold: float, min_face_width: int,
-          band: tuple[float, float], params: Params) -> OpenSetClassifier:
+          band: tuple[float, float], params: Params, min_sharpness: float = 0.0) -> OpenSetClassifier:
     """Fit the winner's head on the actors' training faces, put its feature transformer in front, and wrap it
     with its open-set rule: the learned threshold and the actors' training embeddings as the gallery."""
     actors = y != UNKNOWN
@@ -307,7 +360,7 @@ def refit(best: Candidate, X: np.ndarray, E: np.ndarray, y: np.ndarray, threshol
     classifier = Pipeline([("features", features), *head.steps])
     return OpenSetClassifier(classifier, build_features(EMBEDDING_SPACE, params.featurize).fit(None), best.rule,
                              threshold, E[actors].astype(np.float32), y[actors].astype(str),
-                             params.search.target_false_accept, min_face_width, *band)
+                             params.search.target_false_accept, min_face_width, *band, min_sharpness)
 
 
 def save_model(model: OpenSetClassifier, best: Candidate, scores: dict, params: Params, faces: dict,

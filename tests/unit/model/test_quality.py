@@ -1,4 +1,5 @@
-"""Which faces the model judges: the width rule, learned from shrunk faces, inside the model, and its answer."""
+"""Which faces the model judges: the width and sharpness rules, learned from shrunk and blurred faces, inside the
+model, and their answers."""
 
 from __future__ import annotations
 
@@ -14,7 +15,18 @@ from bbt import CANT_TELL, UNKNOWN
 from bbt.model.candidates import Head
 from bbt.model.openset import OpenSetClassifier, open_set_scores
 from bbt.model.predict import ActorClassifier
-from bbt.model.quality import WidthScores, shrink, smallest_judged_width, width_scores
+from bbt.model.quality import (
+    MIN_BIN_ACTORS,
+    SharpnessScores,
+    WidthScores,
+    blur,
+    least_judged_sharpness,
+    sharpness,
+    sharpness_scores,
+    shrink,
+    smallest_judged_width,
+    width_scores,
+)
 from bbt.vision.faces import Box, DetectorSettings
 from bbt.vision.images import Photo
 from tests.unit.model.test_openset import clusters
@@ -95,3 +107,84 @@ def test_a_face_too_small_is_answered_cant_tell_with_its_reason() -> None:
     assert answers[large].label != CANT_TELL and answers[large].reason == ""
     assert classifier.answer_boxes(photo, [small, large])[-1].label == CANT_TELL  # listed last
     assert answers[small].as_dict()["reason"] == answers[small].reason
+
+
+def edges_face(size: int = 128, seed: int = 0) -> np.ndarray:
+    """A generated 'face': a grey ellipse with dark eyes and mouth on a textured background."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(60, 120, size=(size, size, 3), dtype=np.uint8)
+    cv2.ellipse(image, (size // 2, size // 2), (size // 3, size // 2 - 8), 0, 0, 360, (200, 170, 150), -1)
+    for x in (size // 3, 2 * size // 3):
+        cv2.circle(image, (x, size // 2 - 10), 6, (20, 20, 20), -1)
+    cv2.line(image, (size // 3, 3 * size // 4), (2 * size // 3, 3 * size // 4), (30, 20, 20), 3)
+    return image
+
+
+def test_blurring_a_face_lowers_its_sharpness_and_its_contrast_does_not_count() -> None:
+    face = edges_face()[None]
+    measured = [float(sharpness(blur(face, sigma))[0]) for sigma in (0, 1, 2, 4)]
+    assert measured == sorted(measured, reverse=True) and measured[-1] < measured[0] / 10
+    dim = (face.astype(np.float32) * 0.5).astype(np.uint8)  # the same face, half the contrast
+    assert sharpness(dim)[0] == pytest.approx(sharpness(face)[0], rel=0.1)
+    assert np.array_equal(blur(face, 0), face)
+
+
+def test_sharpness_bins_pool_answers_by_measured_sharpness_sharpest_first() -> None:
+    n = MIN_BIN_ACTORS
+    sharp = np.array([0.5] * n + [0.009] * n + [0.0045] * n + [0.05] * 4)
+    labels = np.array(["raj"] * (3 * n) + [UNKNOWN] * 4, dtype=object)
+    answers = np.array(["raj"] * n + ["raj"] * (n - 3) + [UNKNOWN] * 3 + ["raj"] * (n // 2) + ["howard"] * (n // 2)
+                       + [UNKNOWN, UNKNOWN, UNKNOWN, "raj"], dtype=object)
+    bins = sharpness_scores(sharp, labels, answers)
+    assert [b.low for b in bins] == [0.03, 0.008, 0.004]  # the bins between hold too few faces: pooled downward
+    assert [b.actor_faces for b in bins] == [n, n, n]
+    assert bins[0].stranger_faces == 4 and bins[0].false_accept_from_here == 0.25
+    assert bins[1].actor_recall == pytest.approx(0.9) and bins[1].misnamed_from_here == 0.0
+    assert bins[2].misnamed_from_here == pytest.approx((n // 2) / (3 * n))
+
+
+@pytest.mark.parametrize(("recalls", "misnamed", "expected"), [
+    ({0.03: 0.99, 0.01: 0.95, 0.006: 0.92, 0.004: 0.7}, {}, 0.006),
+    ({0.03: 0.99, 0.01: 0.5, 0.006: 0.95, 0.004: 0.95}, {}, 0.03),  # a dip: nothing below it is judged
+    ({0.03: 0.99, 0.01: 0.95, 0.006: 0.95, 0.004: 0.95}, {0.004: 0.1}, 0.006),  # misnamed from 0.004 up
+    ({0.03: 0.5, 0.01: 0.95}, {}, 0.03),  # not even the sharpest keeps it: only faces sharper than the top bin's edge
+])
+def test_the_least_judged_sharpness_keeps_its_promise_in_every_sharper_bin(
+        recalls: dict[float, float], misnamed: dict[float, float], expected: float) -> None:
+    bins = [SharpnessScores(low, np.inf, 40, 10, r, misnamed.get(low, 0.0), 0.0) for low, r in recalls.items()]
+    assert least_judged_sharpness(bins, full_recall=0.99, min_width_recall=0.9, target_false_accept=0.05) == expected
+
+
+def test_the_sharpness_travels_inside_the_model_and_only_blurred_faces_are_cant_tell() -> None:
+    trained, X, y = model(0)
+    trained.set_params(min_sharpness=0.01)
+    stored = io.BytesIO()
+    joblib.dump(trained, stored)
+    stored.seek(0)
+    loaded = joblib.load(stored)
+    assert loaded.describe()["min_sharpness"] == 0.01
+    sharp = np.where(np.arange(len(X)) % 2 == 0, 0.005, 0.2)
+    decisions = loaded.decide(X, sharpness=sharp)
+    assert set(decisions.labels[sharp < 0.01]) == {CANT_TELL} and decisions.blurred.sum() == (sharp < 0.01).sum()
+    actors = (y != UNKNOWN) & (sharp >= 0.01)
+    assert list(decisions.labels[actors]) == list(y[actors])
+    old = joblib.load(io.BytesIO(stored.getvalue()))
+    del old.min_sharpness  # a model pickled before the sharpness rule: every face judged
+    assert list(old.decide(X, sharpness=sharp).labels[y != UNKNOWN]) == list(y[y != UNKNOWN])
+
+
+def test_a_blurred_face_is_answered_cant_tell_with_its_reason() -> None:
+    trained, _, _ = model(0, FunctionTransformer(first_pixels))
+    trained.set_params(min_sharpness=0.01)
+    classifier = ActorClassifier(trained, DetectorSettings(detector="haar"), 128)
+    sharp_photo = np.zeros((200, 200, 3), np.uint8)
+    sharp_photo[:128, :128] = edges_face()
+    blurred_photo = blur(sharp_photo[None], 4)[0]
+    box = Box(0, 0, 128, 128)
+    crisp = classifier.answer_boxes(Photo(sharp_photo, (200, 200)), [box])[0]
+    soft = classifier.answer_boxes(Photo(blurred_photo, (200, 200)), [box])[0]
+    assert "blurred" not in crisp.reason
+    assert soft.label == CANT_TELL
+    assert soft.reason.startswith("face too blurred: sharpness 0.0") and "judges faces from 0.0100" in soft.reason

@@ -92,3 +92,15 @@ def test_the_headline_fits_the_shared_metric_columns() -> None:
     assert pairs and all(p["actor"] != p["other"] for p in pairs)
     assert [p["min_margin"] for p in pairs if p["closest_to_other"] == 0] == sorted(
         p["min_margin"] for p in pairs if p["closest_to_other"] == 0)
+
+
+def test_a_face_less_sharp_than_the_model_judges_is_cant_tell_in_the_grouped_evaluation() -> None:
+    X, labels, photos, widths = clustered_photos()
+    candidate = Candidate(Head("face_embedding", "logistic_regression", (("C", 1),)), "nearest_face")
+    sharp = np.where(np.arange(len(labels)) % 3 == 0, 0.004, 0.2)
+    table = grouped_answers(candidate, X, X, labels, photos, widths, 0, SearchParams(), sharpness=sharp,
+                            min_sharpness=0.01)
+    assert set(table[table.sharpness < 0.01].answer) == {CANT_TELL}
+    actors = table[(table.sharpness >= 0.01) & (table.label != UNKNOWN)]
+    assert (actors.answer == actors.label).all()
+    assert summarize(table)["sharpness"] == {"least": 0.004, "percentile_5": 0.004}
