@@ -319,7 +319,8 @@ def serve_review(root: Path, port: int, model: str | None, find: str = "") -> No
         model = f"models:/{params.register.model_name}@{params.register.alias}"
     answers = Answers(None if model == "none" else model)
     min_face_width = answers.classifier.model.min_face_width if answers.classifier is not None else 0
-    reviewer = Reviewer(root, params.data, store, min_face_width, params.cast, find)
+    doubts, doubt_problem = cannot_tell(root, params, answers)
+    reviewer = Reviewer(root, params.data, store, min_face_width, params.cast, find, doubts)
     group_problem = add_groups(reviewer, root, params, answers)
     found = revisit_group(reviewer)
     if found is not None:  # the faces --find brought back are a group even when the rest cannot be grouped
@@ -327,6 +328,9 @@ def serve_review(root: Path, port: int, model: str | None, find: str = "") -> No
     counts = ", ".join(f"{source} {sum(i.source == source for i in reviewer.queue)}" for source in SOURCES)
     print(f"bbt review: {len(reviewer.queue)} faces wait for a verdict ({counts}); verdicts go to "
           f"{reviewer.corrections_path}\nopen http://127.0.0.1:{port} (Ctrl-C stops it)", flush=True)
+    if doubt_problem:
+        print(f"bbt review: the faces in the champion's band of doubt or too blurred are not put first "
+              f"({doubt_problem}); those too small are", flush=True)
     if group_problem:
         print(f"bbt review: no groups ({group_problem}); the faces wait one at a time", flush=True)
     else:
@@ -334,6 +338,17 @@ def serve_review(root: Path, port: int, model: str | None, find: str = "") -> No
               f"are in {len(reviewer.groups)} groups (G on the page)", flush=True)
     uvicorn.run(create_app(reviewer, answers, port, group_problem), host="127.0.0.1", port=port,
                 log_level="warning")
+
+
+def cannot_tell(root: Path, params: Any, answers: Answers) -> tuple[dict[tuple[str, Box], str], str]:
+    """The unreviewed detections the champion answers "can't tell" (bbt/review/doubts.py), and why not, if they
+    cannot be found."""
+    from bbt.review.doubts import champion_doubts
+
+    try:
+        return champion_doubts(root, params, answers.classifier), ""
+    except (BbtError, ValueError) as err:
+        return {}, str(err)
 
 
 def add_groups(reviewer: Reviewer, root: Path, params: Any, answers: Answers) -> str:

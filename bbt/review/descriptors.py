@@ -26,6 +26,7 @@ from bbt.config import Params
 from bbt.errors import DataError
 from bbt.model.feature_sets import FEATURE_SETS, build_features
 from bbt.model.openset import EMBEDDING_SPACE
+from bbt.model.quality import sharpness
 from bbt.pipeline.clean import ImageJob, detect_job
 from bbt.pipeline.detection_cache import DetectionCache
 from bbt.vision.faces import Box, DetectorSettings
@@ -33,6 +34,7 @@ from bbt.vision.faces import Box, DetectorSettings
 log = logging.getLogger(__name__)
 
 DESCRIPTOR_CACHE = artifacts.ARTIFACTS / "cache" / "review" / "descriptors.npz"
+SHARPNESS_MODULE = "bbt/model/quality.py"  # each face's sharpness is kept beside its descriptor
 
 
 @dataclass(frozen=True)
@@ -65,13 +67,19 @@ def load_anchors(root: Path) -> Anchors:
 
 def _embedding_code(root: Path) -> str:
     digest = hashlib.sha256()
-    for module in FEATURE_SETS[EMBEDDING_SPACE].modules:
+    for module in (*FEATURE_SETS[EMBEDDING_SPACE].modules, SHARPNESS_MODULE):
         digest.update(module.encode() + b"\0" + (root / module).read_bytes())
     return digest.hexdigest()
 
 
 def describe_faces(root: Path, params: Params, faces: list[tuple[str, Box]]) -> np.ndarray:
     """A descriptor per (image under data.raw, box) as featurize computes it, from the cache where it has it."""
+    return describe_and_measure(root, params, faces)[0]
+
+
+def describe_and_measure(root: Path, params: Params, faces: list[tuple[str, Box]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per (image under data.raw, box): its descriptor as featurize computes it and its crop's sharpness
+    (bbt.model.quality), from the cache where it has them."""
     raw = root / params.data.raw
     settings = DetectorSettings.of(params.clean)
     detections = DetectionCache(root / artifacts.CLEAN_CACHE, settings, params.clean.crop_size)
@@ -80,10 +88,11 @@ def describe_faces(root: Path, params: Params, faces: list[tuple[str, Box]]) -> 
     keys = [hashlib.sha256(f"{digests[image]}\0{box}\0{detections.context}\0{code}".encode()).hexdigest()
             for image, box in faces]
     cache_path = root / DESCRIPTOR_CACHE
-    known: dict[str, np.ndarray] = {}
+    known: dict[str, np.ndarray] = {}  # the descriptor, then the sharpness
     if cache_path.is_file():
         with np.load(cache_path) as cached:
-            known = dict(zip(cached["keys"].astype(str), cached["X"]))
+            if "sharpness" in cached.files:  # a cache of before kept no sharpness: describe again
+                known = dict(zip(cached["keys"].astype(str), np.column_stack([cached["X"], cached["sharpness"]])))
     todo: dict[str, list[int]] = defaultdict(list)
     for n, ((image, _), key) in enumerate(zip(faces, keys)):
         if key not in known:
@@ -102,19 +111,22 @@ def describe_faces(root: Path, params: Params, faces: list[tuple[str, Box]]) -> 
                                     "`dvc repro clean` so the queue matches the photos")
                 crops.append((n, by_box[faces[n][1]]))
         embedder = build_features(EMBEDDING_SPACE, params.featurize).fit()
-        X = embedder.transform(np.stack([crop for _, crop in crops]))
+        stacked = np.stack([crop for _, crop in crops])
+        X = np.column_stack([embedder.transform(stacked), sharpness(stacked)])
         for (n, _), row in zip(crops, X):
             known[keys[n]] = row
         _save(cache_path, known)
     if not faces:
-        return np.zeros((0, 128))
-    return np.stack([known[key] for key in keys]).astype(np.float64)
+        return np.zeros((0, 128)), np.zeros(0)
+    rows = np.stack([known[key] for key in keys]).astype(np.float64)
+    return rows[:, :-1], rows[:, -1]
 
 
 def _save(path: Path, known: dict[str, np.ndarray]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     names = sorted(known)
     temporary = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(temporary, keys=np.array(names), X=np.stack([known[k] for k in names]))
+    rows = np.stack([known[k] for k in names])
+    np.savez(temporary, keys=np.array(names), X=rows[:, :-1], sharpness=rows[:, -1])
     os.replace(temporary, path)
 

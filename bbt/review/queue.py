@@ -3,6 +3,7 @@ the audit proposes to relabel, and detections nobody reviewed. `bbt review` show
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from bbt.pipeline.annotations import Correction
 from bbt.vision.faces import Box
 
 # The order a reviewer meets them in: reviewed faces the reviewer asked to see again (`bbt review --find`) first,
-# then faces the model cannot judge (too small: it answers "can't tell"), then what users said the served model
-# got wrong, then what the data itself disputes, then what was never looked at.
+# then faces the model cannot judge (too small, blurred or in its band of doubt: it answers "can't tell"), then
+# what users said the served model got wrong, then what the data itself disputes, then what was never looked at.
 SOURCES = ("revisit", "cant_tell", "feedback", "suspect", "rejected", "unreviewed")
 
 
@@ -70,9 +71,11 @@ def rejected_proposals(root: Path) -> list[Item]:
     return items
 
 
-def unreviewed(root: Path, min_face_width: int = 0) -> list[Item]:
-    """Faces the detector found that no review covers; those narrower than the model judges (`min_face_width`,
-    the champion's) come as "cant_tell"."""
+def unreviewed(root: Path, min_face_width: int = 0, doubts: Mapping[tuple[str, Box], str] | None = None,
+               ) -> list[Item]:
+    """Faces the detector found that no review covers; those the champion answers "can't tell" (`doubts`: why,
+    per image and box; bbt.review.doubts) or narrower than it judges (`min_face_width`) come as "cant_tell"."""
+    doubts = doubts or {}
     table = _read(root / artifacts.DETECTIONS)
     if table.empty:
         return []
@@ -80,7 +83,11 @@ def unreviewed(root: Path, min_face_width: int = 0) -> list[Item]:
     for row in table[table.status == "unreviewed"].itertuples(index=False):
         box = _box(row)
         where = f"found by the detector in {row.image.split('/', 1)[0]}'s folder; nobody has reviewed it"
-        if box.w < min_face_width:
+        if (row.image, box) in doubts:
+            items.append(Item(f"unreviewed:{row.image}:{box.x},{box.y},{box.w},{box.h}", "cant_tell", row.image,
+                              box, f"{where}; the model answers \"can't tell\" for it: {doubts[row.image, box]}",
+                              "unreviewed"))
+        elif box.w < min_face_width:
             items.append(Item(f"unreviewed:{row.image}:{box.x},{box.y},{box.w},{box.h}", "cant_tell", row.image,
                               box, f"{where}; the model answers \"can't tell\" for it: {box.w} px wide, it judges "
                               f"faces from {min_face_width} px", "unreviewed"))
@@ -128,14 +135,16 @@ def revisits(corrections: list[Correction], find: str) -> list[Item]:
 
 
 def build_queue(root: Path, corrections: list[Correction], feedback_store: Path | None,
-                min_face_width: int = 0, find: str = "") -> list[Item]:
+                min_face_width: int = 0, find: str = "",
+                doubts: Mapping[tuple[str, Box], str] | None = None) -> list[Item]:
     """Every face waiting for a verdict, in SOURCES order, each face once (its first reason), none that
-    review/corrections.csv already judges but those `find` asks for again (`revisits`). `min_face_width`: the
-    champion's (unreviewed faces narrower than it come first, as "cant_tell"); 0 when no model is loaded."""
+    review/corrections.csv already judges but those `find` asks for again (`revisits`). `min_face_width` and
+    `doubts`: the champion's (unreviewed faces it cannot tell come first, as "cant_tell"); 0 and None when no
+    model is loaded."""
     judged = {(c.corrected.image, c.corrected.box) for c in corrections}
     queue: list[Item] = [*revisits(corrections, find)]
     seen: set[tuple[str, Box]] = {(item.image, item.box) for item in queue}
-    waiting = unreviewed(root, min_face_width)
+    waiting = unreviewed(root, min_face_width, doubts)
     for item in [*sorted((i for i in waiting if i.source == "cant_tell"), key=_order),
                  *feedback_items(feedback_store), *sorted(suspects(root), key=_order),
                  *sorted(rejected_proposals(root), key=_order),

@@ -15,6 +15,7 @@ import os
 import shutil
 import threading
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -90,7 +91,8 @@ class Reviewer:
     """The queue of one `bbt review` session and the verdicts given in it (thread-safe)."""
 
     def __init__(self, root: Path, data: DataParams, feedback_store: Path | None, min_face_width: int = 0,
-                 cast: tuple[str, ...] = (), find: str = "") -> None:
+                 cast: tuple[str, ...] = (), find: str = "",
+                 doubts: Mapping[tuple[str, Box], str] | None = None) -> None:
         self.root = root
         self.raw = root / data.raw
         self.corrections_path = root / data.corrections
@@ -98,7 +100,7 @@ class Reviewer:
         self.annotations: list[Annotation] = load_annotations(root / data.annotations, self.raw)
         corrections = load_corrections(self.corrections_path, self.annotations, self.raw)
         self.feedback_store = feedback_store
-        self.queue = build_queue(root, corrections, feedback_store, min_face_width, find)
+        self.queue = build_queue(root, corrections, feedback_store, min_face_width, find, doubts)
         self.by_key = {item.key: item for item in self.queue}
         self.given: list[Given] = []
         self.groups: dict[str, QueueGroup] = {}  # set by the app when it groups the queue

@@ -87,6 +87,17 @@ def test_faces_too_small_for_the_champion_come_first(project: Path) -> None:
     assert queue[-1].source == "unreviewed" and queue[-1].box == Box(100, 50, 30, 30)
 
 
+def test_faces_the_champion_cannot_tell_come_first_with_its_reason(project: Path) -> None:
+    doubts = {("howard/a.png", Box(100, 50, 30, 30)): "distance 0.560: between 0.538 and 0.591, where known people "
+              "and strangers overlap (learned by cross-validation)"}
+    queue = Reviewer(project, DataParams(), None, min_face_width=28, doubts=doubts).queue
+    assert [(i.source, i.box) for i in queue][:3] == [("cant_tell", Box(100, 50, 30, 30)),
+                                                      ("cant_tell", Box(60, 60, 20, 20)),
+                                                      ("suspect", Box(5, 5, 30, 30))]
+    assert queue[0].why.endswith("the model answers \"can't tell\" for it: " + next(iter(doubts.values())))
+    assert all(item.source != "unreviewed" for item in queue)
+
+
 def test_each_verdict_is_saved_at_once_as_clean_reads_it_and_undone_exactly(project: Path) -> None:
     before = (project / "review/corrections.csv").read_bytes()
     session = reviewer(project)
