@@ -237,9 +237,10 @@ function fillTable(faces) {
     inTwoLines(answerCell, displayName(face.label));
     if (face.reason) answerCell.title = face.reason;
     const distance = row.insertCell();
-    // A face the model cannot judge is held to no threshold: its reason (size, or the band) says why.
-    distance.textContent = face.label === CANT_TELL ? "–" : face.distance.toFixed(digits);
-    distance.title = face.label === CANT_TELL ? face.reason
+    // Every face's distance is measured and shown; a face the model cannot judge (too small, blurred, or in the
+    // band) is answered by its reason, not by the threshold: the title says which.
+    distance.textContent = face.distance.toFixed(digits);
+    distance.title = face.label === CANT_TELL ? `can't tell: ${face.reason}`
       : `${face.distance <= face.threshold ? "within" : "over"} the threshold ${face.threshold.toFixed(digits)}`;
     classes.forEach((c) => {
       const cell = row.insertCell();
