@@ -16,7 +16,7 @@ from typing import Any
 import mlflow.pyfunc
 
 from bbt import MAX_PIXELS
-from bbt.model.predict import PIPELINE_ARTIFACT, ActorClassifier, pipeline_path
+from bbt.model.predict import PIPELINE_ARTIFACT, ActorClassifier, is_uri, pipeline_path
 from bbt.vision.images import ImageError
 
 # What `register` logs as the model's code (MLflow's models from code): it builds a PhotoModel when loaded.
@@ -48,7 +48,7 @@ class PhotoModel(mlflow.pyfunc.PythonModel):
 def load_classifier(model_uri: str | Path) -> ActorClassifier:
     """The ActorClassifier of a logged model (folder or models:/ URI), loaded as MLflow loads the photo model;
     a version logged before photo models (a plain sklearn flavor) is read directly."""
-    local = Path(mlflow.artifacts.download_artifacts(str(model_uri))) if "://" in str(model_uri) else Path(model_uri)
+    local = Path(mlflow.artifacts.download_artifacts(str(model_uri))) if is_uri(model_uri) else Path(model_uri)
     if pipeline_path(local) == local:
         return ActorClassifier.from_mlflow(local)
     return mlflow.pyfunc.load_model(str(local)).unwrap_python_model().classifier

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,12 @@ from bbt.vision.images import Photo, decode_photo
 
 # A logged photo model (bbt.model.photo_model) keeps its scikit-learn pipeline here: <model>/artifacts/pipeline.
 PIPELINE_ARTIFACT = "pipeline"
+
+
+def is_uri(location: str | Path) -> bool:
+    """An MLflow model URI (models:/name@alias, runs:/id/model, s3://bucket/...), not a local folder: a scheme of
+    two or more letters before ':/' (models:/ has one slash, so '://' alone misses it)."""
+    return isinstance(location, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]+:/", location) is not None
 
 
 def pipeline_path(model_path: Path) -> Path:
@@ -47,7 +54,7 @@ class ActorClassifier:
         import mlflow.sklearn
         from mlflow.models import Model
 
-        local = pipeline_path(Path(mlflow.artifacts.download_artifacts(str(model_path))) if "://" in str(model_path)
+        local = pipeline_path(Path(mlflow.artifacts.download_artifacts(str(model_path))) if is_uri(model_path)
                               else Path(model_path))
         meta = Model.load(local / "MLmodel").metadata or {}
         return cls(mlflow.sklearn.load_model(str(local)), DetectorSettings.from_metadata(meta["detector"]),
