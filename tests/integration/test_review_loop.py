@@ -113,9 +113,19 @@ def test_a_wrong_answer_reported_on_the_page_is_reviewed_and_learned(project: Pr
     try:
         wait_until_ready(f"http://127.0.0.1:{port}/api/queue", 120, 0.5, alive=lambda: review.poll() is None,
                          what="bbt review")
+        items = httpx.get(f"http://127.0.0.1:{port}/api/queue").json()["items"]
+        reported = next(n for n, item in enumerate(items) if item["source"] == "feedback")
+        # The faces the champion cannot tell come first (issue 24), each with the champion's answer.
+        assert reported > 0 and {item["source"] for item in items[:reported]} == {"cant_tell"}
+        first = httpx.get(f"http://127.0.0.1:{port}/api/items/0").json()
+        assert first["answer"]["label"] == "cant_tell" and first["answer_problem"] == "", first
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(f"http://127.0.0.1:{port}/")
+        page.wait_for_selector("#image-name:has-text('item 1 of')")
+        for _ in range(reported):  # fast: only the last item asked for is shown
+            page.keyboard.press("ArrowRight")
         page.wait_for_selector("#why:has-text('a user of the served page')", timeout=60_000)
+        assert f"(item {reported + 1} of" in page.inner_text("#image-name")
         assert f"says it is {actor}" in page.inner_text("#why")
         page.keyboard.press(actor[0])  # H, L, R or S
         page.wait_for_selector("#progress:has-text('1 of')", timeout=30_000)

@@ -94,9 +94,16 @@ function named(label) {
   return label === current?.unknown || label === "unknown" || label === "stranger" ? "not one of the cast" : label;
 }
 
+// The latest show(): arrows pressed fast ask for several items at once, and an older answer arriving late must
+// not replace the item the reviewer moved to.
+let showing = 0;
+
 async function show(n) {
   position = n;
-  current = await call(`api/items/${n}`);
+  const ticket = ++showing;
+  const item = await call(`api/items/${n}`);
+  if (ticket !== showing) return;
+  current = item;
   $("crop").src = `api/items/${n}/crop.jpg`;
   $("photo").src = `api/items/${n}/photo.jpg`;
   $("image-name").textContent = `${current.image} (item ${n + 1} of ${queue.total}, ${current.source})`;
