@@ -20,6 +20,7 @@ from sklearn.metrics import f1_score
 from sklearn.pipeline import Pipeline
 
 from bbt import CANT_TELL, UNKNOWN
+from bbt.model.quality import blurred_cant_tell
 
 # The space in which "is this one of the four?" is decided, whatever features the classifier uses.
 EMBEDDING_SPACE = "face_embedding"
@@ -239,15 +240,17 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
     features are that embedding, it is computed once per face. `min_face_width`: faces narrower than this (px in
     the photo) are answered CANT_TELL (learned by the search: bbt.model.quality), and so are faces whose distance
     lies in (band_low, band_high], where the actors' and the strangers' faces overlap (learned by the search:
-    `learn_band`; None: no band, as in models of before). `min_sharpness`: faces less sharp than this
-    (bbt.model.quality.sharpness of their crop) are answered CANT_TELL too (learned by the search from blurred faces;
-    0: every face, as in models of before).
+    `learn_band`; None: no band, as in models of before). `min_sharpness`, `min_sharpness_named`: a face less sharp
+    than the first (bbt.model.quality.sharpness of its crop) is CANT_TELL instead of UNKNOWN, and less sharp than
+    the second CANT_TELL whatever its answer (bbt.model.quality.blurred_cant_tell; learned by the search from
+    blurred faces; 0: every face judged, as in models of before).
     """
 
     def __init__(self, classifier: Pipeline, embedder: Any, rule: str, threshold: float,
                  gallery: np.ndarray, gallery_labels: np.ndarray, target_false_accept: float,
                  min_face_width: int = 0, band_low: float | None = None,
-                 band_high: float | None = None, min_sharpness: float = 0.0) -> None:
+                 band_high: float | None = None, min_sharpness: float = 0.0,
+                 min_sharpness_named: float = 0.0) -> None:
         self.classifier = classifier
         self.embedder = embedder
         self.rule = rule
@@ -259,6 +262,7 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         self.band_low = band_low
         self.band_high = band_high
         self.min_sharpness = min_sharpness
+        self.min_sharpness_named = min_sharpness_named
 
     @property
     def band(self) -> tuple[float, float]:
@@ -282,7 +286,7 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
     def decide(self, crops: np.ndarray, timed: Timer = untimed, widths: np.ndarray | None = None,
                sharpness: np.ndarray | None = None) -> Decisions:
         """The open-set answer for each face crop, CANT_TELL where the face's `widths` (px in its photo) are under
-        min_face_width or its crop's `sharpness` (bbt.model.quality.sharpness) under min_sharpness (None: not
+        min_face_width or its crop's `sharpness` (bbt.model.quality.sharpness) is too low for its answer (None: not
         measured, judge every face); `timed(stage)` wraps the 'features' and 'classify' work."""
         rule = RULES[self.rule]
         with timed("features"):
@@ -320,7 +324,8 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
         too_small = np.zeros(len(labels), dtype=bool) if widths is None else \
             np.asarray(widths) < self.min_face_width
         blurred = np.zeros(len(labels), dtype=bool) if sharpness is None else \
-            np.asarray(sharpness) < getattr(self, "min_sharpness", 0.0)
+            blurred_cant_tell(labels, sharpness, getattr(self, "min_sharpness", 0.0),
+                              getattr(self, "min_sharpness_named", 0.0)) & (labels != CANT_TELL)
         labels[too_small | blurred] = CANT_TELL
         return Decisions(labels, closest, proba, distances, self.threshold, (low, high), too_small, blurred)
 
@@ -338,5 +343,6 @@ class OpenSetClassifier(ClassifierMixin, BaseEstimator):
                 "target_false_accept": float(self.target_false_accept),
                 "min_face_width": int(self.min_face_width),
                 "min_sharpness": float(getattr(self, "min_sharpness", 0.0)),
+                "min_sharpness_named": float(getattr(self, "min_sharpness_named", 0.0)),
                 "band": [round(edge, 6) for edge in self.band],
                 "description": RULES[self.rule].description, "gallery_faces": len(self.gallery)}

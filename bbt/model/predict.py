@@ -118,8 +118,12 @@ class ActorClassifier:
         if too_small or band is None:
             return (f"face {box.w} px wide: the model judges faces from {self.model.min_face_width} px "
                     "(learned by cross-validation)")
-        if blurred:
+        named_from = float(getattr(self.model, "min_sharpness_named", 0.0))
+        if blurred and face_sharpness < named_from:
             return (f"face too blurred: sharpness {face_sharpness:.4f}, the model judges faces from "
-                    f"{self.model.min_sharpness:.4f} (learned by cross-validation)")
+                    f"{named_from:.4f} (learned by cross-validation)")
+        if blurred:
+            return (f"face too blurred to rule out the known people: sharpness {face_sharpness:.4f}, the model says "
+                    f"\"not one of them\" from {self.model.min_sharpness:.4f} (learned by cross-validation)")
         return (f"distance {distance:.3f}: between {band[0]:.3f} and {band[1]:.3f}, where known people and strangers "
                 "overlap (learned by cross-validation)")

@@ -142,7 +142,8 @@ def evaluate_photos(model: Any, info: dict, params: Params) -> dict:
                                    load_features(EMBEDDING_SPACE), faces["labels"].astype(object),
                                    faces["images"].astype(object), faces["boxes"][:, 2], int(model.min_face_width),
                                    params.search, sharpness=sharpness(faces["crops"]),
-                                   min_sharpness=float(getattr(model, "min_sharpness", 0.0)))
+                                   sharpness_edges=(float(getattr(model, "min_sharpness", 0.0)),
+                                                    float(getattr(model, "min_sharpness_named", 0.0))))
     summary = photos.summarize(table)
     plot_photos_curve(photos.recall_curve(table), summary["faces"])
     artifacts.write_json(artifacts.PHOTOS_REPORT, summary)

@@ -5,8 +5,8 @@ Every reviewed face the detector finds in the dataset's photos (the actors' acce
 answered once by a model that saw no face of its photo: cross-validation grouped by photo (bbt.model.photo_folds).
 In each outer fold the champion's candidate (feature set, family, hyperparameters, open-set rule) is fitted on the
 other folds' actors, and its threshold and band of "can't tell" are learned as the search learns them, by grouped
-CV inside those folds only. The faces narrower than the champion's min_face_width, or less sharp than its
-min_sharpness, are "can't tell" (no reviewed face is that narrow or that blurred today: the by-width table shows
+CV inside those folds only. The faces narrower than the champion's min_face_width, or too blurred for their
+answer (its sharpness edges), are "can't tell" (no reviewed face is that narrow or that blurred today: the by-width table shows
 the widths, reports/photos.json the sharpness).
 
 Figures: per face width bucket; the photo-level share of photos in which the actor of the photo's folder is named;
@@ -27,6 +27,7 @@ from bbt.config import SearchParams
 from bbt.model.candidates import Candidate
 from bbt.model.openset import RULES, learn_band, learn_threshold, open_set_labels, open_set_scores, people_in
 from bbt.model.photo_folds import folder_actor, grouped_split, photo_folds
+from bbt.model.quality import blurred_cant_tell
 from bbt.pipeline.search import out_of_fold
 
 # A learned metric (benchmarks/recall_variants.py): fitted on a fold's actors' embeddings and their labels, it
@@ -41,12 +42,12 @@ WIDTH_BUCKETS: tuple[tuple[str, float, float], ...] = (
 def grouped_answers(candidate: Candidate, X: np.ndarray, E: np.ndarray, labels: np.ndarray, photos: np.ndarray,
                     widths: np.ndarray, min_face_width: int, params: SearchParams,
                     metric: Metric | None = None, sharpness: np.ndarray | None = None,
-                    min_sharpness: float = 0.0) -> pd.DataFrame:
+                    sharpness_edges: tuple[float, float] = (0.0, 0.0)) -> pd.DataFrame:
     """One row per reviewed face (labels != ""): its label, photo, width, sharpness, outer fold, the closest actor,
     its distance, the fold's threshold and band, the answer, and its distance to each actor's nearest training
     face. `metric`: a map of the embeddings learned on each outer fold's training actors (None: the embeddings as
-    they are). `sharpness`: each face crop's (bbt.model.quality.sharpness; None: not measured), faces under
-    `min_sharpness` are "can't tell"."""
+    they are). `sharpness`: each face crop's (bbt.model.quality.sharpness; None: not measured), answered by the
+    champion's `sharpness_edges` (min_sharpness, min_sharpness_named: bbt.model.quality.blurred_cant_tell)."""
     labels, photos = np.asarray(labels, dtype=object), np.asarray(photos, dtype=object)
     sharp = np.full(len(labels), np.inf) if sharpness is None else np.asarray(sharpness, dtype=np.float64)
     E_given = E
@@ -69,7 +70,8 @@ def grouped_answers(candidate: Candidate, X: np.ndarray, E: np.ndarray, labels: 
         named = model.classes_[index].astype(object)
         answers = open_set_labels(named, found, threshold)
         answers[(found > band[0]) & (found <= band[1])] = CANT_TELL
-        answers[(widths[held] < min_face_width) | (sharp[held] < min_sharpness)] = CANT_TELL
+        answers[(widths[held] < min_face_width) | blurred_cant_tell(answers, sharp[held], *sharpness_edges)] = \
+            CANT_TELL
         to_actor = {actor: np.linalg.norm(E[held][:, None, :] - E[train][labels[train] == actor][None], axis=2)
                     .min(axis=1) for actor in model.classes_}
         for i, face in enumerate(held):

@@ -228,20 +228,21 @@ def run_search(params: Params) -> dict:
                                                params.search.min_width_recall, params.search.target_false_accept)
         sharp_bins = blurred_sharpness_scores(best, faces["crops"][train], features[best.head.feature_set], E, y,
                                               folds, best_scores["threshold"], params)
-        min_sharpness = least_judged_sharpness(sharp_bins, best_scores["cv_actor_accuracy"],
-                                               params.search.min_width_recall, params.search.target_false_accept)
+        min_sharpness, min_sharpness_named = least_judged_sharpness(
+            sharp_bins, best_scores["cv_actor_accuracy"], params.search.min_width_recall,
+            params.search.band_precision, params.search.target_false_accept)
         oof = out_of_fold(best.head, features[best.head.feature_set], E, y, folds, params.search.seed, (best.rule,))
         band = learn_band(y, oof["answers"][best.rule], oof["distances"][best.rule], best_scores["threshold"],
                           params.search.band_precision)
         best_scores = {**best_scores, "min_face_width": min_face_width, "min_sharpness": min_sharpness,
-                       "band_low": band[0], "band_high": band[1],
+                       "min_sharpness_named": min_sharpness_named, "band_low": band[0], "band_high": band[1],
                        **band_scores(y, oof["answers"][best.rule], oof["distances"][best.rule],
                                      best_scores["threshold"], band)}
         mlflow.log_metrics({k: v for k, v in best_scores.items() if k.startswith(("band_", "cv_band"))})
         record_widths(widths, min_face_width)
-        record_sharpness(sharp_bins, min_sharpness)
+        record_sharpness(sharp_bins, min_sharpness, min_sharpness_named)
         model = refit(best, features[best.head.feature_set], E, y, best_scores["threshold"], min_face_width, band,
-                      params, min_sharpness)
+                      params, (min_sharpness, min_sharpness_named))
         model_md5 = save_model(model, best, best_scores, params, faces, people)
         mlflow.set_tag(MODEL_MD5_TAG, model_md5)
     summary = {"best_candidate": best.name, "n_candidates": len(grid), "objective": params.search.objective,
@@ -315,7 +316,7 @@ def blurred_sharpness_scores(best: Candidate, crops: np.ndarray, X: np.ndarray, 
     return sharpness_scores(np.concatenate(measured), np.concatenate(labels), np.concatenate(answered))
 
 
-def record_sharpness(bins: list[SharpnessScores], min_sharpness: float) -> None:
+def record_sharpness(bins: list[SharpnessScores], min_sharpness: float, min_sharpness_named: float) -> None:
     """The figures by sharpness of the blurred faces, as a report and in the search's MLflow run."""
     table = pd.DataFrame([b.as_row() for b in bins])
     artifacts.SHARPNESS_CSV.parent.mkdir(parents=True, exist_ok=True)
@@ -323,8 +324,10 @@ def record_sharpness(bins: list[SharpnessScores], min_sharpness: float) -> None:
     mlflow.log_artifact(str(artifacts.SHARPNESS_CSV))
     mlflow.log_metrics({f"sharpness_from_{b.low:g}_{k}": v for b in bins for k, v in b.as_row().items()
                         if k not in ("sharpness_low", "sharpness_high")})
-    log.info("search: faces are judged from sharpness %.4f (blurred faces: %s)", min_sharpness,
-             ", ".join(f"from {b.low:g} recall {b.actor_recall:.2f}" for b in bins))
+    log.info("search: 'not one of the four' from sharpness %.4f, names from %.4f (blurred faces: %s)",
+             min_sharpness, min_sharpness_named,
+             ", ".join(f"from {b.low:g} recall {b.actor_recall:.2f} names right {b.named_precision:.2f}"
+                       for b in bins))
 
 
 def record_widths(scores: list[WidthScores], min_face_width: int) -> None:
@@ -351,7 +354,8 @@ def band_scores(y: np.ndarray, predicted: np.ndarray, distances: np.ndarray, thr
 
 
 def refit(best: Candidate, X: np.ndarray, E: np.ndarray, y: np.ndarray, threshold: float, min_face_width: int,
-          band: tuple[float, float], params: Params, min_sharpness: float = 0.0) -> OpenSetClassifier:
+          band: tuple[float, float], params: Params,
+          sharpness_edges: tuple[float, float] = (0.0, 0.0)) -> OpenSetClassifier:
     """Fit the winner's head on the actors' training faces, put its feature transformer in front, and wrap it
     with its open-set rule: the learned threshold and the actors' training embeddings as the gallery."""
     actors = y != UNKNOWN
@@ -360,7 +364,7 @@ def refit(best: Candidate, X: np.ndarray, E: np.ndarray, y: np.ndarray, threshol
     classifier = Pipeline([("features", features), *head.steps])
     return OpenSetClassifier(classifier, build_features(EMBEDDING_SPACE, params.featurize).fit(None), best.rule,
                              threshold, E[actors].astype(np.float32), y[actors].astype(str),
-                             params.search.target_false_accept, min_face_width, *band, min_sharpness)
+                             params.search.target_false_accept, min_face_width, *band, *sharpness_edges)
 
 
 def save_model(model: OpenSetClassifier, best: Candidate, scores: dict, params: Params, faces: dict,

@@ -93,9 +93,10 @@ def _candidate_section(inputs: CardInputs) -> list[str]:
              (f"- faces judged from {md(open_set['min_face_width'])} px wide: narrower ones are answered \"can't "
               "tell\" (learned from held-out faces shrunk to 12-48 px, reports/face_width.csv)"
               if open_set.get("min_face_width") else "- every face is judged, whatever its size"),
-             (f"- faces judged from sharpness {open_set['min_sharpness']:.4f}: more blurred ones are answered \"can't "
-              "tell\" (learned from held-out faces blurred by sigma 1-6 px, reports/sharpness.csv)"
-              if open_set.get("min_sharpness") else "- every face is judged, however blurred"),
+             (f"- blurred faces: \"not one of the four\" is said from sharpness {open_set['min_sharpness']:.4f} "
+              f"(\"can't tell\" instead under it), names from {open_set.get('min_sharpness_named', 0.0):.4f} (every "
+              "answer \"can't tell\" under it); learned from held-out faces blurred by sigma 1-6 px, "
+              "reports/sharpness.csv" if open_set.get("min_sharpness") else "- every face is judged, however blurred"),
              _band_line(open_set),
              f"- classes: {md(', '.join(info.get('classes', [])))}",
              *([("- cross-validated per person (recall / precision, faces): " + "; ".join(

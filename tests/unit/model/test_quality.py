@@ -20,6 +20,7 @@ from bbt.model.quality import (
     SharpnessScores,
     WidthScores,
     blur,
+    blurred_cant_tell,
     least_judged_sharpness,
     sharpness,
     sharpness_scores,
@@ -133,58 +134,80 @@ def test_blurring_a_face_lowers_its_sharpness_and_its_contrast_does_not_count() 
 
 def test_sharpness_bins_pool_answers_by_measured_sharpness_sharpest_first() -> None:
     n = MIN_BIN_ACTORS
-    sharp = np.array([0.5] * n + [0.009] * n + [0.0045] * n + [0.05] * 4)
+    sharp = np.array([0.5] * n + [0.09] * n + [0.045] * n + [0.5] * 4)
     labels = np.array(["raj"] * (3 * n) + [UNKNOWN] * 4, dtype=object)
     answers = np.array(["raj"] * n + ["raj"] * (n - 3) + [UNKNOWN] * 3 + ["raj"] * (n // 2) + ["howard"] * (n // 2)
                        + [UNKNOWN, UNKNOWN, UNKNOWN, "raj"], dtype=object)
     bins = sharpness_scores(sharp, labels, answers)
-    assert [b.low for b in bins] == [0.03, 0.008, 0.004]  # the bins between hold too few faces: pooled downward
+    assert [b.low for b in bins] == [0.4, 0.08, 0.04]  # the bins between hold too few faces: pooled downward
     assert [b.actor_faces for b in bins] == [n, n, n]
     assert bins[0].stranger_faces == 4 and bins[0].false_accept_from_here == 0.25
     assert bins[1].actor_recall == pytest.approx(0.9) and bins[1].misnamed_from_here == 0.0
     assert bins[2].misnamed_from_here == pytest.approx((n // 2) / (3 * n))
 
 
-@pytest.mark.parametrize(("recalls", "misnamed", "expected"), [
-    ({0.03: 0.99, 0.01: 0.95, 0.006: 0.92, 0.004: 0.7}, {}, 0.006),
-    ({0.03: 0.99, 0.01: 0.5, 0.006: 0.95, 0.004: 0.95}, {}, 0.03),  # a dip: nothing below it is judged
-    ({0.03: 0.99, 0.01: 0.95, 0.006: 0.95, 0.004: 0.95}, {0.004: 0.1}, 0.006),  # misnamed from 0.004 up
-    ({0.03: 0.5, 0.01: 0.95}, {}, 0.03),  # not even the sharpest keeps it: only faces sharper than the top bin's edge
+@pytest.mark.parametrize(("recalls", "precisions", "misnamed", "expected"), [
+    ({0.03: 0.99, 0.01: 0.95, 0.006: 0.92, 0.004: 0.7}, {}, {}, (0.006, 0.004)),
+    ({0.03: 0.99, 0.01: 0.5, 0.006: 0.95, 0.004: 0.95}, {}, {}, (0.03, 0.004)),  # a dip: no "unknown" below it
+    ({0.03: 0.99, 0.01: 0.95, 0.006: 0.95, 0.004: 0.95}, {0.006: 0.8}, {}, (0.004, 0.01)),  # names wrong at 0.006
+    ({0.03: 0.99, 0.01: 0.95, 0.006: 0.95, 0.004: 0.95}, {}, {0.004: 0.1}, (0.006, 0.006)),  # misnamed from 0.004
+    ({0.03: 0.5, 0.01: 0.95}, {}, {}, (0.03, 0.01)),  # not even the sharpest: "unknown" only above the top bin
 ])
-def test_the_least_judged_sharpness_keeps_its_promise_in_every_sharper_bin(
-        recalls: dict[float, float], misnamed: dict[float, float], expected: float) -> None:
-    bins = [SharpnessScores(low, np.inf, 40, 10, r, misnamed.get(low, 0.0), 0.0) for low, r in recalls.items()]
-    assert least_judged_sharpness(bins, full_recall=0.99, min_width_recall=0.9, target_false_accept=0.05) == expected
+def test_the_two_sharpness_edges_keep_their_promises_in_every_sharper_bin(
+        recalls: dict[float, float], precisions: dict[float, float], misnamed: dict[float, float],
+        expected: tuple[float, float]) -> None:
+    bins = [SharpnessScores(low, np.inf, 40, 10, r, misnamed.get(low, 0.0), 0.0, precisions.get(low, 1.0))
+            for low, r in recalls.items()]
+    judged, named = least_judged_sharpness(bins, full_recall=0.99, min_width_recall=0.9, band_precision=0.9,
+                                           target_false_accept=0.05)
+    assert (judged, named) == (expected[0], min(expected))
+
+
+def test_under_the_edges_a_blurred_face_keeps_its_name_but_is_never_called_a_stranger() -> None:
+    answers = np.array(["raj", UNKNOWN, "raj", UNKNOWN, "raj", UNKNOWN], dtype=object)
+    sharp = np.array([0.5, 0.5, 0.008, 0.008, 0.004, 0.004])
+    assert list(blurred_cant_tell(answers, sharp, 0.01, 0.006)) == [False, False, False, True, True, True]
 
 
 def test_the_sharpness_travels_inside_the_model_and_only_blurred_faces_are_cant_tell() -> None:
     trained, X, y = model(0)
-    trained.set_params(min_sharpness=0.01)
+    trained.set_params(min_sharpness=0.01, min_sharpness_named=0.006)
     stored = io.BytesIO()
     joblib.dump(trained, stored)
     stored.seek(0)
     loaded = joblib.load(stored)
-    assert loaded.describe()["min_sharpness"] == 0.01
-    sharp = np.where(np.arange(len(X)) % 2 == 0, 0.005, 0.2)
+    assert (loaded.describe()["min_sharpness"], loaded.describe()["min_sharpness_named"]) == (0.01, 0.006)
+    sharp = np.array([(0.2, 0.008, 0.004)[i % 3] for i in range(len(X))])
     decisions = loaded.decide(X, sharpness=sharp)
-    assert set(decisions.labels[sharp < 0.01]) == {CANT_TELL} and decisions.blurred.sum() == (sharp < 0.01).sum()
-    actors = (y != UNKNOWN) & (sharp >= 0.01)
-    assert list(decisions.labels[actors]) == list(y[actors])
+    actors, strangers = y != UNKNOWN, y == UNKNOWN
+    assert set(decisions.labels[sharp == 0.004]) == {CANT_TELL}  # too blurred for any answer
+    assert list(decisions.labels[actors & (sharp > 0.005)]) == list(y[actors & (sharp > 0.005)])  # names stay
+    assert set(decisions.labels[strangers & (sharp == 0.008)]) == {CANT_TELL}  # never called a stranger
+    assert set(decisions.labels[strangers & (sharp == 0.2)]) == {UNKNOWN}
+    assert decisions.blurred.sum() == (sharp == 0.004).sum() + (strangers & (sharp == 0.008)).sum()
     old = joblib.load(io.BytesIO(stored.getvalue()))
-    del old.min_sharpness  # a model pickled before the sharpness rule: every face judged
-    assert list(old.decide(X, sharpness=sharp).labels[y != UNKNOWN]) == list(y[y != UNKNOWN])
+    del old.min_sharpness, old.min_sharpness_named  # a model pickled before the sharpness rule: every face judged
+    assert list(old.decide(X, sharpness=sharp).labels[actors]) == list(y[actors])
 
 
 def test_a_blurred_face_is_answered_cant_tell_with_its_reason() -> None:
     trained, _, _ = model(0, FunctionTransformer(first_pixels))
-    trained.set_params(min_sharpness=0.01)
+    trained.set_params(min_sharpness=0.2, min_sharpness_named=0.08)
     classifier = ActorClassifier(trained, DetectorSettings(detector="haar"), 128)
     sharp_photo = np.zeros((200, 200, 3), np.uint8)
     sharp_photo[:128, :128] = edges_face()
-    blurred_photo = blur(sharp_photo[None], 4)[0]
+    blurred_photo = blur(sharp_photo[None], 6)[0]
     box = Box(0, 0, 128, 128)
     crisp = classifier.answer_boxes(Photo(sharp_photo, (200, 200)), [box])[0]
     soft = classifier.answer_boxes(Photo(blurred_photo, (200, 200)), [box])[0]
     assert "blurred" not in crisp.reason
     assert soft.label == CANT_TELL
-    assert soft.reason.startswith("face too blurred: sharpness 0.0") and "judges faces from 0.0100" in soft.reason
+    assert soft.reason.startswith("face too blurred: sharpness 0.0") and "judges faces from 0.0800" in soft.reason
+    trained.set_params(min_sharpness=0.2, min_sharpness_named=0.0)  # names from any sharpness: only no stranger
+    soft = classifier.answer_boxes(Photo(blurred_photo, (200, 200)), [box])[0]
+    # The generated face is no one ("not one of the four" with no blur rule): too blurred to say so.
+    assert soft.label == CANT_TELL
+    assert soft.reason.startswith("face too blurred to rule out the known people: sharpness 0.0")
+    assert "\"not one of them\" from 0.2000" in soft.reason
+    trained.set_params(min_sharpness=0.0)
+    assert classifier.answer_boxes(Photo(blurred_photo, (200, 200)), [box])[0].label == UNKNOWN

@@ -94,13 +94,16 @@ def test_the_headline_fits_the_shared_metric_columns() -> None:
         p["min_margin"] for p in pairs if p["closest_to_other"] == 0)
 
 
-def test_a_face_less_sharp_than_the_model_judges_is_cant_tell_in_the_grouped_evaluation() -> None:
+def test_a_blurred_face_is_answered_by_the_champions_sharpness_edges_in_the_grouped_evaluation() -> None:
     X, labels, photos, widths = clustered_photos()
     candidate = Candidate(Head("face_embedding", "logistic_regression", (("C", 1),)), "nearest_face")
-    sharp = np.where(np.arange(len(labels)) % 3 == 0, 0.004, 0.2)
+    sharp = np.array([(0.2, 0.008, 0.004)[i % 3] for i in range(len(labels))])
     table = grouped_answers(candidate, X, X, labels, photos, widths, 0, SearchParams(), sharpness=sharp,
-                            min_sharpness=0.01)
-    assert set(table[table.sharpness < 0.01].answer) == {CANT_TELL}
-    actors = table[(table.sharpness >= 0.01) & (table.label != UNKNOWN)]
-    assert (actors.answer == actors.label).all()
+                            sharpness_edges=(0.01, 0.006))
+    assert set(table[table.sharpness == 0.004].answer) == {CANT_TELL}  # too blurred for any answer
+    actors = table[(table.sharpness > 0.005) & (table.label != UNKNOWN)]
+    assert (actors.answer == actors.label).all()  # a name stays where names keep their promise
+    strangers = table[table.label == UNKNOWN]
+    assert set(strangers[strangers.sharpness == 0.008].answer) == {CANT_TELL}  # never "not one of the four"
+    assert set(strangers[strangers.sharpness == 0.2].answer) == {UNKNOWN}
     assert summarize(table)["sharpness"] == {"least": 0.004, "percentile_5": 0.004}
