@@ -11,9 +11,9 @@ Faces narrower than that are answered "can't tell" (bbt.CANT_TELL); the width tr
 
 A blurred face (out of focus, moving) weakens one answer before the other. Its sharpness is measured on the face
 crop (`sharpness`: the variance of the Laplacian over the crop's centre at SHARPNESS_SIDE px, relative to the
-centre's own variance, so a face's contrast does not count). The search blurs every held-out face by each sigma of BLURS, answers them all
-by models that never saw them, pools the answers by measured sharpness into the bins of SHARPNESS_EDGES, and
-walks down from the sharpest bin to learn two edges (`least_judged_sharpness`):
+centre's own variance, so a face's contrast does not count). The search blurs every held-out face by each sigma
+of BLURS, answers them all by models that never saw them, pools the answers by measured sharpness into the bins
+of SHARPNESS_EDGES, and walks down from the sharpest bin to learn two edges (`least_judged_sharpness`):
 - `min_sharpness`, down to which "not one of the four" keeps its promise: the bin's actors are named right at
   least `min_width_recall` times as often as at full sharpness (so few of them are called strangers);
 - `min_sharpness_named`, down to which a name keeps its promise: the bin's faces given a name are that person at
@@ -22,7 +22,8 @@ Both also ask that the faces from the bin up are given another actor's name, and
 often than search.target_false_accept (counted over every bin from it up: a bin holds few strangers, the same
 ones at several blurs). Under `min_sharpness` a face the model would call "not one of the four" is "can't tell"
 (a blurred face far from everyone is not shown to be a stranger), while a name it is close enough to stays;
-under `min_sharpness_named` every answer is "can't tell". Mild blur costs no name this way.
+under `min_sharpness_named` every answer is "can't tell". A name so outlives "not one of the four" as a face
+blurs (benchmarks/sharpness.py shows blurred photos answered with and without the rule).
 """
 
 from __future__ import annotations

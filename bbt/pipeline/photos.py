@@ -6,8 +6,8 @@ answered once by a model that saw no face of its photo: cross-validation grouped
 In each outer fold the champion's candidate (feature set, family, hyperparameters, open-set rule) is fitted on the
 other folds' actors, and its threshold and band of "can't tell" are learned as the search learns them, by grouped
 CV inside those folds only. The faces narrower than the champion's min_face_width, or too blurred for their
-answer (its sharpness edges), are "can't tell" (no reviewed face is that narrow or that blurred today: the by-width table shows
-the widths, reports/photos.json the sharpness).
+answer (its sharpness edges), are "can't tell" (no reviewed face is that narrow or that blurred today: the
+by-width table shows the widths, reports/photos.json the sharpness).
 
 Figures: per face width bucket; the photo-level share of photos in which the actor of the photo's folder is named;
 actors named as another actor apart from actors answered "not one of the four" or "can't tell"; strangers given a
