@@ -100,7 +100,8 @@ class Answers:
         if self.classifier is None:
             return None
         (face,) = self.classifier.answer_boxes(photo, [item.box])
-        return {"label": face.label, "closest_actor": face.closest_actor, "confidence": face.confidence}
+        return {"label": face.label, "closest_actor": face.closest_actor, "confidence": face.confidence,
+                "reason": face.reason}
 
 
 def error(status: int, message: str) -> JSONResponse:

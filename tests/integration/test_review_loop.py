@@ -118,9 +118,11 @@ def test_a_wrong_answer_reported_on_the_page_is_reviewed_and_learned(project: Pr
         assert reported > 0 and {item["source"] for item in items[:reported]} == {"cant_tell"}
         first = httpx.get(f"http://127.0.0.1:{port}/api/items/0").json()
         assert first["answer"]["label"] == "cant_tell" and first["answer_problem"] == "", first
+        assert first["answer"]["reason"] and first["answer"]["reason"] in first["why"], first  # the queue's reason
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(f"http://127.0.0.1:{port}/")
         page.wait_for_selector("#image-name:has-text('item 1 of')")
+        assert page.inner_text("#answer").startswith(f"can't tell ({first['answer']['reason']})")
         for _ in range(reported):  # fast: only the last item asked for is shown
             page.keyboard.press("ArrowRight")
         page.wait_for_selector("#why:has-text('a user of the served page')", timeout=60_000)

@@ -91,6 +91,7 @@ function placeBox() {
 }
 
 function named(label) {
+  if (label === "cant_tell") return "can't tell";
   return label === current?.unknown || label === "unknown" || label === "stranger" ? "not one of the cast" : label;
 }
 
@@ -111,7 +112,8 @@ async function show(n) {
   $("current").textContent = current.current + (current.suggestion ? `; suggested: ${named(current.suggestion)}` : "");
   const answer = current.answer;
   $("answer").textContent = answer
-    ? `${named(answer.label)} (closest: ${answer.closest_actor}, ${(answer.confidence * 100).toFixed(0)}%)`
+    ? `${named(answer.label)}${answer.reason ? ` (${answer.reason})` : ""} (closest: ${answer.closest_actor}, ` +
+      `${(answer.confidence * 100).toFixed(0)}%)`
     : `no answer: ${current.answer_problem}`;
   $("given-line").hidden = !current.verdict;
   $("given").textContent = current.verdict || "";
