@@ -238,7 +238,7 @@ def run_search(params: Params) -> dict:
                        "min_sharpness_named": min_sharpness_named, "band_low": band[0], "band_high": band[1],
                        **band_scores(y, oof["answers"][best.rule], oof["distances"][best.rule],
                                      best_scores["threshold"], band)}
-        mlflow.log_metrics({k: v for k, v in best_scores.items() if k.startswith(("band_", "cv_band"))})
+        mlflow.log_metrics({k: v for k, v in best_scores.items() if k.startswith(("band_", "cv_band", "min_"))})
         record_widths(widths, min_face_width)
         record_sharpness(sharp_bins, min_sharpness, min_sharpness_named)
         model = refit(best, features[best.head.feature_set], E, y, best_scores["threshold"], min_face_width, band,
