@@ -39,20 +39,16 @@ def separation(crops: np.ndarray, side: int) -> float:
 
 def blurred_test_faces(shares: tuple[int, ...]) -> None:
     """Each test actor face's photo blurred by sigma = width / share, answered with and without the rule."""
-    import joblib
-
-    from bbt import artifacts
     from bbt.model.predict import ActorClassifier
-    from bbt.vision.faces import Box, DetectorSettings
+    from bbt.pipeline.evaluate import load_model
+    from bbt.vision.faces import Box
 
-    info = __import__("json").loads(artifacts.MODEL_INFO.read_text())
-    classifier = ActorClassifier(joblib.load(artifacts.MODEL), DetectorSettings.from_metadata(info["detector"]),
-                                 int(info["crop_size"]))
+    classifier = ActorClassifier.from_info(*load_model())
     model = classifier.model
     edges = (model.min_sharpness, model.min_sharpness_named)
     faces, (_, test) = load_faces(), load_split()
     chosen = [i for i in test if faces["status"][i] == "accepted"]
-    print(f"\n{len(chosen)} test actor faces blurred in their photo, answered with the rule (min_sharpness "
+    print(f"\n{len(chosen)} test actor faces, their photos blurred whole, answered with the rule (min_sharpness "
           f"{edges[0]:.3f}, names from {edges[1]:.3f}) / without it: named right, 'not one of the four', can't tell, "
           "not found")
     for share in shares:

@@ -56,9 +56,13 @@ class ActorClassifier:
 
         local = pipeline_path(Path(mlflow.artifacts.download_artifacts(str(model_path))) if is_uri(model_path)
                               else Path(model_path))
-        meta = Model.load(local / "MLmodel").metadata or {}
-        return cls(mlflow.sklearn.load_model(str(local)), DetectorSettings.from_metadata(meta["detector"]),
-                   int(meta["crop_size"]))
+        return cls.from_info(mlflow.sklearn.load_model(str(local)), Model.load(local / "MLmodel").metadata or {})
+
+    @classmethod
+    def from_info(cls, model: OpenSetClassifier, info: dict) -> ActorClassifier:
+        """The classifier of an open-set model and what the search wrote about it (artifacts/model/model.json, or
+        the logged model's metadata): its detector settings and crop size."""
+        return cls(model, DetectorSettings.from_metadata(info["detector"]), int(info["crop_size"]))
 
     def warm_up(self) -> None:
         """Load what the model loads on first use (the embedding network: ~0.2 s) now, not in a request."""

@@ -18,7 +18,7 @@ from bbt.model.predict import ActorClassifier
 from bbt.review.descriptors import DESCRIPTOR_CACHE
 from bbt.review.doubts import champion_doubts
 from bbt.review.verdicts import Reviewer
-from bbt.vision.faces import Box, DetectorSettings
+from bbt.vision.faces import Box
 from bbt.vision.images import decode_photo
 from tests.conftest import Project
 
@@ -32,9 +32,8 @@ def test_the_faces_the_champion_cannot_tell_come_first_and_the_service_says_the_
                     ignore=shutil.ignore_patterns("mlruns", "bentoml", "prefect", "*.log"))
     shutil.rmtree(root / DESCRIPTOR_CACHE.parent, ignore_errors=True)  # described here, from clean's crops
     params = load_params(root / "params.yaml")
-    info = json.loads((root / artifacts.MODEL_INFO).read_text())
-    classifier = ActorClassifier(joblib.load(root / artifacts.MODEL), DetectorSettings.from_metadata(info["detector"]),
-                                 int(info["crop_size"]))
+    classifier = ActorClassifier.from_info(joblib.load(root / artifacts.MODEL),
+                                           json.loads((root / artifacts.MODEL_INFO).read_text()))
     doubts = champion_doubts(root, params, classifier)
     kinds = {reason.split(":")[0].split(" ")[0] for reason in doubts.values()}
     assert {"distance", "face"} <= kinds, kinds  # the dataset's detections hold band faces and small ones
