@@ -111,9 +111,10 @@ async function show(n) {
   $("why").textContent = current.why;
   $("current").textContent = current.current + (current.suggestion ? `; suggested: ${named(current.suggestion)}` : "");
   const answer = current.answer;
+  // A can't-tell answer's reason, unless "why it is here" already says it.
+  const reason = answer && answer.reason && !current.why.includes(answer.reason) ? `: ${answer.reason}` : "";
   $("answer").textContent = answer
-    ? `${named(answer.label)}${answer.reason ? ` (${answer.reason})` : ""} (closest: ${answer.closest_actor}, ` +
-      `${(answer.confidence * 100).toFixed(0)}%)`
+    ? `${named(answer.label)}${reason} (closest: ${answer.closest_actor}, ${(answer.confidence * 100).toFixed(0)}%)`
     : `no answer: ${current.answer_problem}`;
   $("given-line").hidden = !current.verdict;
   $("given").textContent = current.verdict || "";

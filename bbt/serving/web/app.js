@@ -44,8 +44,8 @@ const NOT_NAMED = {
     words: "can't tell",
     className: "cant-tell",
     summary: (n, all) => (all
-      ? `Can't tell: the model cannot judge ${n === 1 ? "this face" : "these faces"} (too small, or where the four `
-        + "and strangers look alike; the table says which)."
+      ? `Can't tell: the model cannot judge ${n === 1 ? "this face" : "these faces"} (too small, too blurred, or `
+        + "where the four and strangers look alike; the table says which)."
       : `${n} face${n > 1 ? "s" : ""} the model cannot judge (can't tell).`),
   },
 };
