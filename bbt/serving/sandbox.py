@@ -77,6 +77,7 @@ class PhotoProcess:
     pid: int
     pidfd: int
     sock: socket.socket
+    parent: int = 0  # which warm parent forked it (Sandboxes counts the parents it has connected to)
 
     @property
     def alive(self) -> bool:
@@ -127,6 +128,7 @@ class Sandboxes:
         self._fork_lock = threading.Lock()
         self._closed = threading.Event()
         self._up = threading.Event()  # connected to a live warm parent
+        self._parents = 0  # how many warm parents this worker has connected to: the current one's number
         self._connect()
         self._idle = [self._fork() for _ in range(processes)]
         self._waiters: list[asyncio.Future[PhotoProcess]] = []
@@ -171,6 +173,7 @@ class Sandboxes:
                         self.info["threads"])
         log.debug("the photo processes' parent runs %s threads in all", self.info.get("native_threads"))
         self._control.settimeout(None)
+        self._parents += 1
         self._up.set()
 
     def _disconnect(self) -> None:
@@ -247,6 +250,7 @@ class Sandboxes:
         with self._fork_lock:
             if self._closed.is_set():
                 raise ModelError("the photo processes are closed")
+            parent = self._parents
             try:
                 self._control.sendall(FORK)
                 message, fds, _, _ = socket.recv_fds(self._control, 64, 2)
@@ -256,7 +260,7 @@ class Sandboxes:
             raise ModelError("the photo processes' parent has ended: restart the service")
         sock = socket.socket(fileno=fds[0])
         sock.setblocking(False)
-        return PhotoProcess(int(message), fds[1], sock)
+        return PhotoProcess(int(message), fds[1], sock, parent)
 
     async def _take(self) -> PhotoProcess:
         # Before looking at the idle list: a refill that finds it empty-handed then wakes this loop (tests run
@@ -362,7 +366,9 @@ class Sandboxes:
             raise TimedOut from None
         except (EOFError, ConnectionError, ValueError) as err:  # it died: its CPU limit, a crash, the OOM killer
             self._replace(process)
-            if not self.alive:  # it died with its parent, not of the photo
+            # It died with its parent, not of the photo: the parent is dead, or already replaced (the keeper can
+            # connect to the new one before this photo reads its process's end).
+            if process.parent != self._parents or not self.alive:
                 raise Busy(RESTART_RETRY_AFTER_S, "its photo processes are restarting") from None
             log.warning("a photo process ended while reading %s: %s", name, err)
             raise ImageError(f"{name} could not be decoded within the service's limits: re-save it as an "

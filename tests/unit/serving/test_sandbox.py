@@ -170,6 +170,12 @@ def test_a_worker_whose_own_warm_parent_died_starts_another_and_an_interrupted_p
             photo = asyncio.ensure_future(pool.classify(jpeg(), "the photo", time.monotonic() + 30, lambda c: None))
             await asyncio.sleep(1)  # it spins 3 s in its process
             os.kill(first, 9)
+            # The photo reads its process's end only after the worker has connected to the new parent (the loop
+            # is held here), as a loaded machine can order it: still Busy, not "could not be decoded".
+            deadline = time.monotonic() + 60
+            while getattr(pool.zygote, "pid", first) == first or not pool.alive:
+                assert time.monotonic() < deadline, "no new warm parent within 60 s"
+                time.sleep(0.05)  # noqa: ASYNC251 - holding the loop is the point
             with pytest.raises(Busy, match="restarting"):
                 await photo
 
