@@ -83,9 +83,13 @@ def copy_project(destination: Path) -> Project:
 def pytest_itemcollected(item: pytest.Item) -> None:
     """For `pytest -n 2 --dist loadgroup` (make test): the tests on the session's trained project run on one
     worker, which trains once; each other data or integration module runs on one worker, which makes its module
-    fixtures once; unit tests run wherever a worker is free. Without -n the groups change nothing. (Marked as
-    each test is collected: xdist reads the groups in its own pytest_collection_modifyitems.)"""
-    if "trained_project" in item.fixturenames:
+    fixtures once; unit tests run wherever a worker is free. A long test marked `own_worker` runs apart: the
+    trained-project group is the suite's longest, and the other worker, idle for half of it otherwise, trains once
+    more for it. Without -n the groups change nothing. (Marked as each test is collected: xdist reads the groups in
+    its own pytest_collection_modifyitems.)"""
+    if item.get_closest_marker("own_worker"):
+        group = item.nodeid
+    elif "trained_project" in item.fixturenames:
         group = "trained-project"
     elif item.get_closest_marker("integration") or item.get_closest_marker("data"):
         group = item.module.__name__

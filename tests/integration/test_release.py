@@ -27,7 +27,8 @@ from tests.integration.fleet_stand_in import MotoFleetWorld, moto_fleet_world
 # params.yaml's cast, as the tests know it.
 ACTORS = ("howard", "leonard", "raj", "sheldon")
 
-pytestmark = pytest.mark.integration
+# Its release, broken release, retrain and rollback take two minutes: apart from the trained-project group.
+pytestmark = [pytest.mark.integration, pytest.mark.own_worker]
 
 NAME = "bbt-actor-classifier"
 
